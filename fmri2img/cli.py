@@ -1,0 +1,232 @@
+"""The ``fmri2img`` command.
+
+    fmri2img demo [--workdir DIR] [--cluster SPEC]
+    fmri2img mini-nsd DIR [--seed N] [--subjects 1,2] [--side 425] ...
+    fmri2img ingest --source URL --store URL --subject N [--sessions 1-37]
+    fmri2img run CONFIG.toml [--stages ingest,...] [--cluster SPEC]
+    fmri2img status STORE
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+logger = logging.getLogger("fmri2img")
+
+
+def _kv(text: str) -> tuple[str, object]:
+    """``key=value`` → (key, parsed value) for --source-option/--store-option."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    low = value.lower()
+    parsed: object = value
+    if low in ("true", "false"):
+        parsed = low == "true"
+    else:
+        try:
+            parsed = int(value)
+        except ValueError:
+            pass
+    return key, parsed
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,5,7, got {text!r}") from None
+
+
+def _add_cluster(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", default=None,
+                   help="'local' (default: one worker per core) or a scheduler address tcp://HOST:PORT")
+    p.add_argument("--workers", type=int, default=None, help="local cluster: number of worker processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fmri2img", description="Decode fMRI into images (Brain-Diffuser) "
+                                     "on chunked Zarr stores and Dask clusters.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="generate mini-NSD and run every stage on it (minutes, no downloads)")
+    p.add_argument("--workdir", default="./runs/demo", help="where mini-NSD, the store and the report go")
+    p.add_argument("--fresh", action="store_true", help="delete the workdir's store first")
+    _add_cluster(p)
+
+    p = sub.add_parser("mini-nsd", help="write a small dataset in the exact NSD layout and formats")
+    p.add_argument("dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--subjects", type=_int_list, default=None, help="subjects whose fMRI is written, e.g. 1,2")
+    p.add_argument("--side", type=int, default=None, help="stimulus side in pixels (NSD: 425)")
+    p.add_argument("--n-images", type=int, default=None, help="distinct stimuli")
+    p.add_argument("--n-shared", type=int, default=None, help="shared test images")
+    p.add_argument("--n-per-subject", type=int, default=None, help="images per subject (incl. shared)")
+    p.add_argument("--nan-voxels", type=int, default=None, help="plant NaN in this many voxels (float betas)")
+    p.add_argument("--no-hdf5", action="store_true", help="do not write the .hdf5 twins of the betas")
+
+    p = sub.add_parser("ingest", help="NSD files (any URL) → the project store, one task per session")
+    p.add_argument("--source", required=True, help="NSD root, e.g. s3://natural-scenes-dataset or ./mini-nsd")
+    p.add_argument("--store", required=True, help="project store URL, e.g. ./runs/x/store.zarr or s3://bucket/x.zarr")
+    p.add_argument("--subject", type=_int_list, required=True, help="subject(s), e.g. 1 or 1,2,5,7")
+    p.add_argument("--sessions", default="1-37", help="sessions, e.g. 1-37 (default) or 1,3,5-7")
+    p.add_argument("--prefer", choices=["hdf5", "nii.gz"], default="hdf5")
+    p.add_argument("--nan-policy", choices=["error", "zero"], default="error")
+    p.add_argument("--no-stimuli", action="store_true", help="skip copying stimuli and captions")
+    p.add_argument("--captions-url", default="", help="COCO_73k_annots_curated.npy (default: at the source root)")
+    p.add_argument("--anon", action="store_true", help="anonymous access to the source (public buckets)")
+    p.add_argument("--source-option", type=_kv, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--store-option", type=_kv, action="append", default=[], metavar="KEY=VALUE")
+    _add_cluster(p)
+
+    p = sub.add_parser("run", help="run the stages of a TOML configuration")
+    p.add_argument("config")
+    p.add_argument("--stages", default=None, help="comma-separated subset, e.g. ingest")
+    _add_cluster(p)
+
+    p = sub.add_parser("status", help="what is done and what remains in a store")
+    p.add_argument("store")
+    p.add_argument("--store-option", type=_kv, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+@contextmanager
+def cluster_from(args, config_cluster=None) -> Iterator:
+    from fmri2img.cluster import connect, dashboard_link
+
+    spec = args.cluster or (config_cluster.spec if config_cluster else "local")
+    options = {}
+    if spec == "local":
+        c = config_cluster
+        options = dict(n_workers=args.workers or (c.n_workers if c else 0),
+                       threads_per_worker=c.threads_per_worker if c else 1,
+                       memory_limit=c.memory_limit if c else "auto",
+                       dashboard_address=c.dashboard_address if c else "127.0.0.1:8787",
+                       processes=c.processes if c else True)
+    client = connect(spec, **options)
+    link = dashboard_link(client)
+    if link:
+        print(f"Dask dashboard: {link}", file=sys.stderr)
+    try:
+        yield client
+    finally:
+        cluster = getattr(client, "cluster", None)
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def cmd_mini_nsd(args) -> int:
+    from fmri2img.storage.mininsd import MiniNSDSpec, generate_mini_nsd
+
+    fields = {"seed": args.seed, "subjects": tuple(args.subjects) if args.subjects else None, "side": args.side,
+              "n_images": args.n_images, "n_shared": args.n_shared, "n_per_subject": args.n_per_subject,
+              "nan_voxels": args.nan_voxels}
+    spec = MiniNSDSpec(**{k: v for k, v in fields.items() if v is not None},
+                       **({"write_hdf5": False} if args.no_hdf5 else {}))
+    manifest = generate_mini_nsd(args.dir, spec)
+    print(f"mini-NSD written to {args.dir}")
+    print(json.dumps({k: manifest[k] for k in manifest if k in ("subjects", "voxels", "n_train", "n_test")},
+                     default=str))
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from fmri2img.config import Config, ClusterConfig, IngestConfig, SourceConfig, StoreConfig, validate
+    from fmri2img.pipeline.runner import run
+
+    source_opts = dict(args.source_option)
+    if args.anon:
+        source_opts["anon"] = True
+    config = validate(Config(
+        stages=["ingest"],
+        store=StoreConfig(args.store, dict(args.store_option)),
+        source=SourceConfig(args.source, source_opts, args.captions_url),
+        cluster=ClusterConfig(spec=args.cluster or "local"),
+        ingest=IngestConfig(subjects=list(args.subject), sessions=args.sessions, prefer=args.prefer,
+                            nan_policy=args.nan_policy, stimuli=not args.no_stimuli),
+    ))
+    with cluster_from(args, config.cluster) as client:
+        results = run(config, client=client, progress=not args.no_progress)
+    for subject, summary in results["ingest"].items():
+        print(f"{subject}: {summary['n_train']} train / {summary['n_test']} test images, "
+              f"{summary['n_voxels']} voxels, {summary['sessions_written']} sessions written, "
+              f"{summary['sessions_skipped']} already done ({summary['seconds']:.1f} s)")
+    print(f"store: {args.store}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from fmri2img import config as cfgmod
+    from fmri2img.pipeline.runner import run
+
+    config = cfgmod.load(args.config)
+    stages = [s for s in args.stages.split(",") if s] if args.stages else None
+    with cluster_from(args, config.cluster) as client:
+        results = run(config, stages=stages, client=client, progress=not args.no_progress)
+    print(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from fmri2img.pipeline.runner import read_runlog, status
+    from fmri2img.storage.store import Store
+
+    store = Store(args.store, dict(args.store_option))
+    rows = status(store)
+    if args.json:
+        print(json.dumps([{"group": g, "done": d, "total": t} for g, d, t in rows]))
+        return 0
+    if not rows:
+        print(f"{store.describe()}: empty (nothing ingested yet)")
+        return 0
+    width = max(len(g) for g, _, _ in rows)
+    print(f"{store.describe()}")
+    for group, done, total in rows:
+        state = "done" if total and done == total else f"{total - done} regions to do"
+        print(f"  {group:<{width}}  {done:>5}/{total:<5} {state}")
+    log = read_runlog(store)
+    if log:
+        last = log[-1]
+        print(f"last run: stage {last.get('stage')} at {last.get('time')} ({last.get('seconds')} s)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from fmri2img.demo import run_demo
+
+    with cluster_from(args) as client:
+        run_demo(args.workdir, client=client, fresh=args.fresh, progress=not args.no_progress)
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "mini-nsd": cmd_mini_nsd, "ingest": cmd_ingest, "run": cmd_run,
+            "status": cmd_status}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted: finished regions are recorded; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, FileNotFoundError, PermissionError) as exc:
+        if args.verbose >= 2:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""The run configuration: a TOML file ⇄ dataclasses, validated with clear errors.
+
+Example (``fmri2img run config.toml``)::
+
+    stages = ["ingest"]
+
+    [store]
+    url = "s3://my-lab-bucket/nsd.zarr"
+
+    [source]
+    url = "s3://natural-scenes-dataset"        # anonymous by default for this bucket
+
+    [cluster]
+    spec = "local"                             # or "tcp://scheduler:8786"
+
+    [ingest]
+    subjects = [1, 2, 5, 7]
+    sessions = "1-37"
+
+Defaults match the reference method (REFERENCE.md).  Storage roots and
+credentials are given here or at run time, never baked into code; credentials
+in ``storage_options`` are never written to the store, logs or reports.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from fmri2img.storage import urls
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the field and the fix."""
+
+
+def parse_sessions(text: str | int | list, *, field_name: str = "ingest.sessions") -> tuple[int, ...]:
+    """``"1-37"``, ``"1,3,5-7"``, ``5`` or ``[1, 2]`` → sorted unique 1-based sessions."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        items = [text]
+    elif isinstance(text, (list, tuple)):
+        items = list(text)
+    elif isinstance(text, str):
+        items = []
+        for part in text.replace(" ", "").split(","):
+            if not part:
+                continue
+            lo, sep, hi = part.partition("-")
+            try:
+                if sep:
+                    items.extend(range(int(lo), int(hi) + 1))
+                else:
+                    items.append(int(lo))
+            except ValueError:
+                raise ConfigError(
+                    f"{field_name}: cannot read {text!r}; expected session numbers like '1-37' or '1,3,5-7'"
+                ) from None
+    else:
+        raise ConfigError(f"{field_name}: expected a string like '1-37' or a list of integers, got {text!r}")
+    if not items or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in items):
+        raise ConfigError(f"{field_name}: sessions are integers ≥ 1 (NSD sessions 1–37 are public), got {text!r}")
+    return tuple(sorted(set(items)))
+
+
+@dataclass
+class StoreConfig:
+    """Where the project store lives."""
+
+    url: str = "./runs/default/store.zarr"
+    storage_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class SourceConfig:
+    """Where NSD-format data is read from (the public bucket, a mirror, or mini-NSD)."""
+
+    url: str = "s3://natural-scenes-dataset"
+    storage_options: dict = field(default_factory=dict)
+    #: COCO_73k_annots_curated.npy; default: <url>/COCO_73k_annots_curated.npy
+    captions_url: str = ""
+
+
+@dataclass
+class ClusterConfig:
+    """Which Dask cluster runs the stages (see fmri2img.cluster)."""
+
+    spec: str = "local"
+    n_workers: int = 0  # 0: one per core
+    threads_per_worker: int = 1
+    memory_limit: str = "auto"
+    dashboard_address: str = "127.0.0.1:8787"
+    processes: bool = True
+
+
+@dataclass
+class IngestConfig:
+    """NSD → store (REFERENCE.md §1)."""
+
+    subjects: list = field(default_factory=lambda: [1])
+    sessions: str = "1-37"
+    #: read betas from the uncompressed .hdf5 twin by range when present ("hdf5"), or stream the .nii.gz ("nii.gz")
+    prefer: str = "hdf5"
+    #: what to do with NaN betas: "error" (default) or "zero" (replace by 0 and record the count)
+    nan_policy: str = "error"
+    stimuli: bool = True
+
+    def session_list(self) -> tuple[int, ...]:
+        return parse_sessions(self.sessions)
+
+
+@dataclass
+class Config:
+    """The whole run configuration."""
+
+    stages: list = field(default_factory=lambda: ["ingest"])
+    seed: int = 0
+    store: StoreConfig = field(default_factory=StoreConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def redacted(self) -> dict:
+        """The configuration with every credential replaced by ``***`` (safe to log or store).
+
+        Credentials live in ``storage_options`` tables and in URLs (``user:pass@``).
+        """
+        return _redact_tree(self.to_dict())
+
+
+def _redact_tree(data: Any, key: str = "") -> Any:
+    if key == "storage_options":
+        return urls.redact(data)
+    if isinstance(data, dict):
+        return {k: _redact_tree(v, k) for k, v in data.items()}
+    if isinstance(data, str) and (key == "url" or key.endswith("_url")):
+        return urls.redact(data)
+    return data
+
+
+_CHOICES = {
+    "ingest.prefer": ("hdf5", "nii.gz"),
+    "ingest.nan_policy": ("error", "zero"),
+}
+
+
+def _check_type(value: Any, annotation: Any, name: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        ok = isinstance(value, bool)
+    elif annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif annotation is str:
+        ok = isinstance(value, str)
+    elif annotation is list or origin is list:
+        ok = isinstance(value, list)
+    elif annotation is dict or origin is dict:
+        ok = isinstance(value, dict)
+    elif isinstance(annotation, types.UnionType):
+        ok = True
+    else:
+        ok = True
+    if not ok:
+        expected = getattr(annotation, "__name__", str(annotation))
+        raise ConfigError(f"{name}: expected {expected}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def from_dict(cls, data: Mapping[str, Any], prefix: str = ""):
+    """Build dataclass ``cls`` from a mapping, refusing unknown keys and wrong types by name."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"[{prefix}]" if prefix else "the top level"
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {where}; valid keys are {sorted(fields)} (check the spelling)"
+        )
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value, name)
+        else:
+            value = _check_type(value, hint, name)
+            if name in _CHOICES and value not in _CHOICES[name]:
+                raise ConfigError(f"{name}: expected one of {list(_CHOICES[name])}, got {value!r}")
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def validate(config: Config) -> Config:
+    """Cross-field checks that types alone cannot express."""
+    config.ingest.session_list()
+    for s in config.ingest.subjects:
+        if not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= 99:
+            raise ConfigError(f"ingest.subjects: expected subject numbers like [1, 2, 5, 7], got {s!r}")
+    known = set(STAGES)
+    bad = [s for s in config.stages if s not in known]
+    if bad:
+        raise ConfigError(f"stages: unknown stage(s) {bad}; available: {list(STAGES)}")
+    if not config.store.url:
+        raise ConfigError("store.url: empty; give the store's URL, e.g. './runs/x/store.zarr' or 's3://bucket/x.zarr'")
+    return config
+
+
+#: stage names in run order; the runner maps each to its function
+STAGES = ("ingest",)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a TOML configuration file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; write one (README: Configuration)") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}; fix the syntax at that line") from None
+    try:
+        return validate(from_dict(Config, data))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def loads(text: str) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config is not valid TOML: {exc}") from None
+    return validate(from_dict(Config, data))
+
+
+def dumps(config: Config) -> str:
+    """The configuration as TOML text (credentials redacted)."""
+    return _to_toml(config.redacted())
+
+
+def _to_toml(data: Mapping[str, Any], prefix: str = "") -> str:
+    simple = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    lines = [f"{k} = {_toml_value(v)}" for k, v in simple.items()]
+    for k, v in tables.items():
+        name = f"{prefix}.{k}" if prefix else k
+        lines.append("")
+        lines.append(f"[{name}]")
+        lines.append(_to_toml(v, name))
+    return "\n".join(line for line in lines if line is not None).strip() + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise ConfigError(f"cannot write {v!r} to TOML")

@@ -1,0 +1,320 @@
+"""The ingest stage: NSD files behind any URL → the project store (REFERENCE.md §1).
+
+For one subject:
+
+1. The driver reads the small files (experimental design, ROI volumes), splits
+   the trials of the chosen sessions into train (``masterordering > n_shared``)
+   and test images, and writes the templates of ``subjects/subjNN/{betas,
+   train,test,rois}`` and ``stimuli``.
+2. One task per session file streams that file from the source (HDF5 twin by
+   range, else the gzip stream), masks it with nsdgeneral > 0 (C order), divides
+   by 300 and writes its row of ``betas``; one task per block of 32 stimuli
+   copies images and captions.  Nothing is copied to local disk; a task holds
+   about one session in memory.
+3. One task per voxel block averages the repeats of every train and test image
+   (all repeats within the chosen sessions, as Brain-Diffuser does) from the
+   stored betas.
+
+Every region has a completion record, so an interrupted ingest resumes.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from fmri2img.pipeline.tasks import Task, run_tasks
+from fmri2img.storage import nsd, schema
+from fmri2img.storage.source import Source
+from fmri2img.storage.store import Region, Store, regular_regions
+
+logger = logging.getLogger(__name__)
+
+#: the 13 ROI masks of the Brain-Diffuser ROI analysis: name → (file, labels); V1–V4 from prf-visualrois
+ROI_MASKS: dict[str, tuple[str, tuple[int, ...] | None]] = {
+    "floc-faces": ("floc-faces", None),
+    "floc-words": ("floc-words", None),
+    "floc-places": ("floc-places", None),
+    "floc-bodies": ("floc-bodies", None),
+    "V1": ("prf-visualrois", (1, 2)),
+    "V2": ("prf-visualrois", (3, 4)),
+    "V3": ("prf-visualrois", (5, 6)),
+    "V4": ("prf-visualrois", (7,)),
+    "ecc05": ("prf-eccrois", (1,)),
+    "ecc10": ("prf-eccrois", (2,)),
+    "ecc20": ("prf-eccrois", (3,)),
+    "ecc40": ("prf-eccrois", (4,)),
+    "ecc40p": ("prf-eccrois", (5,)),
+}
+
+
+class IngestError(ValueError):
+    """Input that cannot be ingested; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class SubjectPlan:
+    """What the driver learned from the small files of one subject."""
+
+    subject: int
+    split: nsd.TrialSplit
+    trials_per_session: int
+    voxels: np.ndarray
+    volume_shape: tuple[int, int, int]
+
+
+def plan_subject(source: Source, subject: int, sessions: Sequence[int]) -> SubjectPlan:
+    """Read the design and the nsdgeneral mask and split the trials of ``sessions``."""
+    fs, root = source.filesystem()
+    layout = nsd.NSDLayout(root)
+    design = nsd.read_expdesign(fs, layout.expdesign())
+    split = nsd.split_trials(design, subject, sessions)
+    mask = nsd.read_mask(fs, layout.roi(subject, "nsdgeneral"))
+    voxels = np.flatnonzero(mask.ravel(order="C")).astype(np.int64)
+    if voxels.size == 0:
+        raise IngestError(f"{layout.roi(subject, 'nsdgeneral')}: the nsdgeneral mask selects no voxel (no label > 0); "
+                          f"check that the file is the subject's func1pt8mm nsdgeneral.nii.gz")
+    return SubjectPlan(subject, split, design.trials_per_session, voxels, tuple(int(s) for s in mask.shape))
+
+
+def read_roi_masks(source: Source, plan: SubjectPlan) -> tuple[list[str], list[str], np.ndarray]:
+    """The 13 ROI masks over the nsdgeneral voxels: names, source files, bool (roi, voxel).
+
+    A missing ROI file is logged and its masks left out (the ROI analysis says so);
+    a file whose volume differs from nsdgeneral's is an error.
+    """
+    fs, root = source.filesystem()
+    layout = nsd.NSDLayout(root)
+    volumes: dict[str, np.ndarray | None] = {}
+    for file in sorted({f for f, _ in ROI_MASKS.values()}):
+        path = layout.roi(plan.subject, file)
+        try:
+            data, _ = nsd.read_volume(fs, path)
+        except nsd.NSDFileMissing:
+            logger.warning("%s is missing: its ROI masks are left out of subjects/subj%02d/rois", path, plan.subject)
+            volumes[file] = None
+            continue
+        if tuple(data.shape) != plan.volume_shape:
+            raise IngestError(
+                f"{path} has {schema_shape(data.shape)} voxels but the nsdgeneral mask is "
+                f"{schema_shape(plan.volume_shape)}: ROI files and nsdgeneral must come from the same space (func1pt8mm)"
+            )
+        volumes[file] = np.asarray(data).ravel(order="C")[plan.voxels]
+    names, sources, masks = [], [], []
+    for name, (file, labels) in ROI_MASKS.items():
+        values = volumes[file]
+        if values is None:
+            continue
+        mask = values > 0 if labels is None else np.isin(np.rint(values).astype(np.int64), labels)
+        names.append(name)
+        sources.append(f"{file}.nii.gz" + ("" if labels is None else f" labels {list(labels)}"))
+        masks.append(mask)
+    array = np.array(masks, dtype=bool).reshape(len(masks), len(plan.voxels))
+    return names, sources, array
+
+
+def schema_shape(shape: Sequence[int]) -> str:
+    return "×".join(str(int(s)) for s in shape)
+
+
+# -- tasks (module level: they are pickled to workers) ---------------------------------------
+
+def ingest_session(store: Store, source: Source, subject: int, session: int, region: Region,
+                   voxels: np.ndarray, volume_shape: tuple, trials: int, prefer: str, nan_policy: str) -> dict:
+    """Stream one session file, mask it, write its betas row; return a summary."""
+    t0 = time.perf_counter()
+    fs, root = source.filesystem()
+    layout = nsd.NSDLayout(root)
+    betas = nsd.read_session_betas(fs, layout, subject, session, voxels, volume_shape, trials, prefer=prefer)
+    bad = ~np.isfinite(betas)
+    n_bad = int(bad.sum())
+    if n_bad:
+        bad_voxels = int(bad.any(axis=0).sum())
+        if nan_policy != "zero":
+            raise IngestError(
+                f"{layout.betas(subject, session)}: {n_bad} NaN/inf betas in {bad_voxels} nsdgeneral voxels; "
+                f"set [ingest] nan_policy = \"zero\" (CLI: --nan-policy zero) to replace them by 0 and record the "
+                f"count, or fix the file"
+            )
+        betas = np.where(bad, np.float32(0), betas)
+    nbytes = store.write_region(schema.subject_group(subject, "betas"), region, {"betas": betas})
+    return {"session": session, "nan_betas": n_bad, "bytes": nbytes, "seconds": time.perf_counter() - t0}
+
+
+def ingest_stimuli_block(store: Store, source: Source, region: Region, ids: np.ndarray, captions: bool) -> dict:
+    """Copy one block of stimulus images (and their captions) into ``stimuli``."""
+    t0 = time.perf_counter()
+    fs, root = source.filesystem()
+    images = nsd.read_stimuli(fs, nsd.NSDLayout(root).stimuli(), ids)
+    data: dict[str, np.ndarray] = {"images": images}
+    if captions:
+        cfs, cpath = source.captions()
+        data["captions"] = np.asarray(nsd.read_captions(cfs, cpath, ids), dtype=object)
+    nbytes = store.write_region(schema.STIMULI, region, data)
+    return {"images": len(ids), "bytes": nbytes, "seconds": time.perf_counter() - t0}
+
+
+def average_block(store: Store, subject: int, region: Region, rows: Mapping[str, list[np.ndarray]]) -> dict:
+    """Average repeats for one voxel block and write it to train and test.
+
+    ``rows[part][i]`` are the rows of ``betas`` (trials) showing image ``i`` of ``part``.
+    """
+    t0 = time.perf_counter()
+    betas = store.group(schema.subject_group(subject, "betas"))["betas"]
+    block = np.asarray(betas[:, region.slice], dtype=np.float64)
+    for part in ("train", "test"):
+        lists = rows[part]
+        mean = (repeat_average_matrix(lists, block.shape[0]) @ block).astype(np.float32)
+        store.write_region(schema.subject_group(subject, part), region, {"fmri": mean})
+    return {"voxels": region.stop - region.start, "seconds": time.perf_counter() - t0}
+
+
+def repeat_average_matrix(rows: Sequence[np.ndarray], n_rows: int) -> sp.csr_matrix:
+    """Sparse (n_images, n_rows) matrix whose row i averages the rows ``rows[i]``."""
+    counts = np.array([len(r) for r in rows], dtype=np.int64)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    indices = np.concatenate(rows).astype(np.int64) if len(rows) else np.zeros(0, np.int64)
+    data = np.repeat(1.0 / np.maximum(counts, 1), counts)
+    return sp.csr_matrix((data, indices, indptr), shape=(len(rows), n_rows))
+
+
+# -- the stage ----------------------------------------------------------------------------------
+
+def ingest(
+    store: Store, source: Source, subject: int, sessions: Sequence[int], *, client=None,
+    prefer: str = "hdf5", nan_policy: str = "error", stimuli: bool = True, captions: bool = True,
+    config: Mapping[str, Any] | None = None, progress: bool = True,
+) -> dict:
+    """Ingest one subject from ``source`` into ``store``; resumable.
+
+    Parameters
+    ----------
+    store : Store
+        The project store.
+    source : Source
+        The NSD tree (public bucket, mirror, or mini-NSD).
+    subject : int
+        1-based NSD subject.
+    sessions : sequence of int
+        1-based sessions (Brain-Diffuser: 1–37).
+    client : distributed.Client, optional
+        Runs the tasks on a cluster; ``None`` runs them here one by one.
+    prefer : {"hdf5", "nii.gz"}
+        Read betas from the HDF5 twin by range when present, or stream the gzip.
+    nan_policy : {"error", "zero"}
+        What to do with non-finite betas.
+    stimuli, captions : bool
+        Also copy the subject's stimuli (and captions) into ``stimuli``.
+
+    Returns
+    -------
+    dict
+        Counts and timings (JSON-serialisable).
+    """
+    t0 = time.perf_counter()
+    plan = plan_subject(source, subject, sessions)
+    split, tps = plan.split, plan.trials_per_session
+    attrs = schema.provenance(source=source.safe_url, config=config, subject=int(subject),
+                              sessions=",".join(map(str, split.sessions)))
+    logger.info("subject %d: %d train / %d test images, %d trials in %d sessions, %d voxels",
+                subject, len(split.train_ids), len(split.test_ids), len(split.trial_image),
+                len(split.sessions), len(plan.voxels))
+
+    # -- templates
+    bgroup = schema.subject_group(subject, "betas")
+    btemplate = schema.betas_template(split.trial_session, split.trial_image, split.trial_index, tps,
+                                      plan.voxels, plan.volume_shape)
+    bregions = [Region(k, "trial", k * tps, (k + 1) * tps, f"session-{s:02d}") for k, s in enumerate(split.sessions)]
+    btodo = store.ensure_template(bgroup, btemplate, bregions, attrs={**attrs, "trials_per_session": tps})
+
+    vregions = regular_regions("voxel", len(plan.voxels), schema.VOXEL_CHUNK, "voxels")
+    todo_avg = {}
+    for part, ids in (("train", split.train_ids), ("test", split.test_ids)):
+        group = schema.subject_group(subject, part)
+        template = schema.averaged_template(ids, plan.voxels, plan.volume_shape)
+        counts = [len(t) for t in (split.train_trials if part == "train" else split.test_trials)]
+        template["n_repeats"] = ("image", np.asarray(counts, dtype=np.int16))
+        todo_avg[part] = store.ensure_template(group, template, vregions, attrs=attrs, overwrite=bool(btodo))
+
+    rgroup = schema.subject_group(subject, "rois")
+    names, sources_, masks = read_roi_masks(source, plan)
+    rtemplate = schema.rois_template(names, sources_, plan.voxels, plan.volume_shape)
+    rregion = [Region(0, "roi", 0, len(names), "rois")]
+    if store.ensure_template(rgroup, rtemplate, rregion, attrs=attrs) and len(names):
+        store.write_region(rgroup, rregion[0], {"masks": masks})
+
+    tasks = [
+        Task(r.label, ingest_session, (store, source, subject, split.sessions[r.index], r, plan.voxels,
+                                       plan.volume_shape, tps, prefer, nan_policy))
+        for r in btodo
+    ]
+    stim_todo, stim_ids = (_stimuli_plan(store, source, split, attrs, captions) if stimuli else ([], None))
+    tasks += [Task(r.label, ingest_stimuli_block, (store, source, r, stim_ids[r.slice], captions)) for r in stim_todo]
+    results = run_tasks(tasks, stage=f"ingest-subj{subject:02d}", client=client, progress=progress)
+    sessions_done = [r for r in results if "session" in r]
+
+    # -- averages over repeats (after every session is in)
+    rows = _rows_of(split)
+    vtodo = sorted({r.index for part in todo_avg for r in todo_avg[part]})
+    avg_tasks = [Task(vregions[i].label, average_block, (store, subject, vregions[i], rows)) for i in vtodo]
+    run_tasks(avg_tasks, stage=f"average-subj{subject:02d}", client=client, progress=progress)
+
+    summary = {
+        "subject": int(subject),
+        "sessions": list(split.sessions),
+        "n_train": int(len(split.train_ids)),
+        "n_test": int(len(split.test_ids)),
+        "n_trials": int(len(split.trial_image)),
+        "n_voxels": int(len(plan.voxels)),
+        "sessions_written": len(sessions_done),
+        "sessions_skipped": len(bregions) - len(btodo),
+        "nan_betas_zeroed": int(sum(r["nan_betas"] for r in sessions_done)),
+        "stimulus_blocks_written": len(stim_todo),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if summary["nan_betas_zeroed"]:
+        g = store.group(bgroup, mode="a")
+        g.attrs["nan_betas_zeroed"] = int(g.attrs.get("nan_betas_zeroed", 0)) + summary["nan_betas_zeroed"]
+    logger.info("ingest subject %d done: %s", subject, summary)
+    return summary
+
+
+def _rows_of(split: nsd.TrialSplit) -> dict[str, list[np.ndarray]]:
+    trial_index = split.trial_index
+    return {
+        "train": [np.searchsorted(trial_index, t) for t in split.train_trials],
+        "test": [np.searchsorted(trial_index, t) for t in split.test_trials],
+    }
+
+
+def _stimuli_plan(store: Store, source: Source, split: nsd.TrialSplit, attrs: dict, captions: bool):
+    """Template or extend ``stimuli`` with this subject's images; return (regions to do, ids in store order)."""
+    wanted = np.unique(np.concatenate([split.train_ids, split.test_ids]))
+    fs, root = source.filesystem()
+    if captions:
+        cfs, cpath = source.captions()
+        if not cfs.exists(cpath):
+            raise IngestError(
+                f"captions file not found at {cpath}: set [source] captions_url to COCO_73k_annots_curated.npy "
+                f"(published with the NSD annotations, e.g. the pscotti/naturalscenesdataset mirror), "
+                f"or ingest without captions (--no-captions)"
+            )
+    if not store.has_group(schema.STIMULI):
+        side = nsd.read_stimuli(fs, nsd.NSDLayout(root).stimuli(), wanted[:1]).shape[1]
+        template = schema.stimuli_template(wanted, side, 5)
+        regions = regular_regions("image", len(wanted), schema.STIMULUS_CHUNK, "images")
+        store.write_template(schema.STIMULI, template, regions, attrs=attrs)
+        return regions, wanted
+    present = store.group(schema.STIMULI)["image"][:]
+    new = np.setdiff1d(wanted, present)
+    if len(new):
+        regions = store.extend_template(schema.STIMULI, "image", new, schema.STIMULUS_CHUNK, "images")
+    else:
+        regions = store.regions(schema.STIMULI)
+    ids = store.group(schema.STIMULI)["image"][:]
+    done = store.done_regions(schema.STIMULI)
+    return [r for r in regions if r.index not in done], ids

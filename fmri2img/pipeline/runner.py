@@ -1,0 +1,120 @@
+"""The runner: stage order, resume, progress and the run log.
+
+Each stage is a function ``stage(ctx) -> dict`` registered in :data:`STAGES`;
+the runner calls the configured ones in order.  Stages resume by themselves
+(their region records), so running the same configuration twice redoes nothing.
+A JSON-lines run log (stage, subject, counts, timings, versions) is appended to
+the store under ``_runlog`` (configuration redacted: never credentials).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import zarr
+
+from fmri2img.config import Config
+from fmri2img.pipeline.ingest import ingest
+from fmri2img.storage import schema
+from fmri2img.storage.source import Source
+from fmri2img.storage.store import Store
+
+logger = logging.getLogger(__name__)
+
+RUNLOG = "_runlog"
+
+
+@dataclass
+class RunContext:
+    """What every stage receives."""
+
+    config: Config
+    store: Store
+    client: Any = None
+    progress: bool = True
+    results: dict = field(default_factory=dict)
+
+    @property
+    def source(self) -> Source:
+        s = self.config.source
+        return Source(s.url, dict(s.storage_options), s.captions_url)
+
+
+def stage_ingest(ctx: RunContext) -> dict:
+    cfg = ctx.config.ingest
+    out = {}
+    for subject in cfg.subjects:
+        out[f"subj{subject:02d}"] = ingest(
+            ctx.store, ctx.source, subject, cfg.session_list(), client=ctx.client, prefer=cfg.prefer,
+            nan_policy=cfg.nan_policy, stimuli=cfg.stimuli, captions=cfg.stimuli,
+            config=ctx.config.redacted(), progress=ctx.progress,
+        )
+    return out
+
+
+#: stage name → function, in run order
+STAGES: dict[str, Callable[[RunContext], dict]] = {
+    "ingest": stage_ingest,
+}
+
+
+def run(config: Config, *, stages: list[str] | None = None, client=None, progress: bool = True) -> dict:
+    """Run ``stages`` (default: the configured ones) in registry order; return their summaries."""
+    wanted = stages or list(config.stages)
+    unknown = [s for s in wanted if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)}")
+    store = Store(config.store.url, dict(config.store.storage_options))
+    ctx = RunContext(config, store, client, progress)
+    for name in STAGES:
+        if name not in wanted:
+            continue
+        t0 = time.perf_counter()
+        logger.info("stage %s: start", name)
+        result = STAGES[name](ctx)
+        seconds = time.perf_counter() - t0
+        ctx.results[name] = result
+        append_runlog(store, {"stage": name, "seconds": round(seconds, 3), "result": result,
+                              "config_hash": schema.config_hash(config.redacted())})
+        logger.info("stage %s: done in %.1f s", name, seconds)
+    return ctx.results
+
+
+def append_runlog(store: Store, record: dict) -> None:
+    """Append one JSON record to the store's run log (a 1-D string array)."""
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "versions": schema.library_versions(), **record}
+    line = json.dumps(record, default=_jsonable, sort_keys=True)
+    root = store.root()
+    try:
+        log = root[RUNLOG]
+        log.resize((log.shape[0] + 1,))
+        log[-1] = line
+    except KeyError:
+        log = root.create_array(RUNLOG, shape=(1,), chunks=(1024,), dtype=str, dimension_names=("entry",))
+        log[0] = line
+
+
+def read_runlog(store: Store) -> list[dict]:
+    try:
+        log = store.root(mode="r")[RUNLOG]
+    except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError):
+        return []
+    return [json.loads(x) for x in log[:] if x]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def status(store: Store) -> list[tuple[str, int, int]]:
+    """``(group, regions done, regions total)`` for every group of the store."""
+    return [(g, *store.progress(g)) for g in store.list_groups()]

@@ -1,0 +1,377 @@
+"""The project store: template-first writes, region writes and completion records.
+
+Every array of a project lives in one Zarr v3 group tree opened by URL (see
+:mod:`fmri2img.storage.urls`).  Writers follow the pattern of xarray-beam:
+
+1. ``write_template`` writes the metadata of a group once (array shapes, chunks,
+   dimension names, coordinates, attributes) from an :class:`xarray.Dataset`
+   whose data variables are lazy (dask) arrays; nothing of the data is computed.
+2. Each region (a slab along one dimension, for example one NSD session) is then
+   written by one task with :meth:`Store.write_region`, which checks alignment
+   with the template before writing.
+3. Only after a region's data is fully written does the task write the region's
+   completion record (one chunk of a small ``uint8`` array in the ``_progress``
+   group).  A run killed half-way leaves records only for finished regions, so a
+   rerun redoes exactly the unfinished ones and never trusts a half-written one.
+
+The store object is cheap and picklable: it holds the URL and storage options
+and opens the underlying Zarr store lazily in whichever process uses it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from fmri2img.storage import urls
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_GROUP = "_progress"
+
+
+class StoreError(ValueError):
+    """A store group or region does not match what the writer expects."""
+
+
+@dataclass(frozen=True)
+class Region:
+    """One unit of writing: a slab ``[start, stop)`` along dimension ``dim``.
+
+    Parameters
+    ----------
+    index : int
+        Position of the region in the group's region list (its record slot).
+    dim : str
+        The dimension the group is partitioned along.
+    start, stop : int
+        Half-open bounds along ``dim``.
+    label : str
+        Human-readable name used in task keys and messages (``"session-03"``).
+    """
+
+    index: int
+    dim: str
+    start: int
+    stop: int
+    label: str
+
+    @property
+    def slice(self) -> slice:
+        return slice(self.start, self.stop)
+
+
+def regular_regions(dim: str, size: int, step: int, prefix: str) -> list[Region]:
+    """Split ``range(size)`` into consecutive regions of ``step`` elements."""
+    if step <= 0:
+        raise StoreError(f"region step along {dim!r} must be positive, got {step}")
+    return [
+        Region(i, dim, start, min(start + step, size), f"{prefix}-{i:04d}")
+        for i, start in enumerate(range(0, size, step))
+    ]
+
+
+@dataclass(frozen=True)
+class Store:
+    """A project store at ``url`` (local path, ``memory://``, ``s3://``, ``gs://``, ``gdrive://``).
+
+    Parameters
+    ----------
+    url : str
+        Where the store lives.
+    storage_options : dict, optional
+        Passed to fsspec (credentials, endpoint).  Never written into the store.
+    """
+
+    url: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+    # -- opening -----------------------------------------------------------------
+    def zarr_store(self, *, read_only: bool = False):
+        return urls.zarr_store(self.url, dict(self.storage_options) or None, read_only=read_only)
+
+    def root(self, mode: str = "a") -> zarr.Group:
+        """The root group (created when absent and ``mode`` allows writing)."""
+        return zarr.open_group(self.zarr_store(read_only=(mode == "r")), mode=mode, zarr_format=3)
+
+    def describe(self) -> str:
+        """A log-safe description of the store (no credentials)."""
+        return urls.describe(self.url, dict(self.storage_options) or None)
+
+    def has_group(self, group: str) -> bool:
+        try:
+            zarr.open_group(self.zarr_store(read_only=True), path=group, mode="r")
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+            return False
+        return True
+
+    def group(self, group: str, mode: str = "r") -> zarr.Group:
+        try:
+            return zarr.open_group(self.zarr_store(read_only=(mode == "r")), path=group, mode=mode)
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
+            raise StoreError(
+                f"group {group!r} does not exist in the store {self.describe()}: run the stage that "
+                f"writes it first (fmri2img status {self.url} shows what is done)"
+            ) from exc
+
+    def open_dataset(self, group: str, **kwargs) -> xr.Dataset:
+        """Open ``group`` as an :class:`xarray.Dataset` (lazy, dask-backed)."""
+        self.group(group)  # clear error when missing
+        kwargs.setdefault("consolidated", False)
+        return xr.open_zarr(self.zarr_store(read_only=True), group=group, **kwargs)
+
+    # -- templates -----------------------------------------------------------------
+    def write_template(
+        self,
+        group: str,
+        template: xr.Dataset,
+        regions: Sequence[Region],
+        *,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write the metadata of ``group`` and reset its completion records.
+
+        Parameters
+        ----------
+        group : str
+            Path of the group in the store, for example ``"subjects/subj01/betas"``.
+        template : xarray.Dataset
+            Data variables are dask arrays whose chunks are the Zarr chunks; they
+            are not computed.  Numpy-backed variables and coordinates are written
+            eagerly (they are small by construction).
+        regions : sequence of Region
+            The regions later written by :meth:`write_region`.
+        attrs : mapping, optional
+            Group attributes (units, provenance).  Must not hold credentials.
+        """
+        ds = template.copy()
+        ds.attrs = {**ds.attrs, **(attrs or {})}
+        ds.attrs["fmri2img_regions"] = json.dumps(_regions_to_json(regions))
+        ds.attrs["fmri2img_template"] = template_fingerprint(template, regions)
+        encoding = {name: {"chunks": _zarr_chunks(var)} for name, var in ds.data_vars.items()}
+        ds.to_zarr(
+            self.zarr_store(), group=group, mode="w", compute=False, zarr_format=3,
+            consolidated=False, encoding=encoding,
+        )
+        self._reset_progress(group, len(regions))
+        logger.info("template %s written to %s (%d regions)", group, self.describe(), len(regions))
+
+    def template_matches(self, group: str, template: xr.Dataset, regions: Sequence[Region]) -> bool:
+        """Whether ``group`` exists with the same template (so its records may be trusted)."""
+        if not self.has_group(group):
+            return False
+        found = self.group(group).attrs.get("fmri2img_template")
+        return found == template_fingerprint(template, regions)
+
+    def ensure_template(
+        self, group: str, template: xr.Dataset, regions: Sequence[Region], *,
+        attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
+    ) -> list[Region]:
+        """Write the template unless an identical one exists; return the regions still to do."""
+        if overwrite or not self.template_matches(group, template, regions):
+            self.write_template(group, template, regions, attrs=attrs)
+            return list(regions)
+        if attrs:
+            self.group(group, mode="a").attrs.update(dict(attrs))
+        done = self.done_regions(group)
+        todo = [r for r in regions if r.index not in done]
+        logger.info("%s: %d of %d regions already done, %d to do", group, len(done), len(regions), len(todo))
+        return todo
+
+    def extend_template(self, group: str, dim: str, new_values: np.ndarray, step: int, prefix: str) -> list[Region]:
+        """Append ``new_values`` to the coordinate ``dim`` of an existing group.
+
+        Every array with dimension ``dim`` is resized (metadata only; finished
+        data is kept).  Regions are recomputed as consecutive blocks of ``step``;
+        records of regions whose bounds did not change are kept, the record of a
+        partial last region that grows is cleared (it will be rewritten whole).
+
+        Returns
+        -------
+        list of Region
+            The full new region list.
+        """
+        g = self.group(group, mode="a")
+        coord = g[dim]
+        old_values = coord[:]
+        old_regions = self.regions(group)
+        new_values = np.asarray(new_values, dtype=old_values.dtype)
+        size = len(old_values) + len(new_values)
+        for name in g.array_keys():
+            arr = g[name]
+            dims = tuple(arr.metadata.dimension_names or ())
+            if dim in dims:
+                shape = list(arr.shape)
+                shape[dims.index(dim)] = size
+                arr.resize(tuple(shape))
+        coord = g[dim]  # reopen: the resized metadata
+        coord[len(old_values):] = new_values
+        regions = regular_regions(dim, size, step, prefix)
+        done = self.done_regions(group)
+        keep = {r.index for r in old_regions if r.index in done and r.index < len(regions)
+                and (regions[r.index].start, regions[r.index].stop) == (r.start, r.stop)}
+        self._reset_progress(group, len(regions))
+        progress = self._progress_array(group)
+        for index in keep:
+            progress[index] = 1
+        g.attrs["fmri2img_regions"] = json.dumps(_regions_to_json(regions))
+        g.attrs["fmri2img_template"] = "extended-" + hashlib.sha256(
+            np.asarray(coord[:]).tobytes()).hexdigest()[:16]
+        logger.info("%s extended by %d along %s (%d regions kept)", group, len(new_values), dim, len(keep))
+        return regions
+
+    # -- regions -------------------------------------------------------------------
+    def write_region(
+        self, group: str, region: Region, data: Mapping[str, np.ndarray], *, mark_done: bool = True
+    ) -> int:
+        """Write the variables of one region, then (optionally) its completion record.
+
+        Parameters
+        ----------
+        group : str
+            The group whose template was written with this region.
+        region : Region
+            Which slab to write.
+        data : mapping of str to ndarray
+            For each data variable, the values of the slab.  Their shape along
+            ``region.dim`` must be ``region.stop - region.start`` and the full
+            extent of every other dimension.
+
+        Returns
+        -------
+        int
+            Bytes written (uncompressed).
+        """
+        g = self.group(group, mode="a")
+        nbytes = 0
+        for name, values in data.items():
+            try:
+                arr = g[name]
+            except KeyError:
+                raise StoreError(f"{group} has no variable {name!r}; it has {sorted(g.array_keys())}") from None
+            dims = tuple(arr.metadata.dimension_names or ())
+            if region.dim not in dims:
+                raise StoreError(f"{group}/{name} has dims {dims}, none of them the region dim {region.dim!r}")
+            axis = dims.index(region.dim)
+            expected = list(arr.shape)
+            expected[axis] = region.stop - region.start
+            values = np.asarray(values)
+            if tuple(values.shape) != tuple(expected):
+                raise StoreError(
+                    f"region {region.label} of {group}/{name}: values have shape {values.shape}, "
+                    f"the template expects {tuple(expected)}"
+                )
+            selection = [slice(None)] * arr.ndim
+            selection[axis] = region.slice
+            try:
+                arr[tuple(selection)] = values.astype(arr.dtype, copy=False)
+            except Exception as exc:  # re-raise with the region named (xarray-beam style)
+                raise type(exc)(f"writing region {region.label} of {group}/{name} failed: {exc}") from exc
+            nbytes += values.nbytes
+        if mark_done:
+            self.mark_done(group, region)
+        return nbytes
+
+    def mark_done(self, group: str, region: Region) -> None:
+        """Write the completion record of ``region`` (after its data is written)."""
+        progress = self._progress_array(group)
+        progress[region.index] = 1
+
+    def done_regions(self, group: str) -> set[int]:
+        """Indices of the regions of ``group`` whose completion record exists."""
+        try:
+            progress = self._progress_array(group, mode="r")
+        except StoreError:
+            return set()
+        return set(np.flatnonzero(progress[:]).tolist())
+
+    def regions(self, group: str) -> list[Region]:
+        """The region list recorded with the template of ``group``."""
+        raw = self.group(group).attrs.get("fmri2img_regions")
+        return _regions_from_json(json.loads(raw)) if raw else []
+
+    def is_complete(self, group: str) -> bool:
+        if not self.has_group(group):
+            return False
+        regions = self.regions(group)
+        return bool(regions) and len(self.done_regions(group)) == len(regions)
+
+    def progress(self, group: str) -> tuple[int, int]:
+        """``(done, total)`` regions of ``group`` (``(0, 0)`` when absent)."""
+        if not self.has_group(group):
+            return (0, 0)
+        return (len(self.done_regions(group)), len(self.regions(group)))
+
+    def _progress_path(self, group: str) -> str:
+        return f"{PROGRESS_GROUP}/{group}"
+
+    def _progress_array(self, group: str, mode: str = "a") -> zarr.Array:
+        try:
+            return zarr.open_array(
+                self.zarr_store(read_only=(mode == "r")), path=self._progress_path(group), mode=mode
+            )
+        except (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError) as exc:
+            raise StoreError(f"no completion records for {group}: write its template first") from exc
+
+    def _reset_progress(self, group: str, n_regions: int) -> None:
+        zarr.create_array(
+            self.zarr_store(), name=self._progress_path(group), shape=(max(n_regions, 1),),
+            chunks=(1,), dtype="uint8", fill_value=0, overwrite=True,
+            dimension_names=("region",),
+        )
+
+    def list_groups(self, prefix: str = "") -> list[str]:
+        """Paths of every group holding arrays under ``prefix`` (records excluded)."""
+        try:
+            root = zarr.open_group(self.zarr_store(read_only=True), mode="r")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            return []
+        out = []
+        for path, node in root.members(max_depth=None):
+            if path.startswith(PROGRESS_GROUP) or not isinstance(node, zarr.Group):
+                continue
+            if path.startswith(prefix) and any(True for _ in node.array_keys()):
+                out.append(path)
+        return sorted(out)
+
+
+def _zarr_chunks(var: xr.DataArray) -> tuple[int, ...]:
+    if var.encoding.get("chunks"):
+        return tuple(var.encoding["chunks"])
+    if var.chunks is None:
+        return tuple(var.shape)
+    return tuple(c[0] if c else 0 for c in var.chunks)
+
+
+def _regions_to_json(regions: Iterable[Region]) -> list[list]:
+    return [[r.index, r.dim, r.start, r.stop, r.label] for r in regions]
+
+
+def _regions_from_json(raw: list[list]) -> list[Region]:
+    return [Region(int(i), str(d), int(a), int(b), str(lab)) for i, d, a, b, lab in raw]
+
+
+def template_fingerprint(template: xr.Dataset, regions: Sequence[Region]) -> str:
+    """A hash of everything that makes two templates interchangeable.
+
+    Variable names, dims, shapes, dtypes, chunks, the values of the coordinates
+    and the region list.  Attributes are excluded: they may be refreshed without
+    invalidating finished regions.
+    """
+    h = hashlib.sha256()
+    for name in sorted(template.variables):
+        var = template.variables[name]
+        h.update(repr((name, var.dims, var.shape, str(var.dtype))).encode())
+        if name in template.data_vars:
+            h.update(repr(_zarr_chunks(template[name])).encode())
+        elif var.size < 10_000_000:
+            values = np.asarray(var.values)
+            h.update(values.astype(str).tobytes() if values.dtype.kind in "OUS" else values.tobytes())
+    h.update(json.dumps(_regions_to_json(regions)).encode())
+    return h.hexdigest()[:16]
