@@ -1,0 +1,175 @@
+"""Target-block layout and the per-block tasks that stream Y through a shared operator.
+
+Y (n_samples, *tail) is cut along its trailing axes only (every block holds all
+samples), so one block task computes ``M @ (Y_block - mean)`` for its columns. The
+operator stack ``M`` (n_alphas, r, n_samples) is passed as one Dask key that every block
+task depends on; it is shipped to each worker once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from ._validation import NonFiniteInputError
+from .calibration import CALIBRATIONS
+
+logger = logging.getLogger(__name__)
+
+#: Default bytes per target block (all samples × block columns, float32).
+DEFAULT_BLOCK_BYTES = 128 * 2**20
+
+
+def default_target_batch(n_samples: int, itemsize: int = 4) -> int:
+    """Columns per block so that one block is about 128 MB."""
+    return max(1, DEFAULT_BLOCK_BYTES // (n_samples * itemsize))
+
+
+def trailing_chunks(tail: tuple[int, ...], target_batch: int) -> tuple[tuple[int, ...], ...]:
+    """Chunks of the trailing axes with at most ``target_batch`` columns per block.
+
+    Trailing axes are kept whole from the last one backwards while they fit, so blocks
+    of a (tokens, dim) target are whole tokens when ``dim <= target_batch``.
+    """
+    sizes: list[int] = []
+    room = max(1, int(target_batch))
+    for size in reversed(tail):
+        step = size if size <= room else room
+        sizes.append(step)
+        room = max(1, room // size) if size <= room else 1
+    chunks = []
+    for size, step in zip(tail, reversed(sizes)):
+        chunks.append(tuple([step] * (size // step) + ([size % step] if size % step else [])))
+    return tuple(chunks)
+
+
+def as_blocked(Y: Any, target_batch: int) -> da.Array:
+    """View Y as a Dask array of shape (n, *tail) in target blocks (no copy for NumPy)."""
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    chunks = ((Y.shape[0],),) + trailing_chunks(tuple(Y.shape[1:]), target_batch)
+    if isinstance(Y, da.Array):
+        return Y.rechunk(chunks)
+    return da.from_array(Y, chunks=chunks, asarray=False)
+
+
+def column_array(values: np.ndarray, Yb: da.Array) -> da.Array:
+    """A (1, *tail) Dask array of per-column values aligned with the blocks of ``Yb``."""
+    arr = np.asarray(values).reshape((1,) + Yb.shape[1:])
+    return da.from_array(arr, chunks=((1,),) + Yb.chunks[1:])
+
+
+def _check_block(Yb: np.ndarray, Y2: np.ndarray, name: str, block_info: dict | None) -> None:
+    if np.isfinite(Y2).all():
+        return
+    row, col = np.argwhere(~np.isfinite(Y2))[0]
+    idx = np.unravel_index(col, Yb.shape[1:])
+    if block_info:
+        idx = tuple(a + i for (a, _), i in zip(block_info[0]["array-location"][1:], idx))
+    raise NonFiniteInputError(
+        f"{name} holds {int((~np.isfinite(Y2)).sum())} NaN/inf value(s) in one target "
+        f"block; the first is at row {int(row)}, target index {tuple(int(i) for i in idx)}. "
+        "Expected finite targets: fix or drop those features upstream (re-run the "
+        "features stage)."
+    )
+
+
+def _apply(ops: np.ndarray, aidx: np.ndarray, Yc: np.ndarray) -> np.ndarray:
+    uniq = np.unique(aidx)
+    if len(uniq) == 1:
+        return ops[uniq[0]] @ Yc
+    out = np.empty((ops.shape[1], Yc.shape[1]), dtype=Yc.dtype)
+    for a in uniq:
+        cols = aidx == a
+        out[:, cols] = ops[a] @ Yc[:, cols]
+    return out
+
+
+def stream_block(Yb: np.ndarray, aidx_b: np.ndarray, ops: np.ndarray, add_mean: bool,
+                 calibration: str, loo_ops: Any, dtype: Any,
+                 block_info: dict | None = None) -> np.ndarray:
+    """One block task: ``P = M[alpha(col)] @ (Y - mean) (+ mean)``, then calibrate.
+
+    Parameters
+    ----------
+    Yb : array of shape (n_samples, *block_tail)
+    aidx_b : int array of shape (1, *block_tail)
+        Alpha index of each column.
+    ops : array of shape (n_alphas, r, n_samples)
+    add_mean : bool
+        Add the training column mean (predictions and intercepts) or not (weights,
+        pattern push-through).
+    calibration : str
+        Key of :data:`~fmri2img.ridge.calibration.CALIBRATIONS`.
+    loo_ops : tuple (Q, rows) or None
+        ``Q`` (n_alphas, len(rows), n_samples) with LOO predictions
+        ``Y[rows] - Q @ Yc``; needed only for ``calibration="loo"``.
+    dtype : numpy dtype
+        Compute dtype of the products.
+
+    Returns
+    -------
+    array of shape (r, *block_tail), in ``dtype``
+    """
+    n = Yb.shape[0]
+    Y2 = np.asarray(Yb).reshape(n, -1)
+    _check_block(Yb, Y2, "Y", block_info)
+    Y2 = Y2.astype(dtype, copy=False)
+    a = np.asarray(aidx_b).ravel()
+    ybar = Y2.mean(axis=0, dtype=np.float64)
+    Yc = Y2 - ybar.astype(dtype)
+    P = np.asarray(_apply(ops, a, Yc), dtype=np.float64)
+    if add_mean:
+        P += ybar
+
+    def loo() -> np.ndarray:
+        Q, rows = loo_ops
+        return Y2[rows].astype(np.float64) - _apply(Q, a, Yc)
+
+    y_std = np.sqrt(np.einsum("ij,ij->j", Yc, Yc).astype(np.float64) / n)
+    P = CALIBRATIONS[calibration](P, ybar, y_std, loo)
+    return P.astype(dtype).reshape((P.shape[0],) + Yb.shape[1:])
+
+
+def stream(Yb: da.Array, aidx: da.Array, ops: np.ndarray, add_mean: bool,
+           calibration: str = "none", loo_ops: Any = None, dtype: Any = np.float32) -> da.Array:
+    """Lazy ``(r, *tail)`` result of :func:`stream_block` over every target block."""
+    ops_key = dask.delayed(ops, pure=True)
+    loo_key = dask.delayed(loo_ops, pure=True) if loo_ops is not None else None
+    r = ops.shape[1]
+    return da.map_blocks(
+        stream_block, Yb, aidx, ops_key, add_mean, calibration, loo_key, np.dtype(dtype),
+        chunks=((r,),) + Yb.chunks[1:], dtype=np.dtype(dtype), meta=np.empty((0,) * Yb.ndim, dtype),
+        name="ridge-stream",
+    )
+
+
+def score_block(Yb: np.ndarray, mask_b: np.ndarray, factor: Any, criterion: str,
+                block_info: dict | None = None) -> np.ndarray:
+    """Alpha scores (n_alphas, *block_tail) of the masked columns of one block (NaN elsewhere)."""
+    from .selection import SCORERS
+
+    n = Yb.shape[0]
+    Y2 = np.asarray(Yb).reshape(n, -1)
+    _check_block(Yb, Y2, "Y", block_info)
+    m = np.asarray(mask_b).ravel()
+    out = np.full((len(factor.alphas), Y2.shape[1]), np.nan)
+    if m.any():
+        Ys = Y2[:, m].astype(np.float64)
+        Ys -= Ys.mean(axis=0)
+        out[:, m] = SCORERS[criterion](factor, Ys.astype(factor.U.dtype))
+    return out.reshape((out.shape[0],) + Yb.shape[1:])
+
+
+def score(Yb: da.Array, mask: da.Array, factor: Any, criterion: str) -> da.Array:
+    """Lazy (n_alphas, *tail) alpha scores for every target block."""
+    key = dask.delayed(factor, pure=True)
+    k = len(factor.alphas)
+    return da.map_blocks(
+        score_block, Yb, mask, key, criterion, chunks=((k,),) + Yb.chunks[1:],
+        dtype=np.float64, meta=np.empty((0,) * Yb.ndim), name="ridge-score",
+    )
