@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 from zarr.abc.store import Store
 
 logger = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ def _require(module: str, extra: str, url: str) -> Any:
 
 # ------------------------------------------------------ option resolution
 
-_AWS_KEYS_IN_OPTIONS = ("key", "secret", "token", "session", "profile")
+_AWS_KEYS_IN_OPTIONS = ("key", "secret", "token", "session")
 
 
 def _aws_credentials_found(profile: str | None, url: str) -> bool:
@@ -250,9 +251,10 @@ def _aws_credentials_found(profile: str | None, url: str) -> bool:
             resolver.remove(name)
         return resolver.load_credentials() is not None
     except botocore.exceptions.ProfileNotFound as exc:
+        name = profile or os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE")
         raise _error(
             MissingCredentialsError, url,
-            f"the AWS profile {profile!r} does not exist in the AWS config files",
+            f"the AWS profile {name!r} does not exist in the AWS config files",
             "name a profile from ~/.aws/credentials or ~/.aws/config, or pass "
             "storage_options={'key': ..., 'secret': ...}",
         ) from exc
@@ -267,7 +269,7 @@ def _resolve_s3(url: str, rest: str, options: dict[str, Any]) -> dict[str, Any]:
             opts["endpoint_url"] = endpoint
     if "anon" in opts or any(opts.get(k) for k in _AWS_KEYS_IN_OPTIONS):
         return opts
-    if _aws_credentials_found(None, url):
+    if _aws_credentials_found(opts.get("profile"), url):
         return opts
     bucket = rest.split("/", 1)[0]
     if bucket == NSD_BUCKET:
@@ -450,7 +452,7 @@ def check_writable(url: str, storage_options: Mapping[str, Any] | None = None) -
     fs, path = filesystem(url, storage_options)
     probe = f"{path.rstrip('/')}/.fmri2img-write-probe-{uuid.uuid4().hex}"
     try:
-        if fs.protocol == "file" or "file" in fs.protocol:
+        if isinstance(fs, LocalFileSystem):
             fs.makedirs(path, exist_ok=True)
         fs.pipe_file(probe, b"probe")
         fs.rm_file(probe)
