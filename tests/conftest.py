@@ -24,6 +24,10 @@ import pytest
 
 from tests.cloud_helpers import gcs_options, s3_options
 
+# gcsfs reads this when first imported; its experimental bucket-type probing fails
+# against the emulator. Tests never talk to real GCS, so switch it off for the session.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
@@ -48,7 +52,6 @@ def s3_storage_options(s3_endpoint):
 @pytest.fixture(scope="session")
 def gcs_endpoint():
     """The in-memory GCS emulator on loopback for the whole session; yields its URL."""
-    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     pytest.importorskip("gcsfs", reason="gcsfs is needed for gs:// tests (pip install 'fmri2img[cloud]')")
     emulator = pytest.importorskip(
         "gcp_storage_emulator.server", reason="gcp-storage-emulator is needed for gs:// tests"

@@ -403,3 +403,11 @@ def test_s3_profile_from_options_is_checked(no_aws_credentials, tmp_path, monkey
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
     assert resolve_options("s3://b/x", {"profile": "lab"}) == {"profile": "lab"}
     assert describe("s3://b/x", {"profile": "lab"}) == "s3://b/x (profile lab)"
+
+
+def test_redact_keeps_ordinary_fields_that_resemble_secret_names():
+    attrs = {"session": 12, "n_tokens": 77, "authors": "Ozcelik & VanRullen", "keys": ["a"], "google_auth": object()}
+    clean = redact(attrs)
+    assert clean["session"] == 12 and clean["n_tokens"] == 77
+    assert clean["authors"] == "Ozcelik & VanRullen" and clean["keys"] == ["a"]
+    assert clean["google_auth"] == "***"

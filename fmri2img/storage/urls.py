@@ -91,7 +91,7 @@ REDACTED = "***"
 
 _SECRET_KEY_RE = re.compile(
     r"secret|passw|pwd|token|credential|private|api[_-]?key|access[_-]?key|"
-    r"^key$|auth|signature|client_json|session|cookie|bearer",
+    r"^key$|(^|_)auth($|_)|authorization|signature|client_json|cookie|bearer",
     re.IGNORECASE,
 )
 _PATH_KEY_RE = re.compile(r"(_path|_file|_filename|_dir)$", re.IGNORECASE)
@@ -129,8 +129,8 @@ def _is_secret_key(key: Any) -> bool:
 
 def _redact_entry(key: Any, value: Any) -> Any:
     if _is_secret_key(key) and not isinstance(value, (Mapping, list, tuple)):
-        if value is None or isinstance(value, bool):
-            return value
+        if value is None or isinstance(value, (bool, int, float)):
+            return value  # flags and counts (e.g. n_tokens) carry no secret
         if isinstance(value, str) and value in _SAFE_TOKEN_MODES:
             return value
         return REDACTED
