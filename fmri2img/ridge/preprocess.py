@@ -91,7 +91,8 @@ def fit_standardizer(X: Any, scale: float | None = 300.0, zscore: bool = True) -
         mean, var = xs.mean(axis=0), xs.var(axis=0, ddof=1)
         del xs
     std = np.sqrt(var)
-    zero = ~(std > 0)
+    # A constant voxel gives var ~ (eps * mean)^2 rather than exactly 0 in floating point.
+    zero = ~(std > 1e-10 * np.abs(mean))
     if zero.any():
         logger.warning(
             "%d of %d voxels have zero variance on the training images; their std is "
