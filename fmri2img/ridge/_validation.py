@@ -125,7 +125,7 @@ def check_alphas(alpha: Any, name: str = "alpha") -> np.ndarray:
     bad = ~np.isfinite(arr) | (arr <= 0)
     if bad.any():
         raise InvalidAlphaError(
-            f"{name} must be > 0 and finite; got {arr[bad][0]!r} "
+            f"{name} must be > 0 and finite; got {arr[bad][0].item()!r} "
             f"({int(bad.sum())} bad value(s) of {arr.size}). Ridge needs a positive "
             f"penalty: use e.g. the Brain-Diffuser presets (5e4, 1e5, 6e4)."
         )
@@ -158,6 +158,6 @@ def check_same_images(ids_a: Any, ids_b: Any, name_a: str, name_b: str) -> None:
         i = int(np.argmax(diff))
         raise ImageIdMismatchError(
             f"{int(diff.sum())} of {a.size} image ids differ between {name_a} and "
-            f"{name_b}; the first mismatch is at position {i}: {name_a}={a[i]!r}, "
-            f"{name_b}={b[i]!r}. {fix}"
+            f"{name_b}; the first mismatch is at position {i}: {name_a}={a[i].item()!r}, "
+            f"{name_b}={b[i].item()!r}. {fix}"
         )
