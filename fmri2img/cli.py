@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-images", type=int, default=None, help="distinct stimuli")
     p.add_argument("--n-shared", type=int, default=None, help="shared test images")
     p.add_argument("--n-per-subject", type=int, default=None, help="images per subject (incl. shared)")
+    p.add_argument("--n-sessions", type=int, default=None, help="sessions per subject")
+    p.add_argument("--trials-per-session", type=int, default=None, help="trials per session (NSD: 750)")
     p.add_argument("--nan-voxels", type=int, default=None, help="plant NaN in this many voxels (float betas)")
     p.add_argument("--no-hdf5", action="store_true", help="do not write the .hdf5 twins of the betas")
 
@@ -76,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="NSD root, e.g. s3://natural-scenes-dataset or ./mini-nsd")
     p.add_argument("--store", required=True, help="project store URL, e.g. ./runs/x/store.zarr or s3://bucket/x.zarr")
     p.add_argument("--subject", type=_int_list, required=True, help="subject(s), e.g. 1 or 1,2,5,7")
-    p.add_argument("--sessions", default="1-37", help="sessions, e.g. 1-37 (default) or 1,3,5-7")
+    p.add_argument("--sessions", default="public",
+                   help="sessions, e.g. 1-37 or 1,3,5-7; default 'public': 1–37 clipped to the design")
     p.add_argument("--prefer", choices=["hdf5", "nii.gz"], default="hdf5")
     p.add_argument("--nan-policy", choices=["error", "zero"], default="error")
     p.add_argument("--no-stimuli", action="store_true", help="skip copying stimuli and captions")
@@ -129,7 +133,8 @@ def cmd_mini_nsd(args) -> int:
 
     fields = {"seed": args.seed, "subjects": tuple(args.subjects) if args.subjects else None, "side": args.side,
               "n_images": args.n_images, "n_shared": args.n_shared, "n_per_subject": args.n_per_subject,
-              "nan_voxels": args.nan_voxels}
+              "nan_voxels": args.nan_voxels, "n_sessions": args.n_sessions,
+              "trials_per_session": args.trials_per_session}
     spec = MiniNSDSpec(**{k: v for k, v in fields.items() if v is not None},
                        **({"write_hdf5": False} if args.no_hdf5 else {}))
     manifest = generate_mini_nsd(args.dir, spec)
@@ -214,8 +219,14 @@ COMMANDS = {"demo": cmd_demo, "mini-nsd": cmd_mini_nsd, "ingest": cmd_ingest, "r
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # our own messages at INFO (-v: DEBUG); other libraries' (distributed's are chatty) at WARNING (-vv: all)
+    logging.basicConfig(level=logging.DEBUG if args.verbose >= 2 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("fmri2img").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if args.verbose < 2:  # distributed configures its own loggers at import (workers inherit the env)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+        for name in [n for n in logging.root.manager.loggerDict if n.startswith("distributed")] + ["distributed"]:
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

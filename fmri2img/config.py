@@ -38,8 +38,17 @@ class ConfigError(ValueError):
     """A configuration file or value is invalid; the message names the field and the fix."""
 
 
-def parse_sessions(text: str | int | list, *, field_name: str = "ingest.sessions") -> tuple[int, ...]:
-    """``"1-37"``, ``"1,3,5-7"``, ``5`` or ``[1, 2]`` → sorted unique 1-based sessions."""
+PUBLIC = "public"
+
+
+def parse_sessions(text: str | int | list, *, field_name: str = "ingest.sessions") -> tuple[int, ...] | None:
+    """``"1-37"``, ``"1,3,5-7"``, ``5`` or ``[1, 2]`` → sorted unique 1-based sessions.
+
+    ``"public"`` (the default) returns ``None``: sessions 1–37 (NSD's public sessions, as
+    Brain-Diffuser uses), clipped to the sessions the design has (mini-NSD has fewer).
+    """
+    if text == PUBLIC:
+        return None
     if isinstance(text, int) and not isinstance(text, bool):
         items = [text]
     elif isinstance(text, (list, tuple)):
@@ -101,14 +110,15 @@ class IngestConfig:
     """NSD → store (REFERENCE.md §1)."""
 
     subjects: list = field(default_factory=lambda: [1])
-    sessions: str = "1-37"
+    #: "public" = 1–37 clipped to the design (Brain-Diffuser's choice), or e.g. "1-37", "1,3,5-7"
+    sessions: str = PUBLIC
     #: read betas from the uncompressed .hdf5 twin by range when present ("hdf5"), or stream the .nii.gz ("nii.gz")
     prefer: str = "hdf5"
     #: what to do with NaN betas: "error" (default) or "zero" (replace by 0 and record the count)
     nan_policy: str = "error"
     stimuli: bool = True
 
-    def session_list(self) -> tuple[int, ...]:
+    def session_list(self) -> tuple[int, ...] | None:
         return parse_sessions(self.sessions)
 
 

@@ -30,7 +30,7 @@ def demo_config(workdir: Path) -> Config:
         stages=list(STAGES),
         store=StoreConfig(url=str(workdir / "store.zarr")),
         source=SourceConfig(url=str(workdir / "mini-nsd")),
-        ingest=IngestConfig(subjects=list(DEMO_SPEC["subjects"]), sessions="1-37"),
+        ingest=IngestConfig(subjects=list(DEMO_SPEC["subjects"])),
     ))
 
 

@@ -35,10 +35,11 @@ def _local(spec: str, *, n_workers: int = 0, threads_per_worker: int = 1, memory
 
     n = n_workers or max(1, _cores() // max(1, threads_per_worker))
     host = dashboard_address.rsplit(":", 1)[0] if ":" in dashboard_address else "127.0.0.1"
+    if processes:  # in-process clusters talk over inproc://, which takes no host
+        kwargs.setdefault("host", host or "127.0.0.1")
     cluster = LocalCluster(
         n_workers=n, threads_per_worker=threads_per_worker, processes=processes,
-        memory_limit=memory_limit, host=host or "127.0.0.1", dashboard_address=dashboard_address,
-        **kwargs,
+        memory_limit=memory_limit, dashboard_address=dashboard_address, **kwargs,
     )
     return Client(cluster)
 

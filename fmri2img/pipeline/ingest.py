@@ -67,11 +67,16 @@ class SubjectPlan:
     volume_shape: tuple[int, int, int]
 
 
-def plan_subject(source: Source, subject: int, sessions: Sequence[int]) -> SubjectPlan:
-    """Read the design and the nsdgeneral mask and split the trials of ``sessions``."""
+def plan_subject(source: Source, subject: int, sessions: Sequence[int] | None) -> SubjectPlan:
+    """Read the design and the nsdgeneral mask and split the trials of ``sessions``.
+
+    ``sessions=None`` means NSD's public sessions 1–37, clipped to the design.
+    """
     fs, root = source.filesystem()
     layout = nsd.NSDLayout(root)
     design = nsd.read_expdesign(fs, layout.expdesign())
+    if sessions is None:
+        sessions = range(1, min(nsd.PUBLIC_SESSIONS, design.n_sessions) + 1)
     split = nsd.split_trials(design, subject, sessions)
     mask = nsd.read_mask(fs, layout.roi(subject, "nsdgeneral"))
     voxels = np.flatnonzero(mask.ravel(order="C")).astype(np.int64)
@@ -185,7 +190,7 @@ def repeat_average_matrix(rows: Sequence[np.ndarray], n_rows: int) -> sp.csr_mat
 # -- the stage ----------------------------------------------------------------------------------
 
 def ingest(
-    store: Store, source: Source, subject: int, sessions: Sequence[int], *, client=None,
+    store: Store, source: Source, subject: int, sessions: Sequence[int] | None, *, client=None,
     prefer: str = "hdf5", nan_policy: str = "error", stimuli: bool = True, captions: bool = True,
     config: Mapping[str, Any] | None = None, progress: bool = True,
 ) -> dict:
@@ -199,8 +204,8 @@ def ingest(
         The NSD tree (public bucket, mirror, or mini-NSD).
     subject : int
         1-based NSD subject.
-    sessions : sequence of int
-        1-based sessions (Brain-Diffuser: 1–37).
+    sessions : sequence of int or None
+        1-based sessions; ``None``: NSD's public sessions 1–37 (Brain-Diffuser's), clipped to the design.
     client : distributed.Client, optional
         Runs the tasks on a cluster; ``None`` runs them here one by one.
     prefer : {"hdf5", "nii.gz"}
