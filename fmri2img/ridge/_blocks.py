@@ -78,14 +78,31 @@ def _check_block(Yb: np.ndarray, Y2: np.ndarray, name: str, block_info: dict | N
     )
 
 
-def _apply(ops: np.ndarray, aidx: np.ndarray, Yc: np.ndarray) -> np.ndarray:
+def _apply(ops: np.ndarray, aidx: np.ndarray, Y2: np.ndarray, ybar: np.ndarray) -> np.ndarray:
+    """``ops[alpha(col)] @ (Y2 - ybar)`` per column, without copying the block.
+
+    Uses ``M (Y - 1 ybarᵀ) = M Y - (M 1) ybarᵀ`` (the operators' rows sum to ~0, so the
+    correction is small and float32 accuracy is kept), in float64 output.
+    """
     uniq = np.unique(aidx)
     if len(uniq) == 1:
-        return ops[uniq[0]] @ Yc
-    out = np.empty((ops.shape[1], Yc.shape[1]), dtype=Yc.dtype)
+        M = ops[uniq[0]]
+        return np.asarray(M @ Y2, np.float64) - np.outer(M.sum(axis=1, dtype=np.float64), ybar)
+    out = np.empty((ops.shape[1], Y2.shape[1]))
     for a in uniq:
         cols = aidx == a
-        out[:, cols] = ops[a] @ Yc[:, cols]
+        M = ops[a]
+        out[:, cols] = M @ Y2[:, cols] - np.outer(M.sum(axis=1, dtype=np.float64), ybar[cols])
+    return out
+
+
+def _centred_sumsq(Y2: np.ndarray, ybar: np.ndarray, rows: int = 1024) -> np.ndarray:
+    """Column sums of ``(Y2 - ybar)**2`` in float64, a few rows at a time (no full copy)."""
+    yb = ybar.astype(Y2.dtype)
+    out = np.zeros(Y2.shape[1])
+    for i in range(0, Y2.shape[0], rows):
+        d = Y2[i:i + rows] - yb
+        out += np.einsum("ij,ij->j", d, d)
     return out
 
 
@@ -121,17 +138,17 @@ def stream_block(Yb: np.ndarray, aidx_b: np.ndarray, ops: np.ndarray, add_mean: 
     Y2 = Y2.astype(dtype, copy=False)
     a = np.asarray(aidx_b).ravel()
     ybar = Y2.mean(axis=0, dtype=np.float64)
-    Yc = Y2 - ybar.astype(dtype)
-    P = np.asarray(_apply(ops, a, Yc), dtype=np.float64)
+    P = _apply(ops, a, Y2, ybar)
     if add_mean:
         P += ybar
+    if calibration != "none":
 
-    def loo() -> np.ndarray:
-        Q, rows = loo_ops
-        return Y2[rows].astype(np.float64) - _apply(Q, a, Yc)
+        def loo() -> np.ndarray:
+            Q, rows = loo_ops
+            return Y2[rows].astype(np.float64) - _apply(Q, a, Y2, ybar)
 
-    y_std = np.sqrt(np.einsum("ij,ij->j", Yc, Yc).astype(np.float64) / n)
-    P = CALIBRATIONS[calibration](P, ybar, y_std, loo)
+        y_std = np.sqrt(_centred_sumsq(Y2, ybar) / n)
+        P = CALIBRATIONS[calibration](P, ybar, y_std, loo)
     return P.astype(dtype).reshape((P.shape[0],) + Yb.shape[1:])
 
 
@@ -151,14 +168,19 @@ def stream(Yb: da.Array, aidx: da.Array, ops: np.ndarray, add_mean: bool,
 def score_block(Yb: np.ndarray, mask_b: np.ndarray, factor: Any, criterion: str,
                 block_info: dict | None = None) -> np.ndarray:
     """Alpha scores (n_alphas, *block_tail) of the masked columns of one block (NaN elsewhere)."""
-    from .selection import SCORERS
+    from .selection import SCORERS, gcv_from_projection
 
     n = Yb.shape[0]
     Y2 = np.asarray(Yb).reshape(n, -1)
     _check_block(Yb, Y2, "Y", block_info)
     m = np.asarray(mask_b).ravel()
     out = np.full((len(factor.alphas), Y2.shape[1]), np.nan)
-    if m.any():
+    if m.all() and criterion == "gcv":
+        Y2 = Y2.astype(factor.U.dtype, copy=False)
+        ybar = Y2.mean(axis=0, dtype=np.float64)
+        proj = _apply(factor.U.T[None], np.zeros(Y2.shape[1], int), Y2, ybar)
+        out[:] = gcv_from_projection(factor, proj, _centred_sumsq(Y2, ybar), n)
+    elif m.any():
         Ys = Y2[:, m].astype(np.float64)
         Ys -= Ys.mean(axis=0)
         out[:, m] = SCORERS[criterion](factor, Ys.astype(factor.U.dtype))

@@ -86,10 +86,12 @@ def fit_standardizer(X: Any, scale: float | None = 300.0, zscore: bool = True) -
     if isinstance(X, da.Array):
         xs = X.astype(np.float64) / scale
         mean, var = da.compute(xs.mean(axis=0), xs.var(axis=0, ddof=1))
-    else:
-        xs = np.asarray(X, dtype=np.float64) / scale
-        mean, var = xs.mean(axis=0), xs.var(axis=0, ddof=1)
-        del xs
+    else:  # float64 statistics, a few voxels at a time (no full float64 copy of X)
+        X = np.asarray(X)
+        mean, var = np.empty(p), np.empty(p)
+        for j in range(0, p, 1024):
+            xs = X[:, j:j + 1024].astype(np.float64) / scale
+            mean[j:j + 1024], var[j:j + 1024] = xs.mean(axis=0), xs.var(axis=0, ddof=1)
     std = np.sqrt(var)
     # A constant voxel gives var ~ (eps * mean)^2 rather than exactly 0 in floating point.
     zero = ~(std > 1e-10 * np.abs(mean))

@@ -27,7 +27,7 @@ from .solvers import SpectralFactor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["gcv_scores", "loo_scores", "SCORERS", "select_alphas", "group_labels"]
+__all__ = ["gcv_scores", "gcv_from_projection", "loo_scores", "SCORERS", "select_alphas", "group_labels"]
 
 
 def _project(factor: SpectralFactor, Yc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,8 +49,13 @@ def gcv_scores(factor: SpectralFactor, Yc: np.ndarray) -> np.ndarray:
     -------
     scores : array of shape (n_alphas, n_targets), float64 (lower is better)
     """
-    n = Yc.shape[0]
     proj, yy = _project(factor, Yc)
+    return gcv_from_projection(factor, proj, yy, Yc.shape[0])
+
+
+def gcv_from_projection(factor: SpectralFactor, proj: np.ndarray, yy: np.ndarray,
+                        n: int) -> np.ndarray:
+    """GCV scores from ``proj = Uᵀ Yc`` (rank × b) and ``yy = ||Yc||²`` per column (b,)."""
     p2 = proj**2
     rest = np.clip(yy - p2.sum(axis=0), 0.0, None)
     out = np.empty((len(factor.alphas), Yc.shape[1]))

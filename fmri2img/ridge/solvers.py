@@ -57,13 +57,7 @@ def gram(Xc: np.ndarray, form: str) -> np.ndarray:
     K : array of shape (n_samples, n_samples) (dual) or (n_features, n_features) (primal)
     """
     G = Xc @ Xc.T if form == "dual" else Xc.T @ Xc
-    return np.asarray(G, dtype=np.float64)
-
-
-def _add_ridge(G: np.ndarray, alpha: float) -> np.ndarray:
-    A = G.copy()
-    A[np.diag_indices_from(A)] += alpha
-    return A
+    return G.astype(np.float64, copy=False)
 
 
 @dataclass
@@ -84,7 +78,15 @@ class CholeskyFactor:
 
     @classmethod
     def build(cls, G: np.ndarray, alphas: np.ndarray, form: str) -> "CholeskyFactor":
-        chols = np.stack([sla.cholesky(_add_ridge(G, a), lower=True) for a in alphas])
+        """Factorise ``G + a I`` for each alpha; ``G`` (float64) is overwritten."""
+        # G is overwritten by the last factor (no extra n×n copy for a single alpha);
+        # G.T is a Fortran-ordered view of the symmetric G, so LAPACK works in place.
+        chols = []
+        for i, a in enumerate(alphas):
+            A = G if i == len(alphas) - 1 else G.copy()
+            A[np.diag_indices_from(A)] += a
+            chols.append(sla.cholesky(A.T, lower=True, overwrite_a=True, check_finite=False))
+        chols = chols[0][None] if len(chols) == 1 else np.stack(chols)
         return cls(form, np.asarray(alphas, dtype=np.float64), chols)
 
     def operator(self, Z: np.ndarray, Xc: np.ndarray) -> np.ndarray:
@@ -198,7 +200,9 @@ def factorize(Xc: np.ndarray, alphas: Any, method: str = "cholesky", form: str =
         form = choose_form(*Xc.shape)
     G = gram(Xc, form)
     logger.debug("ridge: %s form, Gram %s, %s factorisation", form, G.shape, method)
-    return FACTORIZERS[method](G, alphas, form, Xc, eigh_dtype)
+    factor = FACTORIZERS[method](G, alphas, form, Xc, eigh_dtype)
+    del G
+    return factor
 
 
 def _centre(X: np.ndarray, Y: np.ndarray, dtype: Any) -> tuple:
