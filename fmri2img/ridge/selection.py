@@ -27,7 +27,9 @@ from .solvers import SpectralFactor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["gcv_scores", "gcv_from_projection", "loo_scores", "SCORERS", "select_alphas", "group_labels"]
+__all__ = [
+    "gcv_scores", "gcv_from_projection", "loo_scores", "SCORERS", "select_alphas", "group_labels",
+]
 
 
 def _project(factor: SpectralFactor, Yc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,10 +60,10 @@ def gcv_from_projection(factor: SpectralFactor, proj: np.ndarray, yy: np.ndarray
     """GCV scores from ``proj = Uᵀ Yc`` (rank × b) and ``yy = ||Yc||²`` per column (b,)."""
     p2 = proj**2
     rest = np.clip(yy - p2.sum(axis=0), 0.0, None)
-    out = np.empty((len(factor.alphas), Yc.shape[1]))
+    out = np.empty((len(factor.alphas), proj.shape[1]))
     for i, a in enumerate(factor.alphas):
         d = factor.s + a
-        sq = (p2 / (d**2)[:, None]).sum(axis=0) + rest / a**2
+        sq = (1.0 / d**2) @ p2 + rest / a**2
         dof = (n - 1 - np.sum(factor.s / d)) / n
         out[i] = a**2 * sq / n / dof**2
     return out
