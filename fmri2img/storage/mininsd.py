@@ -27,6 +27,7 @@ import io
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -297,7 +298,7 @@ def _nifti_gz(data: np.ndarray, affine: np.ndarray) -> bytes:
     img = nib.Nifti1Image(data, affine)
     img.header.set_data_dtype(data.dtype)
     img.header.set_xyzt_units("mm", "sec")
-    return gzip.compress(img.to_bytes(), compresslevel=3, mtime=0)
+    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
 
 
 def _subject_anatomy(spec: MiniNSDSpec, subject: int) -> cortex.Anatomy:
@@ -377,6 +378,7 @@ def generate_mini_nsd(root: str | os.PathLike, spec: MiniNSDSpec = MiniNSDSpec()
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    _remove_previous(root)
     layout = NSDLayout("")
     params = _image_params(spec)
     (root / layout.stimuli()).parent.mkdir(parents=True, exist_ok=True)
@@ -407,6 +409,17 @@ def generate_mini_nsd(root: str | os.PathLike, spec: MiniNSDSpec = MiniNSDSpec()
                          and p.name != "mini_nsd.json"}
     (root / "mini_nsd.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
+
+
+def _remove_previous(root: Path) -> None:
+    """Delete an earlier mini-NSD in ``root`` (only if its manifest marks it as one) so no stale files remain."""
+    if not (root / "mini_nsd.json").is_file():
+        return
+    logger.info("replacing the mini-NSD in %s", root)
+    for name in ("nsddata", "nsddata_betas", "nsddata_stimuli"):
+        shutil.rmtree(root / name, ignore_errors=True)
+    for name in ("COCO_73k_annots_curated.npy", "mini_nsd_truth.hdf5", "mini_nsd.json"):
+        (root / name).unlink(missing_ok=True)
 
 
 def _split_counts(design: dict[str, np.ndarray], subject: int, spec: MiniNSDSpec) -> dict[str, int]:
