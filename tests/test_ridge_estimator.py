@@ -171,3 +171,14 @@ def test_reduced_vdvae_width_and_brain_diffuser_presets():
                      dtype="float64", target_batch=128).fit(X, Y)
     ref = Ridge(alpha=50.0).fit(_zscore(X, X), Y).predict(_zscore(Xt, X))
     np.testing.assert_allclose(est.predict(Xt), ref, rtol=1e-8, atol=1e-8)
+
+
+def test_fit_shared_equals_separate_fits():
+    from fmri2img.ridge import fit_shared
+
+    X, Y1, Xt, _ = _data(30, 50, (5,), seed=8)
+    _, Y2, _, _ = _data(30, 50, (2, 3), seed=9)
+    models = fit_shared(X, {"a": (Y1, 3.0), "b": (Y2, GRID)}, calibration="none", dtype="float64")
+    assert models["a"].X_train_ is models["b"].X_train_
+    np.testing.assert_allclose(models["a"].predict(Xt), _raw(3.0).fit(X, Y1).predict(Xt), rtol=1e-10)
+    np.testing.assert_allclose(models["b"].predict(Xt), _raw(GRID).fit(X, Y2).predict(Xt), rtol=1e-10)

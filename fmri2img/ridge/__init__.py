@@ -27,10 +27,12 @@ from .presets import (
 )
 from .selection import SCORERS, gcv_scores, group_labels, loo_scores, select_alphas
 from .sgd import sgd_ridge
+from .shared import fit_shared
 from .solvers import FACTORIZERS, choose_form, factorize, ridge_predict, ridge_weights
 
 __all__ = [
     "BlockRidge",
+    "fit_shared",
     "ridge_predict",
     "ridge_weights",
     "factorize",

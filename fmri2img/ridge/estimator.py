@@ -156,17 +156,25 @@ class BlockRidge(BaseEstimator):
         -------
         self
         """
+        alphas, Y = self._start(X, Y)
+        if self.solver == "sgd":
+            return self._fit_sgd(X, Y, alphas)
+        self._fit_inputs(X)
+        return self._fit_targets(Y, alphas)
+
+    def _start(self, X: Any, Y: Any, name: str = "Y") -> tuple[np.ndarray, Any]:
         alphas = self._check_params()
-        check_n_samples(X, Y, "X", "Y")
+        check_n_samples(X, Y, "X", name)
         if not isinstance(Y, da.Array):
             Y = np.asarray(Y)
-            check_finite(Y, "Y")
+            check_finite(Y, name)
         self._y_is_numpy = not isinstance(Y, da.Array)
         self.target_shape_ = tuple(Y.shape[1:])
         self.n_samples_ = int(X.shape[0])
         self.n_features_in_ = int(X.shape[1])
-        if self.solver == "sgd":
-            return self._fit_sgd(X, Y, alphas)
+        return alphas, Y
+
+    def _fit_inputs(self, X: Any) -> None:
         X = _as_numpy_2d(X, "X")
         check_finite(X, "X")
         self.scaler_ = fit_standardizer(X, self.fmri_scale, self.standardize)
@@ -175,12 +183,14 @@ class BlockRidge(BaseEstimator):
         Xs -= self.x_mean_.astype(Xs.dtype)
         self.X_train_ = Xs
         self.form_ = choose_form(*Xs.shape) if self.solver == "auto" else self.solver
+
+    def _fit_targets(self, Y: Any, alphas: np.ndarray, G: np.ndarray | None = None) -> "BlockRidge":
         self._set_targets(Y)
         if len(alphas) == 1:
-            self.factor_ = factorize(Xs, alphas, "cholesky", self.form_)
+            self.factor_ = factorize(self.X_train_, alphas, "cholesky", self.form_, G=G)
             self.alpha_index_ = np.zeros(self._n_columns, dtype=np.int64)
         else:
-            self._fit_grid(alphas)
+            self._fit_grid(alphas, G)
         self._finish_alphas()
         return self
 
@@ -194,8 +204,8 @@ class BlockRidge(BaseEstimator):
             return np.float64 if self.n_samples_ <= 4096 else np.float32
         return np.dtype(self.eigh_dtype)
 
-    def _fit_grid(self, alphas: np.ndarray) -> None:
-        factor = factorize(self.X_train_, alphas, "eigen", self.form_, self._eigh_dtype())
+    def _fit_grid(self, alphas: np.ndarray, G: np.ndarray | None = None) -> None:
+        factor = factorize(self.X_train_, alphas, "eigen", self.form_, self._eigh_dtype(), G)
         labels = group_labels(self.alpha_groups, self.target_shape_ or (1,))
         mask = self._score_mask(labels)
         scores = _blocks.score(self.Y_, _blocks.column_array(mask, self.Y_), factor,
