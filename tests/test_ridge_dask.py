@@ -88,3 +88,12 @@ def test_under_distributed_client(tmp_path):
         assert len(blocks) == 5 and len(shared) == 2  # the operator and the LOO operator keys
         out = P.compute()
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_native_target_chunks_are_kept_for_dask_targets():
+    X, Y, Xt = _data()
+    est = BlockRidge(alpha=10.0).fit(X, da.from_array(Y, chunks=(13, 2, 6)))
+    assert est.Y_.chunks == ((40,), (2, 2, 1), (6,))
+    assert BlockRidge(alpha=10.0, target_batch=12).fit(X, Y).Y_.chunks == ((40,), (2, 2, 1), (6,))
+    np.testing.assert_allclose(est.predict(Xt).compute(), BlockRidge(alpha=10.0).fit(X, Y).predict(Xt),
+                               rtol=1e-5, atol=1e-5)

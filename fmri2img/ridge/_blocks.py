@@ -47,11 +47,25 @@ def trailing_chunks(tail: tuple[int, ...], target_batch: int) -> tuple[tuple[int
     return tuple(chunks)
 
 
-def as_blocked(Y: Any, target_batch: int) -> da.Array:
-    """View Y as a Dask array of shape (n, *tail) in target blocks (no copy for NumPy)."""
+#: Native trailing chunks of a Dask Y are kept when a block (all samples) is at most this big.
+MAX_NATIVE_BLOCK_BYTES = 512 * 2**20
+
+
+def as_blocked(Y: Any, target_batch: int | None) -> da.Array:
+    """View Y as a Dask array of shape (n, *tail) in target blocks (no copy for NumPy).
+
+    With ``target_batch=None`` a Dask Y keeps its own trailing chunks (e.g. the Zarr
+    chunks, so each block task reads whole storage chunks) unless a block would exceed
+    512 MB; otherwise blocks of about 128 MB are used.
+    """
     if Y.ndim == 1:
         Y = Y[:, None]
-    chunks = ((Y.shape[0],),) + trailing_chunks(tuple(Y.shape[1:]), target_batch)
+    n, itemsize = Y.shape[0], np.dtype(Y.dtype).itemsize
+    native = isinstance(Y, da.Array) and target_batch is None
+    if native and max(np.prod([max(c) for c in Y.chunks[1:]]), 1) * n * itemsize <= MAX_NATIVE_BLOCK_BYTES:
+        return Y.rechunk({0: -1})
+    batch = target_batch or default_target_batch(n, itemsize)
+    chunks = ((n,),) + trailing_chunks(tuple(Y.shape[1:]), batch)
     if isinstance(Y, da.Array):
         return Y.rechunk(chunks)
     return da.from_array(Y, chunks=chunks, asarray=False)

@@ -10,6 +10,7 @@ block on whatever scheduler is active; Y is never loaded whole, nor copied.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import dask
@@ -84,7 +85,8 @@ class BlockRidge(BaseEstimator):
         For ``"loo"``: estimate the LOO statistics on this many training images (a
         fixed seeded sample; still non-transductive); None uses all.
     target_batch : int or None
-        Target columns per block; None picks ~128 MB blocks.
+        Target columns per block; None keeps the native trailing chunks of Dask
+        targets (e.g. Zarr chunks) up to 512 MB a block, else picks ~128 MB blocks.
     dtype : {"float32", "float64"}
         Compute dtype of the large products (factorisations run in float64).
     eigh_dtype : {"auto", "float32", "float64"}
@@ -175,6 +177,7 @@ class BlockRidge(BaseEstimator):
         return alphas, Y
 
     def _fit_inputs(self, X: Any) -> None:
+        t0 = time.perf_counter()
         X = _as_numpy_2d(X, "X")
         check_finite(X, "X")
         self.scaler_ = fit_standardizer(X, self.fmri_scale, self.standardize)
@@ -183,8 +186,11 @@ class BlockRidge(BaseEstimator):
         Xs -= self.x_mean_.astype(Xs.dtype)
         self.X_train_ = Xs
         self.form_ = choose_form(*Xs.shape) if self.solver == "auto" else self.solver
+        logger.info("ridge: standardised X %s in %.1f s (%s form)", Xs.shape,
+                    time.perf_counter() - t0, self.form_)
 
     def _fit_targets(self, Y: Any, alphas: np.ndarray, G: np.ndarray | None = None) -> "BlockRidge":
+        t0 = time.perf_counter()
         self._set_targets(Y)
         if len(alphas) == 1:
             self.factor_ = factorize(self.X_train_, alphas, "cholesky", self.form_, G=G)
@@ -192,12 +198,13 @@ class BlockRidge(BaseEstimator):
         else:
             self._fit_grid(alphas, G)
         self._finish_alphas()
+        logger.info("ridge: factorised (%s, %d alpha(s)) in %.1f s", type(self.factor_).__name__,
+                    len(self.alphas_), time.perf_counter() - t0)
         return self
 
     def _set_targets(self, Y: Any) -> None:
         self._n_columns = int(np.prod(self.target_shape_))
-        batch = self.target_batch or _blocks.default_target_batch(self.n_samples_)
-        self.Y_ = _blocks.as_blocked(Y, batch)
+        self.Y_ = _blocks.as_blocked(Y, self.target_batch)
 
     def _eigh_dtype(self) -> Any:
         if self.eigh_dtype == "auto":
@@ -205,7 +212,9 @@ class BlockRidge(BaseEstimator):
         return np.dtype(self.eigh_dtype)
 
     def _fit_grid(self, alphas: np.ndarray, G: np.ndarray | None = None) -> None:
+        t0 = time.perf_counter()
         factor = factorize(self.X_train_, alphas, "eigen", self.form_, self._eigh_dtype(), G)
+        logger.info("ridge: eigendecomposition in %.1f s", time.perf_counter() - t0)
         labels = group_labels(self.alpha_groups, self.target_shape_ or (1,))
         mask = self._score_mask(labels)
         scores = _blocks.score(self.Y_, _blocks.column_array(mask, self.Y_), factor,
