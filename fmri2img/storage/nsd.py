@@ -414,9 +414,11 @@ def read_session_betas(fs: Any, layout: NSDLayout, subject: int, session: int, v
                        *, block_bytes: int = _BLOCK_BYTES) -> np.ndarray:
     """Read one session's single-trial betas at the given voxels.
 
-    Uses the uncompressed HDF5 twin (read by range over the z-range of the voxels' bounding
-    box, which is one contiguous byte run per trial, a block of trials at a time) when it exists and ``prefer == "hdf5"``, else streams the ``.nii.gz``
-    through gzip a block of trials at a time. Both give identical results.
+    Uses the uncompressed HDF5 twin when it exists and ``prefer == "hdf5"``: it is read by
+    range over the z-range of the voxels' bounding box (one contiguous byte run per trial), a
+    block of trials at a time. Otherwise the ``.nii.gz`` is streamed through gzip a block of
+    trials at a time; memory stays near ``block_bytes`` plus the output. Both give identical
+    results.
 
     Parameters
     ----------
