@@ -448,3 +448,11 @@ def test_read_captions_by_range(fs_root):
     put(fs, path, b"garbage")
     with pytest.raises(NSDFormatError, match="not a readable .npy file"):
         read_captions(fs, path, np.array([0]))
+
+
+def test_read_volume_rejects_non_nifti(fs_root):
+    fs, root = fs_root
+    path = NSDLayout(root).roi(1, "prf-eccrois")
+    put(fs, path, gzip.compress(b"not a NIfTI header " * 40, mtime=0))
+    with pytest.raises(NSDFormatError, match="prf-eccrois.nii.gz at .* is not a readable NIfTI-1 file"):
+        read_mask(fs, path)
