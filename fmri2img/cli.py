@@ -139,8 +139,9 @@ def cmd_mini_nsd(args) -> int:
                        **({"write_hdf5": False} if args.no_hdf5 else {}))
     manifest = generate_mini_nsd(args.dir, spec)
     print(f"mini-NSD written to {args.dir}")
-    print(json.dumps({k: manifest[k] for k in manifest if k in ("subjects", "voxels", "n_train", "n_test")},
-                     default=str))
+    for subject, info in sorted(manifest.get("subjects", {}).items()):
+        print(f"  subj{int(subject):02d}: {info.get('n_voxels')} nsdgeneral voxels, {info.get('n_train_images')} train"
+              f" / {info.get('n_test_images')} test images")
     return 0
 
 

@@ -123,6 +123,25 @@ class IngestConfig:
 
 
 @dataclass
+class FeaturesConfig:
+    """Feature extraction: which extractors, with which options (see fmri2img.models.extractors)."""
+
+    #: extractor name → options, e.g. {"vdvae": {"n_blocks": 31, "batch_size": 8}, "pixels": {"side": 64}}
+    extractors: dict = field(default_factory=lambda: {"pixels": {"side": 64}})
+    #: images per task and per chunk along the image axis
+    images_per_task: int = 128
+
+
+@dataclass
+class WeightsConfig:
+    """Where model weights are (local paths or fsspec URLs); nothing is downloaded at run time."""
+
+    vdvae: str = ""   # imagenet64-iter-1600000-model-ema.th
+    clip: str = ""    # a transformers-format CLIP ViT-L/14 directory
+    storage_options: dict = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     """The whole run configuration."""
 
@@ -132,6 +151,20 @@ class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+
+    def extractor_options(self, name: str) -> dict:
+        """The options of extractor ``name`` with its weights filled in from [weights]."""
+        from fmri2img.models.extractors import WEIGHTS_KEY
+
+        options = dict(self.features.extractors.get(name) or {})
+        key = WEIGHTS_KEY.get(name)
+        if key and not options.get("tiny") and "weights" not in options and getattr(self.weights, key):
+            options["weights"] = getattr(self.weights, key)
+            if self.weights.storage_options:
+                options["storage_options"] = dict(self.weights.storage_options)
+        return options
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -217,6 +250,17 @@ def validate(config: Config) -> Config:
     for s in config.ingest.subjects:
         if not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= 99:
             raise ConfigError(f"ingest.subjects: expected subject numbers like [1, 2, 5, 7], got {s!r}")
+    from fmri2img.models import extractors
+
+    for name, options in config.features.extractors.items():
+        if not isinstance(options, dict):
+            raise ConfigError(f"features.extractors.{name}: expected a table of options, got {options!r}")
+        try:
+            extractors.check_options(name, options, where="features.extractors")
+        except extractors.ExtractorError as exc:
+            raise ConfigError(str(exc)) from None
+    if config.features.images_per_task < 1:
+        raise ConfigError("features.images_per_task: expected a positive integer")
     known = set(STAGES)
     bad = [s for s in config.stages if s not in known]
     if bad:
@@ -227,7 +271,7 @@ def validate(config: Config) -> Config:
 
 
 #: stage names in run order; the runner maps each to its function
-STAGES = ("ingest",)
+STAGES = ("ingest", "features")
 
 
 def load(path: str | Path) -> Config:

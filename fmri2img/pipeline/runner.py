@@ -18,6 +18,7 @@ import numpy as np
 import zarr
 
 from fmri2img.config import Config
+from fmri2img.pipeline.features import extract_features
 from fmri2img.pipeline.ingest import ingest
 from fmri2img.storage import schema
 from fmri2img.storage.source import Source
@@ -56,9 +57,20 @@ def stage_ingest(ctx: RunContext) -> dict:
     return out
 
 
+def stage_features(ctx: RunContext) -> dict:
+    cfg = ctx.config.features
+    return {
+        name: extract_features(ctx.store, name, ctx.config.extractor_options(name), seed=ctx.config.seed,
+                               client=ctx.client, images_per_task=cfg.images_per_task, progress=ctx.progress,
+                               config=ctx.config.redacted())
+        for name in cfg.extractors
+    }
+
+
 #: stage name → function, in run order
 STAGES: dict[str, Callable[[RunContext], dict]] = {
     "ingest": stage_ingest,
+    "features": stage_features,
 }
 
 
