@@ -97,3 +97,13 @@ def test_native_target_chunks_are_kept_for_dask_targets():
     assert BlockRidge(alpha=10.0, target_batch=12).fit(X, Y).Y_.chunks == ((40,), (2, 2, 1), (6,))
     np.testing.assert_allclose(est.predict(Xt).compute(), BlockRidge(alpha=10.0).fit(X, Y).predict(Xt),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_several_lazy_outputs_compute_together():
+    X, Y, Xt = _data()
+    est = BlockRidge(alpha=10.0, calibration="none").fit(X, da.from_array(Y, chunks=(40, 1, 6)))
+    other = BlockRidge(alpha=99.0, calibration="none").fit(X, da.from_array(Y, chunks=(40, 1, 6)))
+    P1, P2, R = dask.compute(est.predict(Xt), other.predict(Xt), est.push_pattern(np.ones(60)))
+    np.testing.assert_allclose(P1, BlockRidge(alpha=10.0, calibration="none").fit(X, Y).predict(Xt), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(P2, BlockRidge(alpha=99.0, calibration="none").fit(X, Y).predict(Xt), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(P1, P2) and R.shape == (1,) + TAIL

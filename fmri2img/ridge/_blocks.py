@@ -175,7 +175,7 @@ def stream(Yb: da.Array, aidx: da.Array, ops: np.ndarray, add_mean: bool,
     return da.map_blocks(
         stream_block, Yb, aidx, ops_key, add_mean, calibration, loo_key, np.dtype(dtype),
         chunks=((r,),) + Yb.chunks[1:], dtype=np.dtype(dtype), meta=np.empty((0,) * Yb.ndim, dtype),
-        name="ridge-stream",
+        token="ridge-stream",
     )
 
 
@@ -207,5 +207,5 @@ def score(Yb: da.Array, mask: da.Array, factor: Any, criterion: str) -> da.Array
     k = len(factor.alphas)
     return da.map_blocks(
         score_block, Yb, mask, key, criterion, chunks=((k,),) + Yb.chunks[1:],
-        dtype=np.float64, meta=np.empty((0,) * Yb.ndim), name="ridge-score",
+        dtype=np.float64, meta=np.empty((0,) * Yb.ndim), token="ridge-score",
     )
