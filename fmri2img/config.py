@@ -133,6 +133,21 @@ class FeaturesConfig:
 
 
 @dataclass
+class RegressConfig:
+    """Ridge from train fMRI to each feature set (REFERENCE.md §3)."""
+
+    #: subjects to fit; empty: the ingest subjects
+    subjects: list = field(default_factory=list)
+    #: feature name → BlockRidge options; features without an entry get Brain-Diffuser's
+    #: defaults (alphas 50,000 / 100,000 / 60,000, test-batch calibration)
+    targets: dict = field(default_factory=dict)
+    #: which feature sets to fit; empty: every extractor of [features]
+    features: list = field(default_factory=list)
+    #: also write explicit voxel × target weights (large)
+    save_weights: bool = False
+
+
+@dataclass
 class WeightsConfig:
     """Where model weights are (local paths or fsspec URLs); nothing is downloaded at run time."""
 
@@ -153,6 +168,13 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
+    regress: RegressConfig = field(default_factory=RegressConfig)
+
+    def regress_subjects(self) -> list:
+        return list(self.regress.subjects or self.ingest.subjects)
+
+    def regress_features(self) -> list:
+        return list(self.regress.features or self.features.extractors)
 
     def extractor_options(self, name: str) -> dict:
         """The options of extractor ``name`` with its weights filled in from [weights]."""
@@ -259,6 +281,13 @@ def validate(config: Config) -> Config:
             extractors.check_options(name, options, where="features.extractors")
         except extractors.ExtractorError as exc:
             raise ConfigError(str(exc)) from None
+    from fmri2img.pipeline.regress import RegressError, ridge_options
+
+    for name in config.regress_features():
+        try:
+            ridge_options(name, config.regress.targets.get(name))
+        except RegressError as exc:
+            raise ConfigError(str(exc)) from None
     if config.features.images_per_task < 1:
         raise ConfigError("features.images_per_task: expected a positive integer")
     known = set(STAGES)
@@ -271,7 +300,7 @@ def validate(config: Config) -> Config:
 
 
 #: stage names in run order; the runner maps each to its function
-STAGES = ("ingest", "features")
+STAGES = ("ingest", "features", "regress")
 
 
 def load(path: str | Path) -> Config:

@@ -20,6 +20,7 @@ import zarr
 from fmri2img.config import Config
 from fmri2img.pipeline.features import extract_features
 from fmri2img.pipeline.ingest import ingest
+from fmri2img.pipeline.regress import regress
 from fmri2img.storage import schema
 from fmri2img.storage.source import Source
 from fmri2img.storage.store import Store
@@ -67,10 +68,22 @@ def stage_features(ctx: RunContext) -> dict:
     }
 
 
+def stage_regress(ctx: RunContext) -> dict:
+    cfg = ctx.config
+    out = {}
+    for subject in cfg.regress_subjects():
+        for name in cfg.regress_features():
+            out[f"subj{subject:02d}/{name}"] = regress(
+                ctx.store, subject, name, cfg.regress.targets.get(name), client=ctx.client,
+                save_weights=cfg.regress.save_weights, progress=ctx.progress, config=cfg.redacted())
+    return out
+
+
 #: stage name → function, in run order
 STAGES: dict[str, Callable[[RunContext], dict]] = {
     "ingest": stage_ingest,
     "features": stage_features,
+    "regress": stage_regress,
 }
 
 
