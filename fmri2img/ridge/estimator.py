@@ -279,9 +279,9 @@ class BlockRidge(BaseEstimator):
             out = out[:, 0]
         return out.compute() if self._y_is_numpy else out
 
-    def _stream(self, Z: np.ndarray, add_mean: bool, calibration: str = "none") -> Any:
+    def _stream(self, Z: np.ndarray | None, add_mean: bool, calibration: str = "none") -> Any:
         dt = np.dtype(self.dtype)
-        ops = self.factor_.operator(Z.astype(dt), self.X_train_)
+        ops = self.factor_.operator(None if Z is None else Z.astype(dt), self.X_train_)
         loo_ops = self._loo_ops() if calibration == "loo" else None
         return self._finish(_blocks.stream(self.Y_, self._aidx, ops, add_mean, calibration,
                                            loo_ops, dt))
@@ -389,7 +389,7 @@ class BlockRidge(BaseEstimator):
         self._check_fitted()
         if self.form_ == "sgd":
             return self.coef_sgd_.reshape((-1,) + self.target_shape_)
-        return self._stream(np.eye(self.n_features_in_, dtype=self.dtype), False)
+        return self._stream(None, False)
 
     @property
     def intercept_(self) -> Any:

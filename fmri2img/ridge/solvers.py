@@ -89,25 +89,27 @@ class CholeskyFactor:
         chols = chols[0][None] if len(chols) == 1 else np.stack(chols)
         return cls(form, np.asarray(alphas, dtype=np.float64), chols)
 
-    def operator(self, Z: np.ndarray, Xc: np.ndarray) -> np.ndarray:
+    def operator(self, Z: np.ndarray | None, Xc: np.ndarray) -> np.ndarray:
         """``M[a] = Z Xcᵀ (K + alphas[a] I)^-1``.
 
         Parameters
         ----------
-        Z : array of shape (r, n_features)
+        Z : array of shape (r, n_features), or None for the identity (r = n_features:
+            then ``M[a] @ Yc`` are the explicit weights)
         Xc : array of shape (n_samples, n_features)
 
         Returns
         -------
         M : array of shape (n_alphas, r, n_samples), dtype of ``Xc``
         """
-        out = np.empty((len(self.alphas), Z.shape[0], Xc.shape[0]), dtype=Xc.dtype)
+        r = Xc.shape[1] if Z is None else Z.shape[0]
+        out = np.empty((len(self.alphas), r, Xc.shape[0]), dtype=Xc.dtype)
         if self.form == "dual":
-            Kz = np.asarray(Z @ Xc.T, dtype=np.float64)
+            Kz = np.asarray(Xc.T if Z is None else Z @ Xc.T, dtype=np.float64)
             for i, c in enumerate(self.chols):
                 out[i] = sla.cho_solve((c, True), Kz.T).T
         else:
-            Zt = np.asarray(Z, dtype=np.float64).T
+            Zt = np.eye(r) if Z is None else np.asarray(Z, dtype=np.float64).T
             for i, c in enumerate(self.chols):
                 T = sla.cho_solve((c, True), Zt).astype(Xc.dtype)
                 out[i] = (Xc @ T).T
@@ -153,10 +155,10 @@ class SpectralFactor:
             U = (Xc @ V[:, keep].astype(Xc.dtype)) / np.sqrt(s).astype(Xc.dtype)
         return cls(form, np.asarray(alphas, dtype=np.float64), U, s)
 
-    def operator(self, Z: np.ndarray, Xc: np.ndarray) -> np.ndarray:
+    def operator(self, Z: np.ndarray | None, Xc: np.ndarray) -> np.ndarray:
         """``M[a] = Z Xcᵀ (K + alphas[a] I)^-1`` (see :meth:`CholeskyFactor.operator`)."""
-        KzU = np.asarray((Z @ Xc.T) @ self.U, dtype=np.float64)
-        out = np.empty((len(self.alphas), Z.shape[0], Xc.shape[0]), dtype=Xc.dtype)
+        KzU = np.asarray((Xc.T if Z is None else Z @ Xc.T) @ self.U, dtype=np.float64)
+        out = np.empty((len(self.alphas), KzU.shape[0], Xc.shape[0]), dtype=Xc.dtype)
         Ut = self.U.T
         for i, a in enumerate(self.alphas):
             out[i] = (KzU / (self.s + a)).astype(Xc.dtype) @ Ut
@@ -257,7 +259,7 @@ def ridge_weights(X_train: Any, Y_train: Any, alpha: float, form: str = "auto",
     check_finite(np.asarray(Y_train), "Y_train")
     check_n_samples(X_train, Y_train, "X_train", "Y_train")
     Xc, x_mean, Yc, y_mean = _centre(X_train, Y_train, dtype)
-    H = factorize(Xc, alpha, form=form).operator(np.eye(Xc.shape[1], dtype=dtype), Xc)[0]
+    H = factorize(Xc, alpha, form=form).operator(None, Xc)[0]
     W = np.asarray(H @ Yc, dtype=np.float64)
     b = y_mean - x_mean @ W
     tail = np.shape(Y_train)[1:]
