@@ -1,0 +1,598 @@
+"""CLIP ViT-L/14 features as Brain-Diffuser computes them (REFERENCE.md §2.2, §2.3).
+
+* Text: per image, its non-empty captions → tokens padded/truncated to 77 with
+  ``<|endoftext|>`` (no attention mask: the text tower is causal, as in Brain-Diffuser) →
+  ``last_hidden_state`` (after the final LayerNorm) → ``text_projection`` on all 77 tokens
+  → every token ÷ ‖projected pooled (EOS) token‖ → mean over the captions → (77, d).
+* Vision: the exact preprocessing chain of §2.3, written out here (never a
+  ``CLIPProcessor``, whose float handling changed between transformers versions:
+  Brain-Diffuser issue #9) → ``last_hidden_state`` → ``post_layernorm`` →
+  ``visual_projection`` on all 257 tokens → ÷ ‖projected CLS‖ → (257, d), optionally
+  reduced by a registered token reduction (:data:`TOKEN_REDUCTIONS`).
+
+Weights come from a transformers-format directory (local or fsspec URL) through
+:func:`load_clip`; :func:`tiny_clip` builds a seeded random-weight model of the same
+structure (257 vision tokens, 77 text positions) with a real small tokenizer.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fmri2img.models.weights import WeightsError, pick_device
+
+logger = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MAX_TOKENS = 77
+VISION_SIDE = 224
+RESIZE_SIDE = 512  # Brain-Diffuser resizes the 425² stimulus to 512² before CLIP's own resize
+
+#: dtype option → torch dtype
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+                                  "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_MODEL_FILES = ("model.safetensors", "pytorch_model.bin")
+_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
+                    "special_tokens_map.json")
+
+
+# --------------------------------------------------------------------------- models
+def vit_l14_config(projection_dim: int = 768, vocab_size: int = 49408):
+    """The :class:`transformers.CLIPConfig` of CLIP ViT-L/14 (openai/clip-vit-large-patch14).
+
+    Vision: hidden 1024, 24 layers, 16 heads, MLP 4096, patch 14, image 224 (257 tokens).
+    Text: hidden 768, 12 layers, 12 heads, MLP 3072, 77 positions.  Projection 768, quick-GELU.
+    """
+    from transformers import CLIPConfig
+
+    text = dict(vocab_size=vocab_size, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                num_attention_heads=12, max_position_embeddings=MAX_TOKENS, hidden_act="quick_gelu",
+                bos_token_id=vocab_size - 2, eos_token_id=2, pad_token_id=1)
+    vision = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                  image_size=VISION_SIDE, patch_size=14, hidden_act="quick_gelu")
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+
+
+def tiny_clip(seed: int = 0, projection_dim: int = 32):
+    """A seeded random-weight CLIP with the structure of ViT-L/14 at toy width, and its tokenizer.
+
+    Vision: hidden 32, 2 layers, 4 heads, patch 14 on 224² images (still 257 tokens).
+    Text: hidden 32, 2 layers, 4 heads, 77 positions, the vocabulary of
+    :func:`fmri2img.models.tokenizer.tiny_clip_tokenizer`.  Deterministic for a seed.
+
+    Returns
+    -------
+    model : transformers.CLIPModel (eval mode, float32, CPU)
+    tokenizer : transformers.CLIPTokenizer
+    """
+    from transformers import CLIPConfig, CLIPModel
+
+    from fmri2img.models.tokenizer import tiny_clip_tokenizer
+
+    tok = tiny_clip_tokenizer()
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=MAX_TOKENS, hidden_act="quick_gelu",
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=VISION_SIDE, patch_size=14, hidden_act="quick_gelu")
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(config)
+        # the default init leaves LayerNorms at (1, 0): perturb them so the test exercises them
+        for name, p in model.named_parameters():
+            if "layer_norm" in name or "layrnorm" in name:
+                p.data.add_(0.1 * torch.randn_like(p))
+    return model.eval().requires_grad_(False), tok
+
+
+def _copy_remote_dir(url: str, storage_options: Mapping[str, Any] | None, dest: str) -> None:
+    from fmri2img.storage import urls
+
+    fs, path = urls.filesystem(url, dict(storage_options or {}) or None)
+    try:
+        names = {os.path.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)}
+    except FileNotFoundError:
+        names = set()
+    for name in sorted(names & {"config.json", *_MODEL_FILES, *_TOKENIZER_FILES}):
+        fs.get(f"{path.rstrip('/')}/{name}", os.path.join(dest, name))
+
+
+def _check_clip_dir(local: str, shown: str) -> None:
+    files = set(os.listdir(local)) if os.path.isdir(local) else set()
+    problems = []
+    if "config.json" not in files:
+        problems.append("config.json is missing")
+    else:
+        with open(os.path.join(local, "config.json")) as f:
+            kind = json.load(f).get("model_type")
+        if kind != "clip":
+            problems.append(f"config.json has model_type={kind!r}, expected 'clip'")
+    if not files & set(_MODEL_FILES):
+        problems.append("no model.safetensors or pytorch_model.bin")
+    if not ({"vocab.json", "merges.txt"} <= files or "tokenizer.json" in files):
+        problems.append("no tokenizer files (vocab.json + merges.txt, or tokenizer.json)")
+    if problems:
+        raise WeightsError(
+            f"CLIP weights {shown} are not a transformers-format CLIP directory: {'; '.join(problems)}. "
+            f"Set weights.clip to a directory holding config.json, model.safetensors (or pytorch_model.bin) and "
+            f"the tokenizer files of openai/clip-vit-large-patch14 (other formats, e.g. OpenAI .pt, are not read)"
+        )
+
+
+def load_clip(weights: str, storage_options: Mapping[str, Any] | None = None, *, device: str = "auto",
+              dtype: str = "float32"):
+    """Load a transformers-format CLIP model and tokenizer from a directory or fsspec URL.
+
+    Nothing is fetched from a model hub (``local_files_only=True``).  A remote URL
+    (``s3://``, ``gs://``, ``gdrive://``, ``memory://`` …) is read through
+    :func:`fmri2img.storage.urls.filesystem` into a temporary local directory, the one
+    local copy this loader makes; it is deleted once the model is in memory.
+
+    Parameters
+    ----------
+    weights : str
+        Directory with ``config.json``, ``model.safetensors`` or ``pytorch_model.bin``, and
+        ``vocab.json`` + ``merges.txt`` (or ``tokenizer.json``).
+    storage_options : mapping, optional
+        fsspec options (credentials) for remote URLs.
+    device : str
+        "auto", "cpu", "cuda", "mps".
+    dtype : str
+        One of :data:`DTYPES` (Brain-Diffuser runs CLIP in float32).
+
+    Returns
+    -------
+    model : transformers.CLIPModel (eval mode)
+    tokenizer : transformers.CLIPTokenizer
+    """
+    from fmri2img.storage import urls
+
+    torch_dtype = _dtype(dtype)
+    shown = urls.redact(str(weights))
+    scheme, _ = urls.split_url(str(weights))
+    if scheme in ("", "file"):
+        if not os.path.isdir(_local_path(str(weights))):
+            raise WeightsError(f"CLIP weights directory {shown} not found: set weights.clip to a transformers-format "
+                               f"CLIP ViT-L/14 directory (nothing is downloaded at run time)")
+        return _load_local(_local_path(str(weights)), shown, device, torch_dtype)
+    with tempfile.TemporaryDirectory(prefix="fmri2img-clip-") as tmp:
+        _copy_remote_dir(str(weights), storage_options, tmp)
+        return _load_local(tmp, shown, device, torch_dtype)
+
+
+def _local_path(url: str) -> str:
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+def _load_local(local: str, shown: str, device: str, torch_dtype: torch.dtype):
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    from fmri2img.models.weights import check_state_dict, load_state_dict
+
+    _check_clip_dir(local, shown)
+    config = CLIPConfig.from_pretrained(local, local_files_only=True)
+    model = CLIPModel(config)
+    file = next(f for f in _MODEL_FILES if os.path.exists(os.path.join(local, f)))
+    state = load_state_dict(os.path.join(local, file))
+    # older checkpoints store the position_ids buffers, which current transformers does not persist
+    state = {k: v for k, v in state.items() if not k.endswith("embeddings.position_ids")}
+    check_state_dict(model, state, f"CLIP ({shown}/{file})")
+    model.load_state_dict(state, strict=True)
+    tok = CLIPTokenizer.from_pretrained(local, local_files_only=True, model_max_length=MAX_TOKENS)
+    logger.info("loaded CLIP from %s", shown)
+    return model.to(device=pick_device(device), dtype=torch_dtype).eval().requires_grad_(False), tok
+
+
+def _dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"dtype={name!r}; expected one of {sorted(DTYPES)} (CLIP runs in float32 in "
+                         f"Brain-Diffuser)") from None
+
+
+def _model_dtype(model) -> torch.dtype:
+    return model.visual_projection.weight.dtype
+
+
+def _device(model) -> torch.device:
+    return model.visual_projection.weight.device
+
+
+# --------------------------------------------------------------------------- text
+def _check_captions(captions: Any) -> np.ndarray:
+    arr = np.asarray(captions)
+    if arr.ndim != 2 or arr.dtype.kind not in "UO":
+        raise ValueError(f"captions has shape {arr.shape} and dtype {arr.dtype}; expected (n, k) strings "
+                         f"('' = missing), as stored in the captions array (NSD: (n, 5))")
+    return arr
+
+
+def image_captions(row: np.ndarray) -> list[str]:
+    """The captions Brain-Diffuser uses for one image: the entries that are not ``''``.
+
+    An image with no caption at all gets ``['']`` (the empty caption, i.e. the tokens
+    ``<|startoftext|> <|endoftext|>`` padded), so its features equal :func:`clip_text_uncond`.
+    """
+    kept = [str(c) for c in row if str(c) != ""]
+    return kept or [""]
+
+
+@torch.no_grad()
+def _encode_text(model, tokenizer, texts: list[str]) -> torch.Tensor:
+    """(len(texts), 77, d) projected tokens ÷ ‖projected EOS‖, float32 on the CPU."""
+    ids = tokenizer(texts, padding="max_length", truncation=True, max_length=MAX_TOKENS,
+                    return_tensors="pt")["input_ids"].to(_device(model))
+    out = model.text_model(input_ids=ids)
+    z = model.text_projection(out.last_hidden_state)
+    pooled = model.text_projection(out.pooler_output)
+    z = z / torch.linalg.vector_norm(pooled, dim=-1)[:, None, None]
+    return z.float().cpu()
+
+
+def clip_text_features(model, tokenizer, captions: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """CLIP-text features: mean over each image's captions of the normalised projected tokens.
+
+    Parameters
+    ----------
+    model : transformers.CLIPModel
+    tokenizer : transformers.CLIPTokenizer
+    captions : array of shape (n, k), str
+        ``''`` marks a missing caption; see :func:`image_captions`.
+    batch_size : int
+        Captions per forward pass (results do not depend on it beyond float rounding).
+
+    Returns
+    -------
+    array of shape (n, 77, projection_dim), float32
+    """
+    caps = _check_captions(captions)
+    per_image = [image_captions(row) for row in caps]
+    flat = [c for cs in per_image for c in cs]
+    parts = [_encode_text(model, tokenizer, flat[i:i + batch_size]) for i in range(0, len(flat), batch_size)]
+    z = torch.cat(parts) if parts else torch.zeros(0, MAX_TOKENS, model.config.projection_dim)
+    out, start = [], 0
+    for cs in per_image:
+        out.append(z[start:start + len(cs)].double().mean(0))
+        start += len(cs)
+    if not out:
+        return np.zeros((0, MAX_TOKENS, model.config.projection_dim), np.float32)
+    return torch.stack(out).float().numpy()
+
+
+def clip_text_uncond(model, tokenizer) -> np.ndarray:
+    """The unconditional text context of stage 2: the features of the empty caption ``''``.
+
+    Returns
+    -------
+    array of shape (77, projection_dim), float32
+    """
+    return _encode_text(model, tokenizer, [""])[0].numpy()
+
+
+# --------------------------------------------------------------------------- vision
+def _check_images(images: Any) -> np.ndarray:
+    arr = np.asarray(images)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"images has shape {arr.shape} and dtype {arr.dtype}; expected (n, height, width, 3) "
+                         f"uint8 RGB stimuli (NSD: 425 × 425); add a batch axis with images[None] for one image")
+    return arr
+
+
+def signed_512(images: np.ndarray) -> np.ndarray:
+    """Step 1 of §2.3: PIL bilinear resize to 512², ``x / 255`` in float32, then ``× 2 − 1``.
+
+    Parameters
+    ----------
+    images : array of shape (n, height, width, 3), uint8
+
+    Returns
+    -------
+    array of shape (n, 512, 512, 3), float32 in [−1, 1]
+    """
+    arr = _check_images(images)
+    out = np.empty((len(arr), RESIZE_SIDE, RESIZE_SIDE, 3), np.float32)
+    for i, img in enumerate(arr):
+        big = Image.fromarray(img).resize((RESIZE_SIDE, RESIZE_SIDE), Image.Resampling.BILINEAR)
+        out[i] = np.asarray(big, np.float32) / np.float32(255)
+    return out * np.float32(2) - np.float32(1)
+
+
+def _processor_steps(signed: np.ndarray) -> torch.Tensor:
+    """Steps 2–3 of §2.3 on (n, H, W, 3) float32 in [−1, 1] → (n, 3, 224, 224) float32.
+
+    ``(x + 1) / 2`` → ``× 255`` → uint8 by truncation (not rounding: 127.5 → 127) → PIL →
+    shortest side to 224 (bicubic; the long side ``int(224 · long / short)``; skipped when
+    already 224) → centre crop 224 (offset ``int((side − 224 + 1) / 2)``) → ``÷ 255`` →
+    ``(x − mean) / std`` with CLIP's mean and std, all in float32.
+    """
+    unit = (signed + np.float32(1)) / np.float32(2)
+    u8 = (unit * np.float32(255)).astype(np.uint8)
+    mean, std = np.asarray(CLIP_MEAN, np.float32), np.asarray(CLIP_STD, np.float32)
+    out = np.empty((len(u8), VISION_SIDE, VISION_SIDE, 3), np.float32)
+    for i, img in enumerate(u8):
+        pil = Image.fromarray(img)
+        w, h = pil.size
+        short, long = min(w, h), max(w, h)
+        if short != VISION_SIDE:
+            new_long = int(VISION_SIDE * long / short)
+            size = (VISION_SIDE, new_long) if w <= h else (new_long, VISION_SIDE)
+            pil = pil.resize(size, Image.Resampling.BICUBIC)
+        w, h = pil.size
+        left, top = int((w - VISION_SIDE + 1) * 0.5), int((h - VISION_SIDE + 1) * 0.5)
+        pil = pil.crop((left, top, left + VISION_SIDE, top + VISION_SIDE))
+        out[i] = (np.asarray(pil, np.float32) / np.float32(255) - mean) / std
+    return torch.from_numpy(out.transpose(0, 3, 1, 2).copy())
+
+
+def clip_vision_preprocess(images: np.ndarray) -> torch.Tensor:
+    """The full §2.3 preprocessing chain of Brain-Diffuser's CLIP-vision features.
+
+    uint8 stimulus (any side) → PIL bilinear 512² → [0, 1] → ×2−1 → (x+1)/2 → ×255 → uint8
+    by truncation → PIL bicubic shortest side 224 → centre crop 224 → ÷255 → CLIP
+    mean/std normalisation.  The float32 round trip through [−1, 1] is kept on purpose:
+    it moves some pixels down one grey level before the truncation, as in the original.
+
+    Parameters
+    ----------
+    images : array of shape (n, height, width, 3), uint8
+
+    Returns
+    -------
+    Tensor of shape (n, 3, 224, 224), float32
+    """
+    return _processor_steps(signed_512(images))
+
+
+@torch.no_grad()
+def clip_vision_features(model, pixel_values: torch.Tensor) -> np.ndarray:
+    """Vision tokens: ``post_layernorm`` and ``visual_projection`` on all tokens, ÷ ‖projected CLS‖.
+
+    Parameters
+    ----------
+    model : transformers.CLIPModel
+    pixel_values : Tensor of shape (n, 3, 224, 224)
+        From :func:`clip_vision_preprocess`.
+
+    Returns
+    -------
+    array of shape (n, 257, projection_dim), float32
+    """
+    px = pixel_values.to(device=_device(model), dtype=_model_dtype(model))
+    hidden = model.vision_model(pixel_values=px).last_hidden_state
+    z = model.visual_projection(model.vision_model.post_layernorm(hidden))
+    z = z / torch.linalg.vector_norm(z[:, :1], dim=-1, keepdim=True)
+    return z.float().cpu().numpy()
+
+
+def clip_vision_uncond(model) -> np.ndarray:
+    """The unconditional vision context of stage 2 (REFERENCE §4.2 step 6).
+
+    Brain-Diffuser passes a zero (1, 3, 224, 224) tensor in [−1, 1] to ``clip_encode_vision``,
+    which maps it with (x+1)/2 to a uniform 0.5 image and sends it through the CLIP
+    processor: ×255 → 127 (truncation) → normalisation.  This function runs those same
+    steps (:func:`_processor_steps` on zeros; the resize and crop are no-ops at 224²), so
+    the tower sees a uniform grey of 127/255, not the raw zero tensor.
+
+    Returns
+    -------
+    array of shape (257, projection_dim), float32
+    """
+    zeros = np.zeros((1, VISION_SIDE, VISION_SIDE, 3), np.float32)
+    return clip_vision_features(model, _processor_steps(zeros))[0]
+
+
+# --------------------------------------------------------------------------- token reductions
+def _all(z: np.ndarray, pool_grid: int) -> np.ndarray:
+    return z
+
+
+def _first77(z: np.ndarray, pool_grid: int) -> np.ndarray:
+    return z[:, :MAX_TOKENS]
+
+
+def _pooled(z: np.ndarray, pool_grid: int) -> np.ndarray:
+    n, t, d = z.shape
+    side = int(round((t - 1) ** 0.5))
+    if side * side != t - 1 or side % pool_grid:
+        raise ValueError(f"pool_grid={pool_grid} does not divide the {side}×{side} patch grid; "
+                         f"use a divisor of {side} (for ViT-L/14: 1, 2, 4, 8 or 16)")
+    k = side // pool_grid
+    grid = z[:, 1:].reshape(n, pool_grid, k, pool_grid, k, d).mean(axis=(2, 4), dtype=np.float64)
+    return np.concatenate([z[:, :1], grid.reshape(n, pool_grid * pool_grid, d).astype(z.dtype)], axis=1)
+
+
+@dataclass(frozen=True)
+class TokenReduction:
+    """A way to cut the 257 vision tokens down; ``n_tokens(pool_grid)`` gives the result's count."""
+
+    reduce: Callable[[np.ndarray, int], np.ndarray]
+    n_tokens: Callable[[int], int]
+    description: str
+
+
+#: name → token reduction of (n, 257, d) vision features
+TOKEN_REDUCTIONS: dict[str, TokenReduction] = {
+    "all": TokenReduction(_all, lambda g: 257, "all 257 tokens (Brain-Diffuser)"),
+    "first77": TokenReduction(_first77, lambda g: MAX_TOKENS,
+                              "tokens [:77]: CLS + the first 76 patches in row-major order, i.e. the top ~4.75 "
+                              "rows of the 16×16 grid (the seed paper's cut; spatially biased)"),
+    "pooled": TokenReduction(_pooled, lambda g: 1 + g * g,
+                             "CLS + the 16×16 patch grid average-pooled to pool_grid × pool_grid "
+                             "(keeps the whole visual field)"),
+}
+
+
+def reduce_tokens(features: np.ndarray, tokens: str = "all", pool_grid: int = 4) -> np.ndarray:
+    """Apply token reduction ``tokens`` (a key of :data:`TOKEN_REDUCTIONS`) to (n, 257, d) features."""
+    return _reduction(tokens).reduce(np.asarray(features), pool_grid)
+
+
+def _reduction(tokens: str) -> TokenReduction:
+    try:
+        return TOKEN_REDUCTIONS[tokens]
+    except KeyError:
+        raise ValueError(f"tokens={tokens!r}; expected one of {sorted(TOKEN_REDUCTIONS)}") from None
+
+
+
+# --------------------------------------------------------------------------- extractors
+@dataclass
+class _ClipExtractor:
+    """Shared state of the two CLIP extractors: the model, where it runs, and its provenance."""
+
+    model: Any
+    tokenizer: Any
+    weights_name: str | None
+    batch_size: int
+    dtype: str
+
+    @property
+    def random_weights(self) -> bool:
+        return self.weights_name is None
+
+    def _base_attrs(self) -> dict[str, Any]:
+        return {"extractor": self.name, "model": "CLIP ViT-L/14 (transformers)" if not self.random_weights
+                else "tiny CLIP (seeded random weights; proves the plumbing, not the features)",
+                "weights": self.weights_name, "random_weights": self.random_weights, "dtype": self.dtype,
+                "projection_dim": int(self.model.config.projection_dim), "batch_size": self.batch_size}
+
+    @staticmethod
+    def _check_ids(n: int, image_ids: Any) -> None:
+        m = len(np.asarray(image_ids).reshape(-1))
+        if m != n:
+            raise ValueError(f"image_ids has {m} entries but the batch has {n} rows: pass one id per image")
+
+
+class ClipTextExtractor(_ClipExtractor):
+    """The 'clip-text' extractor: (n, 5) captions → (n, 77, d) float32 (deterministic; no randomness)."""
+
+    name = "clip-text"
+    input = "captions"
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return (MAX_TOKENS, int(self.model.config.projection_dim))
+
+    feature_dims = ("token", "dim")
+
+    def attrs(self) -> dict[str, Any]:
+        return {**self._base_attrs(), "tokens": MAX_TOKENS,
+                "recipe": "projection on all 77 tokens, / |projected EOS|, mean over non-empty captions "
+                          "(no caption: the empty caption)"}
+
+    def extract(self, batch: np.ndarray, image_ids: np.ndarray, seed: int) -> np.ndarray:
+        """Features of a batch of caption rows: array (n, k) str → (n, 77, d) float32."""
+        caps = _check_captions(batch)
+        self._check_ids(len(caps), image_ids)
+        return clip_text_features(self.model, self.tokenizer, caps, self.batch_size)
+
+
+class ClipVisionExtractor(_ClipExtractor):
+    """The 'clip-vision' extractor: uint8 images → (n, n_tokens, d) float32 (deterministic)."""
+
+    name = "clip-vision"
+    input = "images"
+    feature_dims = ("token", "dim")
+
+    def __init__(self, *args: Any, tokens: str = "all", pool_grid: int = 4, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tokens, self.pool_grid = tokens, pool_grid
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return (_reduction(self.tokens).n_tokens(self.pool_grid), int(self.model.config.projection_dim))
+
+    def attrs(self) -> dict[str, Any]:
+        extra = {"pool_grid": self.pool_grid} if self.tokens == "pooled" else {}
+        return {**self._base_attrs(), "token_reduction": self.tokens,
+                "token_reduction_description": _reduction(self.tokens).description, **extra,
+                "preprocessing": "PIL bilinear 512, x/255*2-1, (x+1)/2*255 truncated to uint8, PIL bicubic "
+                                 "shortest side 224, centre crop 224, /255, CLIP mean/std",
+                "recipe": "post_layernorm + visual_projection on all tokens, / |projected CLS|"}
+
+    def extract(self, batch: np.ndarray, image_ids: np.ndarray, seed: int) -> np.ndarray:
+        """Features of uint8 images (n, H, W, 3) → (n, n_tokens, d) float32."""
+        imgs = _check_images(batch)
+        self._check_ids(len(imgs), image_ids)
+        out = [reduce_tokens(clip_vision_features(self.model, clip_vision_preprocess(imgs[i:i + self.batch_size])),
+                             self.tokens, self.pool_grid)
+               for i in range(0, len(imgs), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, *self.feature_shape), np.float32)
+
+
+def _build(weights: str | None, storage_options: Any, tiny: bool, device: str, dtype: str,
+           batch_size: int) -> dict[str, Any]:
+    from fmri2img.storage import urls
+
+    torch_dtype = _dtype(dtype)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}; expected a positive integer (for example 16)")
+    if tiny:
+        model, tok = tiny_clip()
+        model = model.to(device=pick_device(device), dtype=torch_dtype)
+        name = None
+    elif not weights:
+        raise WeightsError("no CLIP weights given: set weights.clip in the configuration to a transformers-format "
+                           "CLIP ViT-L/14 directory (local path or fsspec URL), or use tiny = true for the "
+                           "random-weight test model")
+    else:
+        model, tok = load_clip(weights, storage_options, device=device, dtype=dtype)
+        name = os.path.basename(str(urls.redact(str(weights))).rstrip("/")) or str(urls.redact(str(weights)))
+    return dict(model=model, tokenizer=tok, weights_name=name, batch_size=int(batch_size), dtype=dtype)
+
+
+def make_clip_text_extractor(*, weights: str | None = None, storage_options: Any = None, tiny: bool = False,
+                             device: str = "auto", dtype: str = "float32",
+                             batch_size: int = 64) -> ClipTextExtractor:
+    """Build the 'clip-text' extractor (feature shape (77, projection_dim), dims ("token", "dim")).
+
+    Parameters
+    ----------
+    weights : str, optional
+        transformers-format CLIP directory or fsspec URL (see :func:`load_clip`).
+    storage_options : mapping, optional
+    tiny : bool
+        Use :func:`tiny_clip` (seeded random weights) instead of ``weights``.
+    device, dtype : str
+        Device choice ("auto" picks CUDA, MPS or CPU) and one of :data:`DTYPES`.
+    batch_size : int
+        Captions per forward pass.
+    """
+    return ClipTextExtractor(**_build(weights, storage_options, tiny, device, dtype, batch_size))
+
+
+def make_clip_vision_extractor(*, weights: str | None = None, storage_options: Any = None, tiny: bool = False,
+                               device: str = "auto", dtype: str = "float32", batch_size: int = 16,
+                               tokens: str = "all", pool_grid: int = 4) -> ClipVisionExtractor:
+    """Build the 'clip-vision' extractor (feature shape (n_tokens, projection_dim), dims ("token", "dim")).
+
+    Parameters
+    ----------
+    weights, storage_options, tiny, device, dtype
+        As :func:`make_clip_text_extractor`.
+    batch_size : int
+        Images per forward pass.
+    tokens : str
+        Token reduction, a key of :data:`TOKEN_REDUCTIONS`: "all" (257, Brain-Diffuser),
+        "first77" (the seed paper's spatially biased cut) or "pooled" (1 + pool_grid²).
+    pool_grid : int
+        Side of the pooled patch grid for ``tokens="pooled"`` (4 → 17 tokens, 8 → 65).
+    """
+    red = _reduction(tokens)
+    if tokens == "pooled" and (isinstance(pool_grid, bool) or not isinstance(pool_grid, (int, np.integer))
+                               or pool_grid < 1 or 16 % pool_grid):
+        raise ValueError(f"pool_grid={pool_grid!r}; expected a divisor of the 16×16 patch grid: 1, 2, 4, 8 or 16")
+    logger.debug("clip-vision token reduction: %s", red.description)
+    return ClipVisionExtractor(**_build(weights, storage_options, tiny, device, dtype, batch_size),
+                               tokens=tokens, pool_grid=int(pool_grid))
