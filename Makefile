@@ -3,6 +3,8 @@
 #   make test   → creates .venv, installs fmri2img with test extras, runs the test suite
 PYTHON ?= python3
 VENV   ?= .venv
+# constraints.txt pins the versions the test suite last passed with (the resolver otherwise
+# backtracks for minutes between moto, pydrive2 and cryptography); edit it to upgrade.
 # CPU machines: install this torch first so no multi-GB CUDA build is pulled in; override for GPUs,
 # e.g. make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH  ?= torch==2.13.0
@@ -16,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e ".[all]"
+	$(PIP) install --quiet -c constraints.txt -e ".[all]"
 	touch $@
 
 demo: setup
