@@ -1,6 +1,9 @@
 """Evaluation networks: torchvision key names and sizes, taps of REFERENCE.md §5, weight loading, preprocessing."""
 from __future__ import annotations
 
+import hashlib
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -62,6 +65,57 @@ def test_torchvision_names_sizes_and_taps(nets):
     dims = {k: v.dims for k, v in EVAL_NETS.items()}
     assert dims == {"alexnet2": 139_968, "alexnet5": 43_264, "inceptionv3": 2048, "clip": 768,
                     "efficientnet_b1": 1280, "swav": 2048}
+
+
+# Computed once with torchvision 0.29.2's own model source (torchvision is not a dependency): the
+# sha256 (first 16 hex) of its state-dict "key shape" lines in order, and its tap outputs for the
+# weights of _deterministic_state on a seeded input: (mean, std, {flat index: value}).
+TORCHVISION_GOLDEN = {
+    build_alexnet: ("9c198ebdae1863e4", {
+        "features.4": (9.647666e-01, 1.577415e+00, {0: 2.893693, 46656: 0.0}),
+        "features.11": (1.400783e+00, 2.015265e+00, {21632: 3.322535, 43263: 0.0})}),
+    build_inception_v3: ("aab0ac2cbaf84aa2", {"avgpool": (1.124877e+00, 1.372210e+00, {682: 1.619818, 2047: 1.08312})}),
+    build_efficientnet_b1: ("9aaba0741e04badf", {
+        "avgpool": (1.084435e+00, 1.464511e+00, {0: 2.367245, 426: 0.08988094, 1279: 3.762187})}),
+    build_resnet50: ("d7e4f8bb0a536344", {
+        "avgpool": (2.782204e+03, 2.933851e+03, {0: 1618.338, 682: 5432.707, 1024: 246.8989})}),
+}
+
+
+def _deterministic_state(sd):
+    """Weights that depend only on the keys' order and shapes (so any net with torchvision's layout gets them)."""
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for k, v in sd.items():
+        if not v.is_floating_point():
+            out[k] = v.clone()
+        elif k.endswith("running_var"):
+            out[k] = 0.5 + torch.rand(v.shape, generator=g)
+        elif k.endswith(("running_mean", "bias")):
+            out[k] = 0.1 * torch.randn(v.shape, generator=g)
+        elif v.ndim == 1:
+            out[k] = 1 + 0.1 * torch.randn(v.shape, generator=g)
+        else:
+            out[k] = torch.randn(v.shape, generator=g) * math.sqrt(2.0 / v[0].numel())
+    return out
+
+
+@pytest.mark.slow
+def test_layout_and_taps_equal_torchvision():
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    for builder, (key_hash, taps) in TORCHVISION_GOLDEN.items():
+        net = builder(seed=0)
+        sd = net.state_dict()
+        lines = "\n".join(f"{k} {tuple(v.shape)}" for k, v in sd.items())
+        assert hashlib.sha256(lines.encode()).hexdigest()[:16] == key_hash, builder.__name__
+        net.load_state_dict(_deterministic_state(sd))
+        with torch.no_grad():
+            for tap, (mean, std, values) in taps.items():
+                f = net.tap(x, tap).flatten(1)[0].double()
+                assert f.mean().item() == pytest.approx(mean, rel=1e-4), (builder.__name__, tap)
+                assert f.std().item() == pytest.approx(std, rel=1e-4), (builder.__name__, tap)
+                for i, v in values.items():
+                    assert f[i].item() == pytest.approx(v, rel=1e-4, abs=1e-5), (builder.__name__, tap, i)
 
 
 def test_seeded_random_weights_leave_global_rng_alone():
@@ -165,6 +219,7 @@ def test_eval_features_cnn_and_nan_image(nets):
         eval_features("alexnet", nets[build_alexnet], images)
 
 
+@pytest.mark.slow
 def test_eval_features_clip_is_the_projected_cls_embedding():
     model = build_clip(seed=5)
     images = np.random.default_rng(4).integers(0, 256, (2, 100, 100, 3), dtype=np.uint8)
