@@ -276,6 +276,7 @@ def test_encode_deterministic_and_seeded_per_image(tiny, images):
     # other batch sizes: the same noise; values equal up to float rounding of batched convolutions
     c = V.encode_latents(tiny, images, ids, seed=0, n_blocks=6, batch_size=1)
     np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-6)
+    assert V.encode_latents(tiny, images[:0], ids[:0], seed=0, n_blocks=6).shape == (0, V.latent_size(TINY, 6))
     # the same pixels under another id draw other noise
     d = V.encode_latents(tiny, images, np.array([7, 2, 3]), seed=0, n_blocks=6)
     assert not np.allclose(d[0], a[0]) and np.array_equal(d[1:], a[1:])
@@ -292,6 +293,8 @@ def test_decode_deterministic_batch_independent_and_temperature(tiny):
     assert not np.array_equal(a, V.decode_latents(tiny, lat, ids, seed=5, n_blocks=5))
     cold = V.decode_latents(tiny, lat, ids, seed=0, n_blocks=5, temperature=0.0)
     assert not np.array_equal(a, cold)
+    assert V.decode_latents(tiny, lat[:0], ids[:0], seed=0, n_blocks=5).shape == (0, 64, 64, 3)
+    np.testing.assert_array_equal(V.decode_latents(tiny, lat, ids, seed=0, n_blocks=5, temperature=np.float32(1)), a)
     full = V.decode_latents(tiny, rng.standard_normal((1, V.latent_size(TINY, 12))).astype(np.float32),
                             ids[:1], seed=0, n_blocks=12)
     assert full.shape == (1, 64, 64, 3)

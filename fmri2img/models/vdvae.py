@@ -17,9 +17,10 @@ Weights come only through :mod:`fmri2img.models.weights`.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -87,10 +88,10 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def _batches(n: int, batch_size: int | None) -> list[slice]:
-    step = n if not batch_size else int(batch_size)
-    if step < 1:
+    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
         raise ValueError(f"batch_size={batch_size!r}; expected a positive integer (for example 30)")
-    return [slice(i, min(i + step, n)) for i in range(0, n, max(step, 1))]
+    step = max(n, 1) if batch_size is None else int(batch_size)
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
 def _model_device_dtype(model: VDVAE) -> tuple[torch.device, torch.dtype]:
@@ -166,11 +167,6 @@ def upsample_512(images: np.ndarray, side: int = 512) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- noise
-def _per_image(gens: Sequence[torch.Generator], draw: Callable[[torch.Generator], torch.Tensor],
-               device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.stack([draw(g) for g in gens]).to(device=device, dtype=dtype)
-
-
 def _uniform(g: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
     return _U_LO + (_U_HI - _U_LO) * torch.rand(shape, generator=g)
 
@@ -304,7 +300,8 @@ def decode_latents(model: VDVAE, latents: np.ndarray, image_ids: np.ndarray, see
     """
     hp = model.hparams
     n_blocks = _check_n_blocks(hp, n_blocks)
-    if not isinstance(temperature, (int, float)) or not np.isfinite(temperature) or temperature < 0:
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not np.isfinite(temperature) \
+            or temperature < 0:
         raise ValueError(f"temperature={temperature!r}; expected a finite number ≥ 0 (1.0 as Brain-Diffuser)")
     blocks = _split_latents(latents, hp, n_blocks)
     n = blocks[0].shape[0]
