@@ -99,7 +99,8 @@ def test_vision_features_equal_direct_transformers(tiny, images: np.ndarray) -> 
         pooled = model.get_image_features(pixel_values=px).pooler_output.detach().double().numpy()  # proj(postLN(CLS))
     ln = model.vision_model.post_layernorm
     mu, var = hidden.mean(-1, keepdims=True), hidden.var(-1, keepdims=True)
-    normed = (hidden - mu) / np.sqrt(var + ln.eps) * ln.weight.detach().double().numpy() + ln.bias.detach().double().numpy()
+    gamma, beta = ln.weight.detach().double().numpy(), ln.bias.detach().double().numpy()
+    normed = (hidden - mu) / np.sqrt(var + ln.eps) * gamma + beta
     proj = normed @ model.visual_projection.weight.detach().double().numpy().T
     np.testing.assert_allclose(proj[:, 0], pooled, rtol=1e-5, atol=1e-6)
     ref = proj / np.linalg.norm(pooled, axis=-1)[:, None, None]
@@ -185,6 +186,20 @@ def test_text_features_equal_direct_transformers(tiny) -> None:
     eos = ids[0].tolist().index(tok.eos_token_id)
     np.testing.assert_allclose(ref[eos] * np.linalg.norm(pooled), pooled, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got[1], C.clip_text_uncond(model, tok), atol=1e-6)
+
+
+def test_text_legacy_argmax_pooling_agrees(tiny) -> None:
+    """Published ViT-L/14 configs say eos_token_id=2 (pool at argmax id); the tiny tokenizer keeps EOS largest."""
+    model, tok = tiny
+    caps = np.array([["a cat on a blanket", "the moon", "", "", ""]])
+    first_eos = C.clip_text_features(model, tok, caps)
+    model.text_model.eos_token_id = 2
+    try:
+        legacy = C.clip_text_features(model, tok, caps)
+    finally:
+        model.text_model.eos_token_id = model.config.text_config.eos_token_id
+    np.testing.assert_allclose(legacy, first_eos, atol=1e-6)
+    assert C.vit_l14_config().text_config.eos_token_id == 2
 
 
 def test_text_bad_captions(tiny) -> None:

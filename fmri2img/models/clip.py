@@ -56,7 +56,7 @@ def vit_l14_config(projection_dim: int = 768, vocab_size: int = 49408):
 
     text = dict(vocab_size=vocab_size, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                 num_attention_heads=12, max_position_embeddings=MAX_TOKENS, hidden_act="quick_gelu",
-                bos_token_id=vocab_size - 2, eos_token_id=2, pad_token_id=1)
+                bos_token_id=0, eos_token_id=2, pad_token_id=1)  # as published: eos 2 = argmax pooling
     vision = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                   image_size=VISION_SIDE, patch_size=14, hidden_act="quick_gelu")
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
