@@ -133,7 +133,11 @@ def load_clip(weights: str, storage_options: Mapping[str, Any] | None = None, *,
               dtype: str = "float32"):
     """Load a transformers-format CLIP model and tokenizer from a directory or fsspec URL.
 
-    Nothing is fetched from a model hub (``local_files_only=True``).  A remote URL
+    Nothing is fetched from a model hub: the architecture comes from ``config.json``
+    (``local_files_only=True``), the weights through :func:`fmri2img.models.weights.load_state_dict`
+    (safetensors, or ``torch.load(weights_only=True)``) and are checked key for key and shape
+    for shape by :func:`~fmri2img.models.weights.check_state_dict` (one :class:`WeightsError`
+    listing missing, unexpected and misshapen keys).  A remote URL
     (``s3://``, ``gs://``, ``gdrive://``, ``memory://`` …) is read through
     :func:`fmri2img.storage.urls.filesystem` into a temporary local directory, the one
     local copy this loader makes; it is deleted once the model is in memory.
