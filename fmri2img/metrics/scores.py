@@ -48,7 +48,7 @@ __all__ = [
 SSIM_SETTINGS = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
 
 # Bytes of float64 working memory per block in the blocked Pearson computations.
-_BLOCK_BYTES = 1 << 27
+_BLOCK_BYTES = 1 << 28
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -232,7 +232,8 @@ def _row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def pearson_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pearson correlation of every row of ``a`` with every row of ``b``.
 
-    Computed in float64 over row blocks (AlexNet(2) features have 139,968 columns).
+    Computed in float64: ``b``'s rows are centred and normalised once (n_b × d × 8 bytes;
+    1.1 GB for 982 AlexNet(2) rows of 139,968), then ``a`` is streamed through in row blocks.
 
     Parameters
     ----------
@@ -244,12 +245,13 @@ def pearson_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     array of shape (n, m), float64
         ``r[i, j]`` = Pearson r of ``a[i]`` and ``b[j]``; NaN where a row is constant or non-finite.
     """
-    r = np.empty((len(a), len(b)))
     step = _block(a.shape[1])
+    ub = np.empty(b.shape, dtype=np.float64)
+    for j in range(0, len(b), step):
+        ub[j:j + step] = _unit_rows(b[j:j + step])
+    r = np.empty((len(a), len(b)))
     for i in range(0, len(a), step):
-        ua = _unit_rows(a[i:i + step])
-        for j in range(0, len(b), step):
-            r[i:i + step, j:j + step] = ua @ _unit_rows(b[j:j + step]).T
+        r[i:i + step] = _unit_rows(a[i:i + step]) @ ub.T
     return r
 
 
