@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from fmri2img.config import Config, IngestConfig, SourceConfig, StoreConfig, validate
+from fmri2img.config import Config, FeaturesConfig, IngestConfig, SourceConfig, StoreConfig, validate
 from fmri2img.pipeline.runner import STAGES, run, status
 from fmri2img.storage.store import Store
 
@@ -22,6 +22,14 @@ logger = logging.getLogger(__name__)
 
 #: mini-NSD settings of the demo (small stimuli keep it fast on a laptop)
 DEMO_SPEC = {"seed": 0, "subjects": (1, 2), "side": 128}
+#: the demo's features: the weight-free pixel feature, and Brain-Diffuser's three feature sets
+#: computed by tiny seeded random-weight models (they prove the plumbing, not the pictures)
+DEMO_FEATURES = {
+    "pixels": {"side": 64},
+    "vdvae": {"tiny": True, "n_blocks": 8},
+    "clip-text": {"tiny": True},
+    "clip-vision": {"tiny": True},
+}
 
 
 def demo_config(workdir: Path) -> Config:
@@ -31,6 +39,7 @@ def demo_config(workdir: Path) -> Config:
         store=StoreConfig(url=str(workdir / "store.zarr")),
         source=SourceConfig(url=str(workdir / "mini-nsd")),
         ingest=IngestConfig(subjects=list(DEMO_SPEC["subjects"])),
+        features=FeaturesConfig(extractors={k: dict(v) for k, v in DEMO_FEATURES.items()}, images_per_task=64),
     ))
 
 

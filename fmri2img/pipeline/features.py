@@ -85,7 +85,7 @@ def extract_block(store: Store, name: str, options: Mapping[str, Any], region: R
     stim = store.group(schema.STIMULI)
     ids = np.asarray(stim["image"][region.slice])
     if extractor.input == "captions":
-        batch = np.asarray(stim["captions"][region.slice]).astype(str)
+        batch = np.asarray(stim["captions"][region.slice]).astype(object).astype(str)
     else:
         batch = np.asarray(stim["images"][region.slice])
     values = np.asarray(extractor.extract(batch, ids, seed), dtype=np.float32)
