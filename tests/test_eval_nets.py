@@ -231,3 +231,21 @@ def test_eval_features_clip_is_the_projected_cls_embedding():
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(TypeError, match="must be a transformers CLIPModel"):
         eval_features("clip", build_alexnet(), images)
+
+
+def test_features_to_summary_end_to_end(nets):
+    """Images → eval features → per-image scores → summary, with one NaN reconstruction."""
+    from fmri2img.metrics.scores import per_image_scores, summarize
+
+    rng = np.random.default_rng(6)
+    gt = rng.integers(0, 256, (5, 48, 48, 3), dtype=np.uint8)
+    rec = np.clip(gt + rng.normal(0, 20, gt.shape), 0, 255).astype(np.float32)
+    rec[3] = np.nan
+    net = nets[build_alexnet]
+    feats = {"gt": eval_features("alexnet5", net, gt), "rec": eval_features("alexnet5", net, rec)}
+    per = per_image_scores(gt, rec, {"alexnet5": feats["gt"]}, {"alexnet5": feats["rec"]})
+    assert list(per) == ["PixCorr", "SSIM (column)", "SSIM-2D", "AlexNet(5)"]
+    summary = summarize(per)
+    for name, row in summary.items():
+        assert row["excluded"] == [3] and np.isfinite(row["mean"]), name
+    assert summary["AlexNet(5)"]["mean"] == 1.0  # mild noise: every reconstruction is identified

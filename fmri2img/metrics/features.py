@@ -136,7 +136,8 @@ def preprocess(images: np.ndarray, normalization: str = "imagenet") -> torch.Ten
         raise ValueError(f"normalization {normalization!r} is not known: use one of {list(NORMALIZATIONS)}")
     images = _check_images("images", images)
     if images.dtype != np.uint8:
-        raise ValueError("images must be uint8 here; eval_features handles float images with NaN")
+        raise ValueError(f"images has dtype {images.dtype} but preprocess needs uint8: convert with "
+                         f".astype(np.uint8), or call eval_features, which also takes float images with NaN")
     mean, std = (np.asarray(v, dtype=np.float32).reshape(1, 1, 3) for v in NORMALIZATIONS[normalization])
     out = np.empty((len(images), 3, EVAL_SIDE, EVAL_SIDE), dtype=np.float32)
     for i, img in enumerate(images):
