@@ -129,7 +129,8 @@ def test_seeded_random_weights_leave_global_rng_alone():
 
 
 def test_unknown_tap_is_refused(nets):
-    with pytest.raises(ValueError, match=r"AlexNet has no tap 'features.5': use one of \['features.4', 'features.11'\]"):
+    with pytest.raises(ValueError,
+                       match=r"AlexNet has no tap 'features.5': use one of \['features.4', 'features.11'\]"):
         nets[build_alexnet].tap(torch.zeros(1, 3, 224, 224), "features.5")
 
 
