@@ -1,4 +1,18 @@
-"""Dask clusters: ``connect(spec)`` returns a Client for a local machine or an existing scheduler."""
-from fmri2img.cluster.connect import CLUSTER_KINDS, ClusterError, connect, dashboard_link
+"""Dask clusters: ``connect(spec, **options)`` returns a Client for this machine, an existing
+scheduler, SLURM/PBS (dask-jobqueue) or Kubernetes (dask-kubernetes)."""
+from fmri2img.cluster.connect import (
+    CLUSTER_KINDS,
+    GPU,
+    ClusterError,
+    check_options,
+    connect,
+    connect_section,
+    dashboard_link,
+    section_options,
+)
+from fmri2img.cluster.jobqueue import job_script
+from fmri2img.cluster.kubernetes import kubernetes_spec
+from fmri2img.cluster.security import make_security, redact_options
 
-__all__ = ["CLUSTER_KINDS", "ClusterError", "connect", "dashboard_link"]
+__all__ = ["CLUSTER_KINDS", "GPU", "ClusterError", "check_options", "connect", "connect_section",
+           "dashboard_link", "section_options", "job_script", "kubernetes_spec", "make_security", "redact_options"]

@@ -1,21 +1,40 @@
-"""``connect(spec)`` → a :class:`distributed.Client`.
+"""``connect(spec, **options)`` → a :class:`distributed.Client`.
 
-Specs (a registry, one factory per kind):
+Specs (a registry, one factory per kind; each takes the options it needs and
+refuses the others by name):
 
 ``"local"`` (default)
     A :class:`distributed.LocalCluster` sized to the machine: one single-threaded
     worker process per core, memory split evenly, scheduler and dashboard bound
-    to 127.0.0.1.
+    to 127.0.0.1.  ``gpu_workers=N`` (or ``"auto"``: one per visible CUDA device)
+    adds workers that advertise the ``GPU`` resource, each pinned to its device.
 ``"tcp://host:port"`` / ``"tls://host:port"``
-    An existing scheduler (``dask scheduler`` + ``dask worker``, SLURM, Kubernetes).
+    An existing scheduler (``dask scheduler`` + ``dask worker``, or one started by
+    a lab's own tooling); ``security`` gives the TLS files for ``tls://``.
+``"slurm"`` / ``"pbs"``
+    Workers as batch jobs through dask-jobqueue (:mod:`fmri2img.cluster.jobqueue`),
+    fixed or adaptive.
+``"kubernetes"``
+    A ``DaskCluster`` through the dask-kubernetes operator
+    (:mod:`fmri2img.cluster.kubernetes`).
+
+:func:`connect_section` takes the ``[cluster]`` configuration table instead.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from fmri2img.cluster.security import make_security, redact_options
+from fmri2img.storage import urls
 
 logger = logging.getLogger(__name__)
+
+#: the resource name GPU workers advertise and GPU stages ask for
+GPU = "GPU"
 
 
 class ClusterError(RuntimeError):
@@ -29,45 +48,167 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _local(spec: str, *, n_workers: int = 0, threads_per_worker: int = 1, memory_limit: str = "auto",
-           dashboard_address: str = "127.0.0.1:8787", processes: bool = True, **kwargs: Any):
-    from distributed import Client, LocalCluster
+def visible_gpus() -> int:
+    """CUDA devices this machine exposes (0 when torch sees none or is absent)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
 
-    n = n_workers or max(1, _cores() // max(1, threads_per_worker))
-    host = dashboard_address.rsplit(":", 1)[0] if ":" in dashboard_address else "127.0.0.1"
+
+def _local(spec: str = "local", *, n_workers: int = 0, threads_per_worker: int = 1, memory_limit: str = "auto",
+           dashboard_address: str = "127.0.0.1:8787", processes: bool = True, gpu_workers: int | str = 0,
+           security: Any = None):
+    """A LocalCluster on this machine (loopback only), with ``gpu_workers`` extra GPU workers."""
+    from distributed import Client, LocalCluster
+    from distributed.system import MEMORY_LIMIT
+
+    n_gpu = visible_gpus() if gpu_workers == "auto" else gpu_workers
+    if not isinstance(n_gpu, int) or isinstance(n_gpu, bool) or n_gpu < 0:
+        raise ClusterError(f"cluster option gpu_workers: expected a number ≥ 0 or 'auto', got {gpu_workers!r}")
+    n_cpu = n_workers or (max(1, _cores() // max(1, threads_per_worker)) if not n_gpu else 0)
+    total = n_cpu + n_gpu
+    if memory_limit == "auto":
+        memory_limit = str(MEMORY_LIMIT // max(total, 1))
+    sec = make_security(security)
+    kwargs: dict[str, Any] = {"security": sec} if sec is not None else {}
     if processes:  # in-process clusters talk over inproc://, which takes no host
-        kwargs.setdefault("host", host or "127.0.0.1")
+        kwargs["host"] = ("tls://" if sec is not None else "") + _host_of(dashboard_address)
     cluster = LocalCluster(
-        n_workers=n, threads_per_worker=threads_per_worker, processes=processes,
+        n_workers=0, threads_per_worker=threads_per_worker, processes=processes,
         memory_limit=memory_limit, dashboard_address=dashboard_address, **kwargs,
     )
-    return Client(cluster)
+    _add_workers(cluster, n_cpu, n_gpu, processes)
+    client = Client(cluster, security=sec)
+    client.wait_for_workers(total, timeout=120)
+    return client
 
 
-def _address(spec: str, *, timeout: str = "20s", security: Any = None, **_: Any):
+def _host_of(address: str) -> str:
+    host = address.rsplit(":", 1)[0] if ":" in address else ""
+    return host or "127.0.0.1"
+
+
+def _add_workers(cluster, n_cpu: int, n_gpu: int, processes: bool) -> None:
+    """Give ``cluster`` ``n_cpu`` plain workers and ``n_gpu`` workers with resources {GPU: 1}."""
+    base = cluster.new_spec
+    spec = {i: base for i in range(n_cpu)}
+    for i in range(n_gpu):
+        options = {**base["options"], "resources": {GPU: 1}}
+        if processes:  # each GPU worker process sees its own device as cuda:0
+            options["env"] = {"CUDA_VISIBLE_DEVICES": str(i)}
+        spec[f"gpu-{i}"] = {"cls": base["cls"], "options": options}
+    cluster._i = n_cpu  # next automatic worker name after ours
+    cluster.worker_spec.update(spec)
+    cluster.scale(len(cluster.worker_spec))
+
+
+def _address(spec: str, *, timeout: str = "20s", security: Any = None):
+    """A Client of the running scheduler at ``spec``."""
     from distributed import Client
 
+    sec = make_security(security)
+    if spec.startswith("tls://") and sec is None:
+        raise ClusterError(f"{spec} is a TLS address but no TLS files are configured: set [cluster.security] "
+                           f"ca_file, cert_file and key_file (or use the scheduler's tcp:// address)")
     try:
-        return Client(spec, timeout=timeout, security=security)
+        return Client(spec, timeout=timeout, security=sec)
     except (OSError, TimeoutError) as exc:
         raise ClusterError(
-            f"cannot reach the Dask scheduler at {spec} ({exc}); start one with `dask scheduler` "
-            f"and workers with `dask worker {spec}`, or use --cluster local"
+            f"cannot reach the Dask scheduler at {urls.redact(spec)} ({type(exc).__name__}: {exc}); "
+            f"start one with `dask scheduler` and workers with `dask worker {urls.redact(spec)}`, "
+            f"or use --cluster local"
         ) from None
 
 
-#: cluster kind → factory(spec, **options) → Client
-CLUSTER_KINDS: dict[str, Callable[..., Any]] = {
-    "local": _local,
-    "tcp": _address,
-    "tls": _address,
+def _slurm(spec: str = "slurm", **options: Any):
+    from fmri2img.cluster.jobqueue import connect_jobqueue
+
+    return connect_jobqueue("slurm", **options)
+
+
+def _pbs(spec: str = "pbs", **options: Any):
+    from fmri2img.cluster.jobqueue import connect_jobqueue
+
+    return connect_jobqueue("pbs", **options)
+
+
+def _kubernetes(spec: str = "kubernetes", **options: Any):
+    from fmri2img.cluster.kubernetes import connect_kubernetes
+
+    return connect_kubernetes(spec, **options)
+
+
+def _jobqueue_names() -> set:
+    from fmri2img.cluster.jobqueue import JOB_OPTIONS, OWN_OPTIONS, _QUEUE_ALIASES
+
+    return set(JOB_OPTIONS) | set(OWN_OPTIONS) | set(_QUEUE_ALIASES)
+
+
+def _kubernetes_names() -> set:
+    from fmri2img.cluster.kubernetes import OPTIONS
+
+    return set(OPTIONS)
+
+
+@dataclass(frozen=True)
+class ClusterKind:
+    """One deployment kind: its factory and the option names it accepts."""
+
+    factory: Callable[..., Any]
+    #: option names; ``None``: the factory's keyword-only parameters
+    names: Callable[[], set] | None = None
+
+    def option_names(self) -> set:
+        if self.names is not None:
+            return self.names()
+        params = inspect.signature(self.factory).parameters.values()
+        return {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+#: cluster kind (the spec, or the scheme of an address) → how to connect
+CLUSTER_KINDS: dict[str, ClusterKind] = {
+    "local": ClusterKind(_local),
+    "tcp": ClusterKind(_address),
+    "tls": ClusterKind(_address),
+    "slurm": ClusterKind(_slurm, _jobqueue_names),
+    "pbs": ClusterKind(_pbs, _jobqueue_names),
+    "kubernetes": ClusterKind(_kubernetes, _kubernetes_names),
 }
 
 
 def kind_of(spec: str) -> str:
+    """``"tcp://h:p"`` → ``"tcp"``; ``"slurm"`` → ``"slurm"``."""
     if "://" in spec:
         return spec.split("://", 1)[0]
     return spec
+
+
+def check_options(spec: str, options: Mapping[str, Any]) -> ClusterKind:
+    """The kind of ``spec``, after checking that it takes every name in ``options``.
+
+    Starts nothing; the configuration validator calls it too.
+
+    Raises
+    ------
+    ClusterError
+        An unknown spec, or options the kind does not use (named, with the valid ones).
+    """
+    kind = kind_of(spec or "local")
+    try:
+        entry = CLUSTER_KINDS[kind]
+    except KeyError:
+        raise ClusterError(
+            f"unknown cluster spec {spec!r}; expected one of {sorted(CLUSTER_KINDS)} "
+            f"(e.g. 'local', 'slurm', 'kubernetes' or 'tcp://10.0.0.5:8786')"
+        ) from None
+    valid = entry.option_names()
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ClusterError(f"cluster spec {kind!r} does not take option(s) {unknown}; "
+                           f"valid options are {sorted(valid)} (check [cluster] in the configuration)")
+    return entry
 
 
 def connect(spec: str = "local", **options: Any):
@@ -76,22 +217,52 @@ def connect(spec: str = "local", **options: Any):
     Parameters
     ----------
     spec : str
-        ``"local"`` or a scheduler address ``"tcp://host:port"`` / ``"tls://host:port"``.
+        ``"local"``, ``"slurm"``, ``"pbs"``, ``"kubernetes"``, or a scheduler
+        address ``"tcp://host:port"`` / ``"tls://host:port"``.
     **options
-        Passed to the factory of that kind (for ``local``: ``n_workers``,
-        ``threads_per_worker``, ``memory_limit``, ``dashboard_address``, ``processes``).
+        The options of that kind (see :data:`CLUSTER_KINDS` and the kind's module);
+        unknown ones are refused by name.  ``security`` (a table of TLS files or a
+        :class:`distributed.security.Security`) is accepted by every kind.
+
+    Returns
+    -------
+    distributed.Client
     """
-    kind = kind_of(spec or "local")
-    try:
-        factory = CLUSTER_KINDS[kind]
-    except KeyError:
-        raise ClusterError(
-            f"unknown cluster spec {spec!r}; expected one of {sorted(CLUSTER_KINDS)} "
-            f"(e.g. 'local' or 'tcp://10.0.0.5:8786')"
-        ) from None
-    client = factory(spec, **options)
-    logger.info("connected to %s cluster, dashboard %s", kind, dashboard_link(client))
+    entry = check_options(spec, options)
+    client = entry.factory(spec or "local", **options)
+    logger.info("connected to %s cluster (%s), dashboard %s", kind_of(spec or "local"),
+                redact_options(options), dashboard_link(client))
     return client
+
+
+def connect_section(section: Mapping[str, Any]):
+    """Connect from the ``[cluster]`` configuration table (see :func:`section_options`)."""
+    spec, options = section_options(section)
+    return connect(spec, **options)
+
+
+#: flat ``[cluster]`` keys: the local cluster's settings, also understood by the kinds that take them
+FLAT_KEYS = ("n_workers", "threads_per_worker", "memory_limit", "dashboard_address", "processes", "gpu_workers")
+
+
+def section_options(section: Mapping[str, Any]) -> tuple[str, dict]:
+    """``[cluster]`` table → ``(spec, options)`` for :func:`connect`.
+
+    The table holds ``spec``; flat local-cluster keys (:data:`FLAT_KEYS`), passed
+    to the kinds that take them; an ``options`` table of kind-specific options,
+    all of which must be valid for the kind; and a ``security`` table of TLS files.
+    """
+    spec = str(section.get("spec") or "local")
+    entry = check_options(spec, {})
+    valid = entry.option_names()
+    options = {k: section[k] for k in FLAT_KEYS if k in section and k in valid and section[k] is not None}
+    if options.get("n_workers") == 0:  # 0 means "the kind's default" (local: one per core)
+        del options["n_workers"]
+    options.update(dict(section.get("options") or {}))
+    if section.get("security"):
+        options["security"] = section["security"]
+    check_options(spec, options)
+    return spec, options
 
 
 def dashboard_link(client) -> str:

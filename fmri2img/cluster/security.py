@@ -1,0 +1,129 @@
+"""TLS settings for remote clusters and redaction of cluster options.
+
+A ``security`` option (the ``[cluster.security]`` table) names PEM files::
+
+    [cluster.security]
+    ca_file = "/etc/dask/ca.pem"       # the certificate authority that signed the scheduler's certificate
+    cert_file = "/etc/dask/client.pem" # this client's certificate
+    key_file = "/etc/dask/client.key"  # its private key (never copied, logged or stored)
+
+:func:`make_security` turns it into a :class:`distributed.security.Security`
+that every kind passes to the scheduler, the workers it starts and the Client.
+Only paths are read here; the key material stays in its file and never reaches
+logs, configurations saved in the store, or reports (:func:`redact_options`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping
+
+from fmri2img.storage import urls
+
+logger = logging.getLogger(__name__)
+
+#: accepted keys of the security table → the Security argument they fill
+TLS_FIELDS: dict[str, str] = {
+    "ca_file": "tls_ca_file",
+    "cert_file": "tls_client_cert",
+    "key_file": "tls_client_key",
+}
+#: the same files also serve the scheduler and workers that a job-queue or local cluster starts
+_SERVER_FIELDS: dict[str, tuple[str, ...]] = {
+    "cert_file": ("tls_scheduler_cert", "tls_worker_cert"),
+    "key_file": ("tls_scheduler_key", "tls_worker_key"),
+}
+_FLAGS = ("require_encryption",)
+
+#: option names whose values are secrets in any cluster option table (env vars, passwords, tokens)
+_SECRET_WORDS = ("secret", "password", "passwd", "token", "credential", "private", "access_key", "api_key")
+
+
+class SecurityError(ValueError):
+    """A TLS setting is missing, unknown or points to a file that cannot be read."""
+
+
+def make_security(settings: Any) -> Any:
+    """Build a :class:`distributed.security.Security` from a table of file paths.
+
+    Parameters
+    ----------
+    settings : mapping, Security or None
+        ``{"ca_file": ..., "cert_file": ..., "key_file": ..., "require_encryption": True}``;
+        a ready Security object is returned as is; ``None`` or ``{}`` gives ``None``
+        (no TLS).
+
+    Returns
+    -------
+    distributed.security.Security or None
+
+    Raises
+    ------
+    SecurityError
+        An unknown key, a missing field, or a file that does not exist, named.
+    """
+    from distributed.security import Security
+
+    if settings is None or isinstance(settings, Security):
+        return settings
+    if not isinstance(settings, Mapping):
+        raise SecurityError(f"cluster.security: expected a table of file paths {sorted(TLS_FIELDS)}, "
+                            f"got {type(settings).__name__}")
+    if not settings:
+        return None
+    unknown = sorted(set(settings) - set(TLS_FIELDS) - set(_FLAGS))
+    if unknown:
+        raise SecurityError(f"cluster.security: unknown key(s) {unknown}; valid keys are "
+                            f"{sorted(TLS_FIELDS) + list(_FLAGS)} (check the spelling)")
+    missing = [k for k in TLS_FIELDS if not settings.get(k)]
+    if missing:
+        raise SecurityError(f"cluster.security: {missing} not set; TLS needs all of {sorted(TLS_FIELDS)} "
+                            f"(PEM files: the CA, this machine's certificate and its key)")
+    for key in TLS_FIELDS:
+        path = os.fspath(settings[key])
+        if not os.path.isfile(path):
+            raise SecurityError(f"cluster.security.{key}: {path} is not a readable file; give the path of the "
+                                f"PEM file (e.g. made with `openssl req -x509 ...`, see the NSD-on-a-cluster notebook)")
+    kwargs: dict[str, Any] = {TLS_FIELDS[k]: os.fspath(settings[k]) for k in TLS_FIELDS}
+    for key, targets in _SERVER_FIELDS.items():
+        kwargs.update({t: os.fspath(settings[key]) for t in targets})
+    kwargs["require_encryption"] = bool(settings.get("require_encryption", True))
+    logger.debug("TLS on: CA %s, certificate %s", settings["ca_file"], settings["cert_file"])
+    return Security(**kwargs)
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an option or environment-variable name denotes a secret (``AWS_SECRET_ACCESS_KEY``...)."""
+    low = str(name).lower()
+    return any(word in low for word in _SECRET_WORDS) or low.endswith("_key") and "file" not in low
+
+
+def redact_options(options: Mapping[str, Any]) -> dict:
+    """A copy of cluster options safe for logs, the run log and reports.
+
+    Values under secret-looking names (and inside ``env`` tables, whose values
+    may be tokens) become ``"***"``; URLs lose ``user:pass@``; a Security object
+    becomes ``"<Security>"``.
+    """
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if is_secret_name(key):
+            out[key] = "***"
+        elif key == "env" and isinstance(value, Mapping):
+            out[key] = {k: ("***" if is_secret_name(k) else urls.redact(v)) for k, v in value.items()}
+        elif isinstance(value, Mapping):
+            out[key] = redact_options(value)
+        elif isinstance(value, (list, tuple)):
+            out[key] = [_redact_item(v) for v in value]
+        else:
+            out[key] = urls.redact(value)
+    return out
+
+
+def _redact_item(value: Any) -> Any:
+    """``export AWS_SECRET_ACCESS_KEY=...`` lines (job prologues) keep their name, lose their value."""
+    if isinstance(value, str) and "=" in value:
+        head, _, _ = value.partition("=")
+        if is_secret_name(head.split()[-1] if head.split() else head):
+            return f"{head}=***"
+    return urls.redact(value)
