@@ -1,0 +1,76 @@
+"""What to tell people when the cluster fails under a running stage.
+
+Workers that die are Dask's business: it reruns their tasks elsewhere
+(``distributed.scheduler.allowed-failures``), and since every region is written
+whole and then recorded, the result equals an uninterrupted run's.  A scheduler
+that goes away takes every pending task with it; the client then sees a closed
+connection, cancelled futures or a timeout.  :func:`scheduler_lost` recognises
+that situation and :class:`SchedulerLost` says what happened and how to resume.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from typing import Any
+
+from fmri2img.storage import urls
+
+logger = logging.getLogger(__name__)
+
+
+class SchedulerLost(RuntimeError):
+    """The Dask scheduler went away while a stage ran; the store is resumable."""
+
+
+#: exceptions a client raises when its scheduler vanishes
+_LOST = (OSError, TimeoutError, asyncio.CancelledError, concurrent.futures.CancelledError)
+
+
+def _scheduler_gone(client: Any) -> bool:
+    """Whether ``client`` has lost its scheduler connection (no network call)."""
+    if getattr(client, "status", "running") != "running":
+        return True
+    comm = getattr(client, "scheduler_comm", None)
+    inner = getattr(comm, "comm", None)
+    return comm is None or (inner is not None and inner.closed())
+
+
+def scheduler_lost(client: Any, exc: BaseException, *, stage: str, done: int, total: int) -> SchedulerLost | None:
+    """A :class:`SchedulerLost` explaining ``exc`` when it comes from a vanished scheduler, else ``None``.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        The client the stage ran on.
+    exc : BaseException
+        What the stage's wait raised.
+    stage : str
+        The stage name, for the message.
+    done, total : int
+        Regions finished (and recorded) in this run, and regions submitted.
+    """
+    if not isinstance(exc, _LOST) or not _scheduler_gone(client):
+        return None
+    address = urls.redact(str(getattr(getattr(client, "scheduler", None), "address", "") or "the scheduler"))
+    logger.debug("scheduler lost during %s", stage, exc_info=exc)
+    return SchedulerLost(
+        f"the Dask scheduler at {address} went away during stage {stage} ({done} of {total} regions finished in "
+        f"this run; {type(exc).__name__}). The store is resumable: every finished region is recorded and "
+        f"unfinished ones are not. Start a scheduler and workers again (or use --cluster local) and rerun the "
+        f"same command: finished regions are skipped."
+    )
+
+
+def close_quietly(client: Any, timeout: float = 5) -> None:
+    """Close ``client`` (and a cluster it owns) without waiting long on a vanished scheduler."""
+    cluster = getattr(client, "cluster", None)
+    try:
+        client.close(timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - closing after a failure must not mask the failure
+        logger.debug("closing the client: %s", exc)
+    if cluster is not None:
+        try:
+            cluster.close(timeout=timeout)
+        except Exception as exc:  # noqa: BLE001
+            logger.debug("closing the cluster: %s", exc)
