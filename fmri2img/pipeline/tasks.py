@@ -66,26 +66,34 @@ def _call(task: Task, stage: str) -> Any:
 
 
 def _run_distributed(tasks, stage, client, bar, resources, retries):
-    from distributed import as_completed
+    from distributed import as_completed, span
+
+    from fmri2img.cluster.faults import scheduler_lost
 
     futures = []
     index = {}
-    for i, task in enumerate(tasks):
-        fut = client.submit(
-            _call, task, stage, key=f"{stage}-{task.label}-{_token(task)}", pure=False,
-            resources=resources, retries=retries,
-        )
-        futures.append(fut)
-        index[fut.key] = i
+    with span(stage):  # names the stage in the dashboard's span views
+        for i, task in enumerate(tasks):
+            fut = client.submit(
+                _call, task, stage, key=f"{stage}-{task.label}-{_token(task)}", pure=False,
+                resources=resources, retries=retries,
+            )
+            futures.append(fut)
+            index[fut.key] = i
     results: list[Any] = [None] * len(tasks)
+    done = 0
     try:
         for fut in as_completed(futures):
             if fut.status == "error":
                 exc = fut.exception()
                 raise exc
             results[index[fut.key]] = fut.result()
+            done += 1
             bar.update(1)
-    except BaseException:
+    except BaseException as exc:
+        lost = scheduler_lost(client, exc, stage=stage, done=done, total=len(tasks))
+        if lost is not None:  # one clear error: what happened, that the store is resumable, how to resume
+            raise lost from None
         client.cancel(futures)
         raise
     return results
