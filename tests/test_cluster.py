@@ -1,0 +1,284 @@
+"""cluster.connect: the kinds registry, GPU workers, job scripts, Kubernetes manifests, TLS, redaction."""
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import logging
+import re
+from urllib.parse import urlparse
+
+import pytest
+
+from fmri2img.cluster import (
+    GPU,
+    ClusterError,
+    check_options,
+    connect,
+    job_script,
+    kubernetes_spec,
+    make_security,
+    redact_options,
+    section_options,
+)
+from fmri2img.cluster.jobqueue import JobQueueError
+from fmri2img.cluster.kubernetes import KubernetesError
+from fmri2img.cluster.security import SecurityError
+from fmri2img.pipeline.tasks import Task, run_tasks
+
+
+def _close(client) -> None:
+    cluster = client.cluster
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+# -- the registry ----------------------------------------------------------------------------
+
+def test_unknown_spec_names_the_kinds():
+    with pytest.raises(ClusterError, match=r"unknown cluster spec 'yarn'.*'kubernetes'.*'local'.*'slurm'"):
+        connect("yarn")
+
+
+@pytest.mark.parametrize("spec, option", [("local", "queue"), ("tcp://127.0.0.1:1", "n_workers"),
+                                          ("slurm", "image"), ("kubernetes", "walltime"), ("pbs", "gpu_workers")])
+def test_each_kind_refuses_options_it_does_not_take(spec, option):
+    with pytest.raises(ClusterError, match=rf"does not take option\(s\) \['{option}'\]; valid options are"):
+        connect(spec, **{option: 1})
+
+
+def test_section_options_pass_flat_keys_the_kind_takes_and_check_the_options_table():
+    section = {"spec": "slurm", "n_workers": 0, "threads_per_worker": 1, "memory_limit": "auto",
+               "dashboard_address": "127.0.0.1:8787", "processes": True,
+               "options": {"cores": 8, "memory": "32GB", "minimum": 0, "maximum": 4}}
+    spec, options = section_options(section)
+    assert spec == "slurm"
+    assert options == {"dashboard_address": "127.0.0.1:8787", "cores": 8, "memory": "32GB",
+                       "minimum": 0, "maximum": 4}
+    spec, options = section_options({"spec": "local", "n_workers": 2, "processes": False})
+    assert options == {"n_workers": 2, "processes": False}
+    with pytest.raises(ClusterError, match=r"'kubernetes' does not take option\(s\) \['walltime'\]"):
+        section_options({"spec": "kubernetes", "options": {"walltime": "1:00:00"}})
+
+
+# -- local clusters --------------------------------------------------------------------------
+
+def test_local_cluster_binds_scheduler_and_dashboard_to_loopback():
+    client = connect("local", n_workers=1, dashboard_address="127.0.0.1:0")
+    try:
+        assert urlparse(client.scheduler.address).hostname == "127.0.0.1"
+        assert urlparse(client.dashboard_link).hostname == "127.0.0.1"
+        workers = client.scheduler_info()["workers"]
+        assert len(workers) == 1 and all(urlparse(a).hostname == "127.0.0.1" for a in workers)
+    finally:
+        _close(client)
+
+
+def test_gpu_stages_land_only_on_gpu_workers():
+    client = connect("local", n_workers=1, gpu_workers=1, processes=False, dashboard_address="127.0.0.1:0")
+    try:
+        resources = {w["name"]: w["resources"] for w in client.scheduler_info()["workers"].values()}
+        assert resources == {0: {}, "gpu-0": {GPU: 1}}
+
+        def where(_):
+            from distributed import get_worker
+
+            return get_worker().name
+
+        tasks = [Task(f"block-{i}", where, (i,)) for i in range(8)]
+        on_gpu = run_tasks(tasks, stage="gpu-stage", client=client, progress=False, resources={GPU: 1})
+        assert set(on_gpu) == {"gpu-0"}
+        anywhere = client.gather([client.submit(where, i, pure=False) for i in range(40)])
+        assert set(anywhere) <= {0, "gpu-0"}
+    finally:
+        _close(client)
+
+
+def test_gpu_workers_is_checked():
+    with pytest.raises(ClusterError, match="gpu_workers: expected a number ≥ 0 or 'auto'"):
+        connect("local", gpu_workers=-1, processes=False)
+
+
+def test_stage_tasks_carry_the_stage_prefix_and_span():
+    client = connect("local", n_workers=1, processes=False, dashboard_address="127.0.0.1:0")
+    try:
+        run_tasks([Task(f"r-{i}", abs, (-i,)) for i in range(3)], stage="ingest-subj01", client=client,
+                  progress=False)
+
+        def spans(dask_scheduler):
+            ext = dask_scheduler.extensions["spans"]
+            return sorted(s.name for s in ext.spans.values())
+
+        def keys(dask_scheduler):
+            return list(dask_scheduler.task_prefixes)
+
+        assert ("ingest-subj01",) in client.run_on_scheduler(spans)
+        assert "ingest" in client.run_on_scheduler(keys)  # the dashboard groups tasks by this prefix
+    finally:
+        _close(client)
+
+
+# -- job queues ------------------------------------------------------------------------------
+
+def test_slurm_job_script_has_the_directives_and_gpu_resource():
+    script = job_script("slurm", scheduler="tcp://10.1.2.3:8786", cores=8, memory="32GB", walltime="04:00:00",
+                        partition="gpu", account="lab-nsd", gpus=1, local_directory="/scratch/$USER",
+                        job_extra_directives=["--constraint=a100"])
+    lines = script.splitlines()
+    for directive in ["#SBATCH -p gpu", "#SBATCH -A lab-nsd", "#SBATCH --cpus-per-task=8", "#SBATCH -t 04:00:00",
+                      "#SBATCH --constraint=a100", "#SBATCH --gres=gpu:1", "#SBATCH -J fmri2img"]:
+        assert directive in lines, directive
+    assert any(re.fullmatch(r"#SBATCH --mem=\d+G", x) for x in lines)
+    command = lines[-1]
+    assert "distributed.cli.dask_worker tcp://10.1.2.3:8786" in command
+    assert "--nthreads 8" in command and "--resources GPU=1" in command
+    assert "--local-directory /scratch/$USER" in command
+
+
+def test_cpu_job_script_does_not_advertise_gpus():
+    script = job_script("slurm", cores=2, memory="8GB")
+    assert "GPU=" not in script and "--gres" not in script
+
+
+def test_pbs_job_script():
+    script = job_script("pbs", cores=4, memory="16GB", queue="workq", account="proj", walltime="02:00:00",
+                        gpus=2, job_extra_directives=["-l select=1:ngpus=2"])
+    lines = script.splitlines()
+    for directive in ["#PBS -q workq", "#PBS -A proj", "#PBS -l walltime=02:00:00", "#PBS -l select=1:ngpus=2"]:
+        assert directive in lines, directive
+    assert any(x.startswith("#PBS -l select=1:ncpus=4:mem=") for x in lines)
+    assert "--resources GPU=2" in lines[-1]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"cores": 2, "minimum": 1}, "give both"),
+    ({"minimum": 3, "maximum": 1}, "0 ≤ minimum ≤ maximum"),
+    ({"gpus": "one"}, "gpus: expected a number of GPUs"),
+    ({"cpus": 4}, r"unknown option\(s\) \['cpus'\]"),
+])
+def test_job_options_are_checked(options, message):
+    with pytest.raises(JobQueueError, match=message):
+        job_script("slurm", **options)
+
+
+def test_slurm_cluster_starts_adaptive_on_loopback_and_logs_no_secret(caplog):
+    """The real SLURMCluster, with adaptive scaling from zero jobs (so nothing is submitted)."""
+    caplog.set_level(logging.DEBUG, logger="fmri2img")
+    client = connect("slurm", cores=2, memory="4GB", minimum=0, maximum=3, dashboard_address="127.0.0.1:0",
+                     job_script_prologue=["export AWS_SECRET_ACCESS_KEY=s3cr3t-value"])
+    try:
+        cluster = client.cluster
+        assert type(cluster).__name__ == "SLURMCluster"
+        assert cluster._adaptive is not None
+        assert (cluster._adaptive.minimum, cluster._adaptive.maximum) == (0, 3)
+        # the scheduler listens where batch jobs can reach it; its dashboard only on loopback (ssh -L to view)
+        bound = [sock.getsockname()[0] for sock in cluster.scheduler.http_server._sockets.values()]
+        assert bound == ["127.0.0.1"]
+        assert "s3cr3t-value" in cluster.job_script()  # the job needs it ...
+        assert "s3cr3t-value" not in caplog.text  # ... the logs never show it
+        assert "AWS_SECRET_ACCESS_KEY=***" in caplog.text
+    finally:
+        _close(client)
+
+
+# -- Kubernetes ------------------------------------------------------------------------------
+
+def test_kubernetes_spec_for_gpu_workers():
+    spec = kubernetes_spec(name="nsd", image="ghcr.io/lab/fmri2img:0.1", namespace="lab", n_workers=4, cpu="4",
+                           memory="16Gi", gpus=1, threads_per_worker=2, env={"AWS_PROFILE": "lab"})
+    assert spec["kind"] == "DaskCluster" and spec["metadata"] == {"name": "nsd", "namespace": "lab"}
+    worker = spec["spec"]["worker"]
+    assert worker["replicas"] == 4
+    container = worker["spec"]["containers"][0]
+    assert container["image"] == "ghcr.io/lab/fmri2img:0.1"
+    assert container["resources"]["limits"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
+    args = container["args"]
+    assert args[args.index("--resources") + 1] == "GPU=1"
+    assert args[args.index("--nthreads") + 1] == "2"
+    assert {"name": "AWS_PROFILE", "value": "lab"} in container["env"]
+    scheduler = spec["spec"]["scheduler"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in scheduler["resources"]["limits"]
+
+
+def test_kubernetes_spec_cpu_only_and_errors():
+    container = kubernetes_spec()["spec"]["worker"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in container["resources"]["limits"] and "--resources" not in container["args"]
+    with pytest.raises(KubernetesError, match=r"unknown option\(s\) \['replicas'\]"):
+        kubernetes_spec(replicas=3)
+    with pytest.raises(KubernetesError, match="n_workers: expected a non-negative integer"):
+        kubernetes_spec(n_workers=-1)
+    with pytest.raises(KubernetesError, match="give both"):
+        kubernetes_spec(maximum=3)
+
+
+# -- TLS and redaction -----------------------------------------------------------------------
+
+def _self_signed(tmp_path):
+    """A self-signed certificate for 127.0.0.1 (its own CA) and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fmri2img-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return {"ca_file": str(cert_file), "cert_file": str(cert_file), "key_file": str(key_file)}
+
+
+def test_tls_scheduler_and_client(tmp_path):
+    """A TLS-only local scheduler on tls://127.0.0.1 and a second client reaching it by address."""
+    pytest.importorskip("cryptography")
+    tls = _self_signed(tmp_path)
+    owner = connect("local", n_workers=1, processes=False, security=tls, dashboard_address="127.0.0.1:0")
+    try:
+        address = owner.scheduler.address
+        assert address.startswith("tls://127.0.0.1:")
+        remote = connect(address, security=tls)
+        try:
+            assert remote.submit(sum, [1, 2, 3]).result(timeout=30) == 6
+        finally:
+            remote.close()
+        with pytest.raises(ClusterError, match=r"TLS address but no TLS files.*\[cluster.security\]"):
+            connect(address)
+    finally:
+        _close(owner)
+
+
+def test_security_settings_are_checked(tmp_path):
+    with pytest.raises(SecurityError, match=r"cluster.security: \['cert_file', 'key_file'\] not set"):
+        make_security({"ca_file": "x"})
+    with pytest.raises(SecurityError, match=r"unknown key\(s\) \['keyfile'\]"):
+        make_security({"keyfile": "x"})
+    (tmp_path / "ca.pem").write_text("x")
+    with pytest.raises(SecurityError, match=r"cluster.security.cert_file: .*nope.pem is not a readable file"):
+        make_security({"ca_file": str(tmp_path / "ca.pem"), "cert_file": str(tmp_path / "nope.pem"),
+                       "key_file": str(tmp_path / "ca.pem")})
+    assert make_security({}) is None and make_security(None) is None
+
+
+def test_check_options_accepts_security_for_every_kind():
+    for spec in ["local", "tcp://h:1", "tls://h:1", "slurm", "pbs"]:
+        check_options(spec, {"security": {}})
+
+
+def test_redact_options_hides_secrets():
+    options = {"env": {"AWS_SECRET_ACCESS_KEY": "abc", "AWS_PROFILE": "lab"}, "password": "pw",
+               "job_script_prologue": ["export GITHUB_TOKEN=ghp_x", "module load cuda"],
+               "security": {"ca_file": "/etc/ca.pem"}, "queue": "gpu"}
+    out = redact_options(options)
+    text = repr(out)
+    assert "abc" not in text and "pw'" not in text and "ghp_x" not in text
+    assert out["env"]["AWS_PROFILE"] == "lab" and out["queue"] == "gpu"
+    assert out["job_script_prologue"] == ["export GITHUB_TOKEN=***", "module load cuda"]
