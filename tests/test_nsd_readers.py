@@ -301,6 +301,11 @@ class _CountingFS:
     def exists(self, path):
         return self.fs.exists(path)
 
+    def cat_ranges(self, paths, starts, ends):
+        parts = self.fs.cat_ranges(paths, starts, ends)
+        self.bytes_read += sum(len(p) for p in parts)
+        return parts
+
     def open(self, path, mode="rb", **kwargs):
         outer, inner = self, self.fs.open(path, mode)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -237,20 +238,29 @@ def ingest(
     btodo = store.ensure_template(bgroup, btemplate, bregions, attrs={**attrs, "trials_per_session": tps})
 
     vregions = regular_regions("voxel", len(plan.voxels), schema.VOXEL_CHUNK, "voxels")
-    todo_avg = {}
-    for part, ids in (("train", split.train_ids), ("test", split.test_ids)):
-        group = schema.subject_group(subject, part)
+    names, sources_, masks = read_roi_masks(source, plan)
+
+    def averaged(part: str) -> list[Region]:
+        ids = split.train_ids if part == "train" else split.test_ids
         template = schema.averaged_template(ids, plan.voxels, plan.volume_shape)
         counts = [len(t) for t in (split.train_trials if part == "train" else split.test_trials)]
         template["n_repeats"] = ("image", np.asarray(counts, dtype=np.int16))
-        todo_avg[part] = store.ensure_template(group, template, vregions, attrs=attrs, overwrite=bool(btodo))
+        return store.ensure_template(schema.subject_group(subject, part), template, vregions, attrs=attrs,
+                                     overwrite=bool(btodo))
 
-    rgroup = schema.subject_group(subject, "rois")
-    names, sources_, masks = read_roi_masks(source, plan)
-    rtemplate = schema.rois_template(names, sources_, plan.voxels, plan.volume_shape)
-    rregion = [Region(0, "roi", 0, len(names), "rois")]
-    if store.ensure_template(rgroup, rtemplate, rregion, attrs=attrs) and len(names):
-        store.write_region(rgroup, rregion[0], {"masks": masks})
+    def rois() -> None:
+        rgroup = schema.subject_group(subject, "rois")
+        rtemplate = schema.rois_template(names, sources_, plan.voxels, plan.volume_shape)
+        rregion = [Region(0, "roi", 0, len(names), "rois")]
+        if store.ensure_template(rgroup, rtemplate, rregion, attrs=attrs) and len(names):
+            store.write_region(rgroup, rregion[0], {"masks": masks})
+
+    # independent groups: their metadata writes (many small requests on object stores) overlap
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {"train": pool.submit(averaged, "train"), "test": pool.submit(averaged, "test"),
+                   "rois": pool.submit(rois)}
+        todo_avg = {part: futures[part].result() for part in ("train", "test")}
+        futures["rois"].result()
 
     tasks = [
         Task(r.label, ingest_session, (store, source, subject, split.sessions[r.index], r, plan.voxels,
