@@ -313,13 +313,22 @@ def _read_dir(local: str, sub: str, shown: str) -> tuple[dict, dict[str, torch.T
     return config, load_state_dict(os.path.join(folder, weights))
 
 
-def _text_transformers(image_unet: nn.Module, state: Mapping[str, torch.Tensor], shown: str) -> dict[str, nn.Module]:
-    """Build the text flow's transformers from the image flow's configs and the text_unet state dict."""
+def _like(transformer: nn.Module) -> nn.Module:
+    """A new Transformer2DModel with the architecture of ``transformer`` (fresh weights).
+
+    Built from explicit arguments: ``from_config`` would restore the defaults of the entries
+    the UNet passed positionally (listed in ``_use_default_values``), e.g. 16 heads × 88.
+    """
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
+    return Transformer2DModel(**{k: v for k, v in dict(transformer.config).items() if not k.startswith("_")})
+
+
+def _text_transformers(image_unet: nn.Module, state: Mapping[str, torch.Tensor], shown: str) -> dict[str, nn.Module]:
+    """Build the text flow's transformers from the image flow's configs and the text_unet state dict."""
     out = {}
     for path in transformer_paths(image_unet):
-        module = Transformer2DModel.from_config(image_unet.get_submodule(path).config)
+        module = _like(image_unet.get_submodule(path))
         sub = {k[len(path) + 1:]: v for k, v in state.items() if k.startswith(path + ".")}
         check_state_dict(module, sub, f"Versatile Diffusion text flow {path} ({shown}/text_unet)")
         module.load_state_dict(sub)
@@ -441,9 +450,8 @@ def load_vd_original(unet_pth: str, vae_pth: str, storage_options: Mapping[str, 
     image_unet.load_state_dict(vd_keys.from_original(table, original, expected, name, f"{shown} (image flow)"))
     texts = {}
     text_name = _original_namer(vd_keys.ORIGINAL_PREFIXES["text"])
-    from diffusers.models.transformers.transformer_2d import Transformer2DModel
     for path in transformer_paths(image_unet):
-        module = Transformer2DModel.from_config(image_unet.get_submodule(path).config)
+        module = _like(image_unet.get_submodule(path))
         sub_table = {k[len(path) + 1:]: v for k, v in table.items() if k.startswith(path + ".")}
         sub_expected = {k: v.shape for k, v in module.state_dict().items()}
         module.load_state_dict(vd_keys.from_original(sub_table, original, sub_expected, text_name,
