@@ -47,11 +47,17 @@ def _io_write_bytes(pid: int | None = None) -> int:
     return -1
 
 
-def _worker_stats() -> dict:
-    import psutil
+def _vm_hwm_mb() -> float:
+    """Peak RSS of this process image (VmHWM; unlike ru_maxrss it does not inherit the pre-exec peak
+    of the process that forked it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "write_bytes": _io_write_bytes(), "pid": os.getpid(), "rss_mb": psutil.Process().memory_info().rss / 2**20}
+
+def _worker_stats() -> dict:
+    return {"peak_rss_mb": _vm_hwm_mb(), "write_bytes": _io_write_bytes(), "pid": os.getpid()}
 
 
 def main() -> None:
@@ -59,6 +65,8 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=425)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--prefer", default="hdf5", choices=["hdf5", "nii.gz"])
+    parser.add_argument("--store", default="s3", choices=["s3", "local"],
+                        help="where the store goes (the copy baseline always writes to local disk)")
     args = parser.parse_args()
 
     import s3fs
@@ -112,18 +120,24 @@ def main() -> None:
             before = client.run(_worker_stats)
             driver_before = _io_write_bytes()
             t = time.perf_counter()
-            summary = ingest(Store("s3://store/nsd.zarr", opts), Source("s3://nsd/root", opts), 1, None,
+            store = Store("s3://store/nsd.zarr", opts) if args.store == "s3" else Store(str(tmp / "store.zarr"))
+            summary = ingest(store, Source("s3://nsd/root", opts), 1, None,
                              client=client, prefer=args.prefer, progress=False)
             ingest_s = time.perf_counter() - t
             after = client.run(_worker_stats)
             driver_written = _io_write_bytes() - driver_before
         worker_written = sum(after[w]["write_bytes"] - before[w]["write_bytes"] for w in after)
+        store_bytes = 0
+        if args.store == "local":  # what the workers wrote minus the store itself = outside the store
+            os.sync()
+            store_bytes = sum(p.stat().st_size for p in (tmp / "store.zarr").rglob("*") if p.is_file())
         result = {
             "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "side": args.side, "workers": args.workers, "prefer": args.prefer,
             "source_bytes_needed": nbytes, "generate_s": round(gen_s, 2),
             "copy_s": round(copy_s, 2), "ingest_s": round(ingest_s, 2), "ratio": round(ingest_s / copy_s, 2),
             "worker_peak_rss_mb": [round(after[w]["peak_rss_mb"]) for w in sorted(after)],
+            "store": args.store, "store_bytes": store_bytes,
             "local_disk_bytes_written": {"workers": worker_written, "driver": driver_written},
             "subject": {k: summary[k] for k in ("n_train", "n_test", "n_voxels", "n_trials")},
         }
