@@ -243,6 +243,8 @@ def test_wrong_feature_size_and_other_inputs():
     bad = {**inp, "text": np.zeros((2, 77, 768), np.float32)}
     with pytest.raises(ValueError, match=r"text has shape \(2, 77, 768\).*cross_attention_dim 32.*projection size"):
         S.reconstruct(comps, **bad, image_ids=[1, 2], settings=_settings(steps=4))
+    with pytest.raises(ValueError, match="text is None but the settings use it"):
+        S.reconstruct(comps, **{**inp, "text": None}, image_ids=[1, 2], settings=_settings(steps=4))
     with pytest.raises(ValueError, match="image_ids has 1 entries"):
         S.reconstruct(comps, **inp, image_ids=[1], settings=_settings(steps=4))
     with pytest.raises(ValueError, match="init_images has shape"):

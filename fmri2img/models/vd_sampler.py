@@ -173,6 +173,9 @@ def ddim_schedule(scheduler: Any, settings: VDSettings) -> Schedule:
 
 # --------------------------------------------------------------------------- inputs
 def _as_tensor(x: Any, name: str) -> torch.Tensor:
+    if x is None:
+        raise ValueError(f"{name} is None but the settings use it: pass it, or set VDSettings.mix to 1 (text only, "
+                         f"no vision context needed) or 0 (vision only, no text context needed)")
     t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
     if not t.is_floating_point():
         raise ValueError(f"{name} has dtype {t.dtype}; expected floating-point CLIP embeddings")

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
 from fmri2img.models.weights import WeightsError, check_state_dict, load_state_dict, pick_device
@@ -109,7 +110,7 @@ class DualContextTransformer(nn.Module):
             out = self.vision(hidden_states, encoder_hidden_states=encoder_hidden_states, **call)[0]
         else:
             out = self._mix(hidden_states, encoder_hidden_states, spec, call)
-        return (out,) if not return_dict else _Output(out)
+        return (out,) if not return_dict else Transformer2DModelOutput(sample=out)
 
     def _mix(self, h: torch.Tensor, context: torch.Tensor, spec: MixSpec, call: dict) -> torch.Tensor:
         vision_ctx, text_ctx = context[:, :spec.vision_tokens], context[:, spec.vision_tokens:]
@@ -120,11 +121,6 @@ class DualContextTransformer(nn.Module):
         d_vision = self.vision(h, encoder_hidden_states=vision_ctx, **call)[0] - h
         d_text = self.text(h, encoder_hidden_states=text_ctx, **call)[0] - h
         return h + (1 - spec.text_weight) * d_vision + spec.text_weight * d_text
-
-
-@dataclass
-class _Output:
-    sample: torch.Tensor
 
 
 def transformer_paths(unet: nn.Module) -> list[str]:
@@ -393,7 +389,10 @@ def _load_local(local: str, shown: str, device: str, torch_dtype: torch.dtype) -
     check_state_dict(vae, state, f"Versatile Diffusion autoencoder ({shown}/vae)")
     vae.load_state_dict(state)
     sched_file = os.path.join(local, "scheduler", "scheduler_config.json")
-    sched_config = json.load(open(sched_file)) if os.path.exists(sched_file) else None
+    sched_config = None
+    if os.path.exists(sched_file):
+        with open(sched_file) as f:
+            sched_config = json.load(f)
     comps = VDComponents(unet=dual_unet(image_unet, texts).eval().requires_grad_(False),
                          vae=vae.eval().requires_grad_(False), scheduler=vd_scheduler(sched_config))
     logger.info("loaded Versatile Diffusion from %s", shown)
