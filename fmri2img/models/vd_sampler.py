@@ -295,7 +295,8 @@ def _contexts(vision, text, vision_uncond, text_uncond, mix: float) -> tuple[tor
     return torch.cat(cond, 1), torch.cat(uncond, 1), spec
 
 
-def _run(components: VDComponents, pixels, cond, uncond, spec, ids, seed, settings) -> tuple[torch.Tensor, torch.Tensor]:
+def _run(components: VDComponents, pixels, cond, uncond, spec, ids, seed,
+         settings) -> tuple[torch.Tensor, torch.Tensor]:
     gens = [image_generator(seed, i) for i in ids]
     z0 = encode_init(components, pixels, gens)
     lat = denoise(components, z0, cond, uncond, spec, ddim_schedule(components.scheduler, settings),

@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 VD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                     clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading",
                     prediction_type="epsilon")
-#: the image flow of VD: 320 channels, mult (1, 2, 4, 4), 2 res-blocks, cross-attention on 3 levels, 8 heads, context 768
+#: the image flow of VD: 320 channels, mult (1, 2, 4, 4), 2 res-blocks, cross-attention on 3 levels,
+#: 8 heads, context 768
 VD_IMAGE_UNET = dict(sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
                      down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                      up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, layers_per_block=2,
@@ -221,7 +222,7 @@ def vd_scheduler(config: Mapping[str, Any] | None = None):
 
 def components_from_models(image_unet: nn.Module, text_unet: nn.Module, vae: nn.Module,
                            scheduler: Any = None) -> VDComponents:
-    """Assemble :class:`VDComponents` from full diffusers models (the text flow's transformers are shared, not copied)."""
+    """Assemble :class:`VDComponents` from full diffusers models (the text flow's transformers are shared)."""
     texts = {p: text_unet.get_submodule(p) for p in transformer_paths(text_unet)}
     unet = dual_unet(image_unet, texts)
     sched = scheduler if scheduler is not None else vd_scheduler()
