@@ -52,6 +52,7 @@ def scheduler_lost(client: Any, exc: BaseException, *, stage: str, done: int, to
     """
     if not isinstance(exc, _LOST) or not _scheduler_gone(client):
         return None
+    _silence_reconnect_noise()
     address = urls.redact(str(getattr(getattr(client, "scheduler", None), "address", "") or "the scheduler"))
     logger.debug("scheduler lost during %s", stage, exc_info=exc)
     return SchedulerLost(
@@ -60,6 +61,25 @@ def scheduler_lost(client: Any, exc: BaseException, *, stage: str, done: int, to
         f"unfinished ones are not. Start a scheduler and workers again (or use --cluster local) and rerun the "
         f"same command: finished regions are skipped."
     )
+
+
+class _ConnectionNoise(logging.Filter):
+    """Drops the client's tracebacks about failing to reconnect to a scheduler already reported lost."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, _LOST)
+
+
+_NOISE = _ConnectionNoise()
+
+
+def _silence_reconnect_noise() -> None:
+    """After :class:`SchedulerLost` is raised, the client's reconnect attempts only repeat it."""
+    for name in ("distributed.client", "distributed.utils"):
+        log = logging.getLogger(name)
+        if _NOISE not in log.filters:
+            log.addFilter(_NOISE)
 
 
 def close_quietly(client: Any, timeout: float = 5) -> None:
