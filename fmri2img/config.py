@@ -148,11 +148,35 @@ class RegressConfig:
 
 
 @dataclass
+class ReconstructConfig:
+    """Named reconstruction runs (stage 1 → stage 2), REFERENCE.md §4."""
+
+    subjects: list = field(default_factory=list)
+    #: run name → {stage1, preset, settings, vision, text, tiny}; "brain-diffuser" = its defaults,
+    #: "seed-text-0.55" = the seed paper's text-only strength-0.55 run
+    runs: dict = field(default_factory=lambda: {"brain-diffuser": {"stage1": "vdvae", "preset": "brain-diffuser"}})
+    images_per_task: int = 8
+    #: "auto" (CUDA, MPS or CPU per worker), or "cpu", "cuda", "mps"
+    device: str = "auto"
+
+
+@dataclass
+class OutputsConfig:
+    """Where PNG files and reports are written (a local path or URL outside the store)."""
+
+    url: str = "./runs/default/outputs"
+    storage_options: dict = field(default_factory=dict)
+
+
+@dataclass
 class WeightsConfig:
     """Where model weights are (local paths or fsspec URLs); nothing is downloaded at run time."""
 
     vdvae: str = ""   # imagenet64-iter-1600000-model-ema.th
     clip: str = ""    # a transformers-format CLIP ViT-L/14 directory
+    versatile_diffusion: str = ""      # a diffusers-format Versatile Diffusion directory
+    versatile_diffusion_pth: str = ""  # or the original vd-four-flow-v1-0-fp16-deprecated.pth ...
+    kl_f8_pth: str = ""                # ... with kl-f8.pth
     storage_options: dict = field(default_factory=dict)
 
 
@@ -169,6 +193,19 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     regress: RegressConfig = field(default_factory=RegressConfig)
+    reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
+    outputs: OutputsConfig = field(default_factory=OutputsConfig)
+
+    def stage_subjects(self, section: str) -> list:
+        return list(getattr(self, section).subjects or self.ingest.subjects)
+
+    def run_specs(self) -> list:
+        from fmri2img.pipeline.reconstruct import run_spec
+
+        opts = {name: self.extractor_options(name) for name in self.features.extractors}
+        return [run_spec(name, options, extractor_options=opts, weights=dataclasses.asdict(self.weights),
+                         seed=self.seed, device=self.reconstruct.device)
+                for name, options in self.reconstruct.runs.items()]
 
     def regress_subjects(self) -> list:
         return list(self.regress.subjects or self.ingest.subjects)
@@ -212,6 +249,7 @@ def _redact_tree(data: Any, key: str = "") -> Any:
 _CHOICES = {
     "ingest.prefer": ("hdf5", "nii.gz"),
     "ingest.nan_policy": ("error", "zero"),
+    "reconstruct.device": ("auto", "cpu", "cuda", "mps"),
 }
 
 
@@ -288,6 +326,12 @@ def validate(config: Config) -> Config:
             ridge_options(name, config.regress.targets.get(name))
         except RegressError as exc:
             raise ConfigError(str(exc)) from None
+    from fmri2img.pipeline.reconstruct import ReconstructError
+
+    try:
+        config.run_specs()
+    except ReconstructError as exc:
+        raise ConfigError(str(exc)) from None
     if config.features.images_per_task < 1:
         raise ConfigError("features.images_per_task: expected a positive integer")
     known = set(STAGES)
@@ -300,7 +344,7 @@ def validate(config: Config) -> Config:
 
 
 #: stage names in run order; the runner maps each to its function
-STAGES = ("ingest", "features", "regress")
+STAGES = ("ingest", "features", "regress", "reconstruct")
 
 
 def load(path: str | Path) -> Config:

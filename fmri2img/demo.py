@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from fmri2img.config import Config, FeaturesConfig, IngestConfig, SourceConfig, StoreConfig, validate
+from fmri2img.config import (Config, FeaturesConfig, IngestConfig, OutputsConfig, ReconstructConfig, SourceConfig,
+                             StoreConfig, validate)
 from fmri2img.pipeline.runner import STAGES, run, status
 from fmri2img.storage.store import Store
 
@@ -30,6 +31,13 @@ DEMO_FEATURES = {
     "clip-text": {"tiny": True},
     "clip-vision": {"tiny": True},
 }
+#: the demo's reconstruction runs: Brain-Diffuser's two stages with tiny random-weight models (small
+#: output, few DDIM steps: plumbing, not pictures), and the pixel decoder (real blobs, no weights)
+DEMO_RUNS = {
+    "brain-diffuser": {"stage1": "vdvae", "preset": "brain-diffuser", "tiny": True,
+                       "settings": {"size": 32, "steps": 10, "dtype": "float32"}},
+    "pixels": {"stage1": "pixels", "preset": ""},
+}
 
 
 def demo_config(workdir: Path) -> Config:
@@ -40,6 +48,9 @@ def demo_config(workdir: Path) -> Config:
         source=SourceConfig(url=str(workdir / "mini-nsd")),
         ingest=IngestConfig(subjects=list(DEMO_SPEC["subjects"])),
         features=FeaturesConfig(extractors={k: dict(v) for k, v in DEMO_FEATURES.items()}, images_per_task=64),
+        reconstruct=ReconstructConfig(runs={k: dict(v) for k, v in DEMO_RUNS.items()}, images_per_task=15,
+                                      subjects=[1]),
+        outputs=OutputsConfig(url=str(workdir / "outputs")),
     ))
 
 

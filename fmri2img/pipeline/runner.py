@@ -20,6 +20,7 @@ import zarr
 from fmri2img.config import Config
 from fmri2img.pipeline.features import extract_features
 from fmri2img.pipeline.ingest import ingest
+from fmri2img.pipeline.reconstruct import Outputs, reconstruct_run
 from fmri2img.pipeline.regress import regress
 from fmri2img.storage import schema
 from fmri2img.storage.source import Source
@@ -79,11 +80,24 @@ def stage_regress(ctx: RunContext) -> dict:
     return out
 
 
+def stage_reconstruct(ctx: RunContext) -> dict:
+    cfg = ctx.config
+    outputs = Outputs(cfg.outputs.url, dict(cfg.outputs.storage_options))
+    out = {}
+    for subject in cfg.stage_subjects("reconstruct"):
+        for spec in cfg.run_specs():
+            out[f"subj{subject:02d}/{spec.name}"] = reconstruct_run(
+                ctx.store, subject, spec, client=ctx.client, images_per_task=cfg.reconstruct.images_per_task,
+                outputs=outputs, progress=ctx.progress, config=cfg.redacted())
+    return out
+
+
 #: stage name → function, in run order
 STAGES: dict[str, Callable[[RunContext], dict]] = {
     "ingest": stage_ingest,
     "features": stage_features,
     "regress": stage_regress,
+    "reconstruct": stage_reconstruct,
 }
 
 

@@ -134,6 +134,7 @@ class Store:
         regions: Sequence[Region],
         *,
         attrs: Mapping[str, Any] | None = None,
+        salt: str = "",
     ) -> None:
         """Write the metadata of ``group`` and reset its completion records.
 
@@ -149,11 +150,14 @@ class Store:
             The regions later written by :meth:`write_region`.
         attrs : mapping, optional
             Group attributes (units, provenance).  Must not hold credentials.
+        salt : str
+            Anything else that makes regions written under this template invalid when it
+            changes (extractor settings, seeds); part of the template fingerprint.
         """
         ds = template.copy()
         ds.attrs = {**ds.attrs, **(attrs or {})}
         ds.attrs["fmri2img_regions"] = json.dumps(_regions_to_json(regions))
-        ds.attrs["fmri2img_template"] = template_fingerprint(template, regions)
+        ds.attrs["fmri2img_template"] = template_fingerprint(template, regions, salt)
         encoding = {name: {"chunks": _zarr_chunks(var)} for name, var in ds.data_vars.items()}
         ds.to_zarr(
             self.zarr_store(), group=group, mode="w", compute=False, zarr_format=3,
@@ -162,20 +166,20 @@ class Store:
         self._reset_progress(group, len(regions))
         logger.info("template %s written to %s (%d regions)", group, self.describe(), len(regions))
 
-    def template_matches(self, group: str, template: xr.Dataset, regions: Sequence[Region]) -> bool:
+    def template_matches(self, group: str, template: xr.Dataset, regions: Sequence[Region], salt: str = "") -> bool:
         """Whether ``group`` exists with the same template (so its records may be trusted)."""
         if not self.has_group(group):
             return False
         found = self.group(group).attrs.get("fmri2img_template")
-        return found == template_fingerprint(template, regions)
+        return found == template_fingerprint(template, regions, salt)
 
     def ensure_template(
         self, group: str, template: xr.Dataset, regions: Sequence[Region], *,
-        attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
+        attrs: Mapping[str, Any] | None = None, overwrite: bool = False, salt: str = "",
     ) -> list[Region]:
         """Write the template unless an identical one exists; return the regions still to do."""
-        if overwrite or not self.template_matches(group, template, regions):
-            self.write_template(group, template, regions, attrs=attrs)
+        if overwrite or not self.template_matches(group, template, regions, salt):
+            self.write_template(group, template, regions, attrs=attrs, salt=salt)
             return list(regions)
         if attrs:
             self.group(group, mode="a").attrs.update(dict(attrs))
@@ -357,7 +361,7 @@ def _regions_from_json(raw: list[list]) -> list[Region]:
     return [Region(int(i), str(d), int(a), int(b), str(lab)) for i, d, a, b, lab in raw]
 
 
-def template_fingerprint(template: xr.Dataset, regions: Sequence[Region]) -> str:
+def template_fingerprint(template: xr.Dataset, regions: Sequence[Region], salt: str = "") -> str:
     """A hash of everything that makes two templates interchangeable.
 
     Variable names, dims, shapes, dtypes, chunks, the values of the coordinates
@@ -374,4 +378,5 @@ def template_fingerprint(template: xr.Dataset, regions: Sequence[Region]) -> str
             values = np.asarray(var.values)
             h.update(values.astype(str).tobytes() if values.dtype.kind in "OUS" else values.tobytes())
     h.update(json.dumps(_regions_to_json(regions)).encode())
+    h.update(salt.encode())
     return h.hexdigest()[:16]

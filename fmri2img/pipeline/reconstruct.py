@@ -1,0 +1,333 @@
+"""The reconstruct stage: predicted features → stage 1 (VDVAE decode or pixels) → stage 2 (Versatile Diffusion).
+
+Test images in partitions, one Dask task per partition; the models are built once
+per worker (the same VDVAE/CLIP the features stage used, from the per-process
+extractor cache).  Stage-2 tasks ask for the ``GPU`` resource when the cluster
+has GPU workers (else they run on CPU).  Each image's randomness comes from
+(run seed, image id), so output does not depend on partitioning, worker count
+or retries.  Writes ``recon/subjNN/<run>/stage1`` and ``.../final`` (uint8
+``images (image, y, x, rgb)``), resumable per partition; PNG files go to the
+outputs URL (``recon/subjNN/<run>/{stage1,final}/<nsd id>.png``).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from fmri2img.pipeline.features import get_extractor
+from fmri2img.pipeline.regress import prediction_group
+from fmri2img.pipeline.tasks import Task, run_tasks
+from fmri2img.storage import schema
+from fmri2img.storage.store import Region, Store, regular_regions
+
+logger = logging.getLogger(__name__)
+
+#: stage-1 decoders: feature name → function(predictions, image_ids, seed, run) → uint8 (n, 512, 512, 3)
+STAGE1: dict[str, Any] = {}
+
+_VD: dict[str, Any] = {}
+_LOCK = threading.Lock()
+
+
+class ReconstructError(ValueError):
+    """A run cannot be reconstructed as configured; the message says how to fix it."""
+
+
+@dataclass
+class RunSpec:
+    """One named reconstruction run (serialisable; sent to the workers).
+
+    Attributes
+    ----------
+    name : str
+        The run's name, e.g. ``"brain-diffuser"``; outputs go to ``recon/subjNN/<name>``.
+    stage1 : str
+        Feature whose predictions give the stage-1 image: ``"vdvae"`` or ``"pixels"``.
+    preset : str
+        Stage-2 preset of :data:`fmri2img.models.vd_sampler.PRESETS`, or ``""`` for stage 1 only.
+    settings : dict
+        Overrides of the preset's :class:`~fmri2img.models.vd_sampler.VDSettings` (dtype, steps, ...).
+    vision, text : str
+        Feature names of the predicted CLIP contexts.
+    extractor_options : dict
+        Feature name → extractor options (the same as the features stage, so the same models).
+    vd : dict
+        Versatile Diffusion weights: ``{"tiny": True}`` or ``{"weights": dir/URL}`` or
+        ``{"unet_pth": ..., "vae_pth": ...}``, plus ``storage_options``, ``device``.
+    """
+
+    name: str
+    stage1: str = "vdvae"
+    preset: str = "brain-diffuser"
+    settings: dict = field(default_factory=dict)
+    vision: str = "clip-vision"
+    text: str = "clip-text"
+    extractor_options: dict = field(default_factory=dict)
+    vd: dict = field(default_factory=dict)
+    seed: int = 0
+
+    def features_needed(self) -> list[str]:
+        names = [self.stage1]
+        if self.preset:
+            from fmri2img.models.vd_sampler import preset
+
+            mix = preset(self.preset, **self.settings).mix
+            names += ([self.vision] if mix < 1 else []) + ([self.text] if mix > 0 else [])
+        return names
+
+
+def recon_group(subject: int, run: str, part: str) -> str:
+    return f"recon/{schema.subject_key(subject)}/{run}/{part}"
+
+
+# -- stage 1 ---------------------------------------------------------------------------------------
+
+def _stage1_vdvae(pred: np.ndarray, ids: np.ndarray, run: RunSpec) -> np.ndarray:
+    from fmri2img.models.vdvae import decode_latents, upsample_512
+
+    ext = get_extractor("vdvae", run.extractor_options.get("vdvae", {}))
+    with _LOCK:
+        small = decode_latents(ext.model, pred.astype(np.float32), ids, run.seed, n_blocks=ext.n_blocks)
+    return upsample_512(small)
+
+
+def _stage1_pixels(pred: np.ndarray, ids: np.ndarray, run: RunSpec) -> np.ndarray:
+    from fmri2img.models.pixels import pixels_to_image
+    from fmri2img.models.vdvae import upsample_512
+
+    return upsample_512(pixels_to_image(pred))
+
+
+STAGE1.update({"vdvae": _stage1_vdvae, "pixels": _stage1_pixels})
+
+
+# -- stage 2 ---------------------------------------------------------------------------------------
+
+def _vd_components(run: RunSpec):
+    from fmri2img.models import versatile
+
+    key = json.dumps(run.vd, sort_keys=True, default=str)
+    with _LOCK:
+        if key not in _VD:
+            opts = dict(run.vd)
+            device, dtype = opts.pop("device", "auto"), opts.pop("dtype", "float32")
+            if opts.pop("tiny", False):
+                dim = _context_dim(run)
+                comps = versatile.tiny_vd_components(seed=int(opts.pop("seed", 0)), context_dim=dim)
+                from fmri2img.models.weights import pick_device
+
+                comps.to(device=pick_device(device))
+            elif "weights" in opts:
+                comps = versatile.load_vd(opts["weights"], opts.get("storage_options"), device=device, dtype=dtype)
+            elif "unet_pth" in opts:
+                comps = versatile.load_vd_original(opts["unet_pth"], opts["vae_pth"], opts.get("storage_options"),
+                                                   device=device, dtype=dtype)
+            else:
+                raise ReconstructError(
+                    "no Versatile Diffusion weights: set [weights] versatile_diffusion (a diffusers-format directory) "
+                    "or versatile_diffusion_pth + kl_f8_pth, or tiny = true for random weights")
+            _VD[key] = comps
+        return _VD[key]
+
+
+def _context_dim(run: RunSpec) -> int:
+    name = run.vision if run.vision in run.extractor_options else run.text
+    return int(get_extractor(name, run.extractor_options.get(name, {})).feature_shape[-1])
+
+
+def _unconditional(run: RunSpec) -> tuple[np.ndarray, np.ndarray]:
+    """CLIP-vision of a grey image and CLIP-text of '' from the same CLIP the features used."""
+    from fmri2img.models.clip import clip_text_uncond, clip_vision_uncond, reduce_tokens
+
+    text = vision = None
+    if run.text in run.extractor_options:
+        ext = get_extractor(run.text, run.extractor_options[run.text])
+        text = clip_text_uncond(ext.model, ext.tokenizer)
+    if run.vision in run.extractor_options:
+        ext = get_extractor(run.vision, run.extractor_options[run.vision])
+        vision = clip_vision_uncond(ext.model)
+        vision = reduce_tokens(vision[None], ext.tokens, getattr(ext, "pool_grid", 4))[0]
+    return vision, text
+
+
+def _stage2(stage1: np.ndarray, ids: np.ndarray, contexts: dict[str, np.ndarray | None], run: RunSpec):
+    from fmri2img.models.vd_sampler import preset, reconstruct
+
+    comps = _vd_components(run)
+    vision_u, text_u = _unconditional(run)
+    vision, text = contexts.get(run.vision), contexts.get(run.text)
+    tokens = vision.shape[1] if vision is not None else (vision_u.shape[0] if vision_u is not None else 257)
+    settings = preset(run.preset, **{"vision_tokens": tokens, **run.settings})
+    return reconstruct(comps, stage1, vision, text, vision_u, text_u, ids, run.seed, settings)
+
+
+# -- task ------------------------------------------------------------------------------------------
+
+def reconstruct_block(store: Store, subject: int, run: RunSpec, region: Region, outputs: "Outputs | None") -> dict:
+    """Stage 1 and (when configured) stage 2 for one partition of the test images (task)."""
+    t0 = time.perf_counter()
+    g1, g2 = recon_group(subject, run.name, "stage1"), recon_group(subject, run.name, "final")
+    preds = {name: store.group(prediction_group(subject, name))["features"] for name in run.features_needed()}
+    ids = np.asarray(store.group(prediction_group(subject, run.stage1))["image"][region.slice])
+    if region.index in store.done_regions(g1):
+        stage1 = np.asarray(store.group(g1)["images"][region.slice])
+    else:
+        stage1 = STAGE1[run.stage1](np.asarray(preds[run.stage1][region.slice]), ids, run)
+        store.write_region(g1, region, {"images": stage1})
+        if outputs is not None:
+            outputs.write_pngs(f"recon/{schema.subject_key(subject)}/{run.name}/stage1", ids, stage1)
+    redone = 0
+    if run.preset:
+        contexts = {name: np.asarray(preds[name][region.slice], dtype=np.float32)
+                    for name in (run.vision, run.text) if name in preds}
+        final, info = _stage2(stage1, ids, contexts, run)
+        flags = np.asarray(info.get("redone_fp32", np.zeros(len(ids), bool)), dtype=bool)
+        redone = int(flags.sum())
+        store.write_region(g2, region, {"images": final, "redone_fp32": flags})
+        if outputs is not None:
+            outputs.write_pngs(f"recon/{schema.subject_key(subject)}/{run.name}/final", ids, final)
+    return {"images": len(ids), "redone_fp32": redone, "seconds": time.perf_counter() - t0}
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where human-facing files (PNGs, reports) go: a URL outside the store."""
+
+    url: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def write_bytes(self, relpath: str, data: bytes) -> str:
+        from fmri2img.storage import urls
+
+        fs, root = urls.filesystem(self.url, dict(self.storage_options) or None)
+        path = f"{root.rstrip('/')}/{relpath}"
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(path, "wb") as f:
+            f.write(data)
+        return urls.join(self.url, relpath)
+
+    def write_pngs(self, folder: str, ids: np.ndarray, images: np.ndarray) -> None:
+        from PIL import Image
+
+        for i, img in zip(ids, images):
+            buf = io.BytesIO()
+            Image.fromarray(np.asarray(img, dtype=np.uint8)).save(buf, format="PNG")
+            self.write_bytes(f"{folder}/{int(i)}.png", buf.getvalue())
+
+
+# -- the stage ---------------------------------------------------------------------------------------
+
+def _template(ids: np.ndarray, size: int, chunk: int, final: bool) -> xr.Dataset:
+    n = len(ids)
+    ds = xr.Dataset(
+        {"images": (("image", "y", "x", "rgb"), da.zeros((n, size, size, 3), chunks=(chunk, size, size, 3),
+                                                          dtype=np.uint8))},
+        coords={"image": ("image", np.asarray(ids, dtype=np.int64))},
+    )
+    if final:
+        ds["redone_fp32"] = ("image", da.zeros((n,), chunks=(chunk,), dtype=bool))
+        ds["redone_fp32"].attrs["long_name"] = "image redone in float32 after a NaN/Inf in reduced precision"
+    ds["images"].attrs["units"] = "uint8 RGB"
+    return ds
+
+
+def _gpu_resources(client, device: str) -> dict | None:
+    if client is None or str(device).startswith("cpu"):
+        return None
+    workers = client.scheduler_info().get("workers", {}).values()
+    return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers) else None
+
+
+RUN_KEYS = ("stage1", "preset", "settings", "vision", "text", "tiny")
+
+
+def run_spec(name: str, options: Mapping[str, Any], *, extractor_options: Mapping[str, dict], weights: Mapping[str, Any],
+             seed: int, device: str = "auto") -> RunSpec:
+    """A :class:`RunSpec` from a ``[reconstruct.runs.<name>]`` table, validated with clear errors."""
+    from fmri2img.models.vd_sampler import PRESETS, preset
+
+    unknown = sorted(set(options) - set(RUN_KEYS))
+    if unknown:
+        raise ReconstructError(f"reconstruct.runs.{name}: unknown key(s) {unknown}; valid: {list(RUN_KEYS)}")
+    spec = RunSpec(name=name, stage1=options.get("stage1", "vdvae"), preset=options.get("preset", "brain-diffuser"),
+                   settings=dict(options.get("settings", {})), vision=options.get("vision", "clip-vision"),
+                   text=options.get("text", "clip-text"), seed=int(seed),
+                   extractor_options={k: dict(v) for k, v in extractor_options.items()})
+    if spec.stage1 not in STAGE1:
+        raise ReconstructError(f"reconstruct.runs.{name}.stage1 = {spec.stage1!r}; expected one of {sorted(STAGE1)}")
+    if spec.preset:
+        if spec.preset not in PRESETS:
+            raise ReconstructError(f"reconstruct.runs.{name}.preset = {spec.preset!r}; expected one of "
+                                   f"{sorted(PRESETS)} or \"\" (stage 1 only)")
+        try:
+            preset(spec.preset, **spec.settings)
+        except (TypeError, ValueError) as exc:
+            raise ReconstructError(f"reconstruct.runs.{name}.settings: {exc}") from None
+        vd: dict[str, Any] = {"device": device}
+        if options.get("tiny"):
+            vd["tiny"] = True
+        elif weights.get("versatile_diffusion"):
+            vd["weights"] = weights["versatile_diffusion"]
+        elif weights.get("versatile_diffusion_pth"):
+            vd.update(unet_pth=weights["versatile_diffusion_pth"], vae_pth=weights.get("kl_f8_pth", ""))
+        if weights.get("storage_options") and not vd.get("tiny"):
+            vd["storage_options"] = dict(weights["storage_options"])
+        vd["dtype"] = spec.settings.get("dtype", preset(spec.preset).dtype)
+        spec.vd = vd
+    return spec
+
+
+def reconstruct_run(store: Store, subject: int, run: RunSpec, *, client=None, images_per_task: int = 8,
+                    outputs: Outputs | None = None, progress: bool = True,
+                    config: Mapping[str, Any] | None = None) -> dict:
+    """Reconstruct the test images of ``subject`` for ``run``; resumable per partition."""
+    t0 = time.perf_counter()
+    if run.stage1 not in STAGE1:
+        raise ReconstructError(f"reconstruct.runs.{run.name}.stage1 = {run.stage1!r}; expected one of {sorted(STAGE1)}")
+    for name in run.features_needed():
+        if not store.is_complete(prediction_group(subject, name)):
+            raise ReconstructError(
+                f"run {run.name!r} needs predictions/{schema.subject_key(subject)}/{name}: add {name!r} to "
+                f"[features] extractors and run the features and regress stages first")
+        if name not in run.extractor_options and name != "pixels":
+            raise ReconstructError(f"run {run.name!r} needs the {name!r} extractor's settings ([features] {name})")
+    ids = np.asarray(store.group(prediction_group(subject, run.stage1))["image"][:])
+    regions = regular_regions("image", len(ids), images_per_task, "images")
+    attrs = {**schema.provenance(config=config), "run": json.dumps(run.__dict__, default=str, sort_keys=True),
+             "random_weights": bool(run.vd.get("tiny") or any(o.get("tiny") for o in run.extractor_options.values()))}
+    salt = {"stage1": run.stage1, "seed": run.seed, "opts": run.extractor_options.get(run.stage1),
+            "predictions": {name: store.group(prediction_group(subject, name)).attrs.get("fmri2img_salt")
+                            for name in run.features_needed()}}
+    t1 = _template(ids, 512, images_per_task, False)
+    todo1 = store.ensure_template(recon_group(subject, run.name, "stage1"), t1, regions, attrs=attrs,
+                                  salt=json.dumps(salt, sort_keys=True, default=str))
+    todo = list(todo1)
+    if run.preset:
+        from fmri2img.models.vd_sampler import preset
+
+        size = preset(run.preset, **run.settings).size
+        t2 = _template(ids, size, images_per_task, True)
+        salt2 = json.dumps({**salt, "preset": run.preset, "settings": run.settings, "vd": run.vd,
+                            "contexts": [run.extractor_options.get(run.vision), run.extractor_options.get(run.text)]},
+                           sort_keys=True, default=str)
+        todo2 = store.ensure_template(recon_group(subject, run.name, "final"), t2, regions, attrs=attrs,
+                                      overwrite=bool(todo1), salt=salt2)
+        todo = sorted({r.index: r for r in todo1 + todo2}.values(), key=lambda r: r.index)
+    device = str(run.vd.get("device", "auto"))
+    tasks = [Task(r.label, reconstruct_block, (store, subject, run, r, outputs)) for r in todo]
+    results = run_tasks(tasks, stage=f"reconstruct-{schema.subject_key(subject)}-{run.name}", client=client,
+                        progress=progress, resources=_gpu_resources(client, device) if run.preset else None)
+    summary = {"subject": int(subject), "run": run.name, "images": int(len(ids)), "blocks_written": len(todo),
+               "stage2": bool(run.preset), "redone_fp32": int(sum(r["redone_fp32"] for r in results)),
+               "random_weights": attrs["random_weights"], "seconds": round(time.perf_counter() - t0, 3)}
+    logger.info("reconstruct %s: %s", run.name, summary)
+    return summary
