@@ -46,7 +46,10 @@ def _int_list(text: str) -> list[int]:
 
 def _add_cluster(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", default=None,
-                   help="'local' (default: one worker per core) or a scheduler address tcp://HOST:PORT")
+                   help="'local' (default: one worker per core), 'slurm', 'pbs', 'kubernetes', or a scheduler "
+                        "address tcp://HOST:PORT / tls://HOST:PORT")
+    p.add_argument("--cluster-option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the cluster kind, e.g. cores=8 gpus=1 maximum=20 (overrides [cluster.options])")
     p.add_argument("--workers", type=int, default=None, help="local cluster: number of worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -104,28 +107,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextmanager
 def cluster_from(args, config_cluster=None) -> Iterator:
-    from fmri2img.cluster import connect, dashboard_link
+    import dataclasses
 
-    spec = args.cluster or (config_cluster.spec if config_cluster else "local")
-    options = {}
-    if spec == "local":
-        c = config_cluster
-        options = dict(n_workers=args.workers or (c.n_workers if c else 0),
-                       threads_per_worker=c.threads_per_worker if c else 1,
-                       memory_limit=c.memory_limit if c else "auto",
-                       dashboard_address=c.dashboard_address if c else "127.0.0.1:8787",
-                       processes=c.processes if c else True)
-    client = connect(spec, **options)
+    from fmri2img.cluster import connect_section, dashboard_link
+    from fmri2img.cluster.faults import close_quietly
+
+    section = dataclasses.asdict(config_cluster) if config_cluster else {}
+    if args.cluster:
+        section["spec"] = args.cluster
+    if args.workers:
+        section["n_workers"] = args.workers
+    section["options"] = {**(section.get("options") or {}), **dict(args.cluster_option)}
+    client = connect_section(section)
     link = dashboard_link(client)
     if link:
         print(f"Dask dashboard: {link}", file=sys.stderr)
     try:
         yield client
     finally:
-        cluster = getattr(client, "cluster", None)
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        close_quietly(client)
 
 
 def cmd_mini_nsd(args) -> int:

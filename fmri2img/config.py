@@ -103,6 +103,13 @@ class ClusterConfig:
     memory_limit: str = "auto"
     dashboard_address: str = "127.0.0.1:8787"
     processes: bool = True
+    #: local: extra workers advertising the GPU resource ("auto": one per visible GPU)
+    gpu_workers: int = 0
+    #: the kind's options (slurm/pbs: cores, memory, walltime, queue, account, gpus, minimum, maximum, ...;
+    #: kubernetes: image, namespace, cpu, memory, gpus, env, ...)
+    options: dict = field(default_factory=dict)
+    #: TLS for tls:// addresses: ca_file, cert_file, key_file (paths; never logged or stored)
+    security: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -161,6 +168,20 @@ class ReconstructConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """The eight metrics (REFERENCE.md §5) of every reconstruction run."""
+
+    subjects: list = field(default_factory=list)
+    #: runs to score; empty: every [reconstruct] run
+    runs: list = field(default_factory=list)
+    parts: list = field(default_factory=lambda: ["stage1", "final"])
+    #: evaluation networks (alexnet2, alexnet5, inceptionv3, clip, efficientnet_b1, swav); empty: all
+    nets: list = field(default_factory=list)
+    images_per_task: int = 16
+    device: str = "auto"
+
+
+@dataclass
 class OutputsConfig:
     """Where PNG files and reports are written (a local path or URL outside the store)."""
 
@@ -177,6 +198,11 @@ class WeightsConfig:
     versatile_diffusion: str = ""      # a diffusers-format Versatile Diffusion directory
     versatile_diffusion_pth: str = ""  # or the original vd-four-flow-v1-0-fp16-deprecated.pth ...
     kl_f8_pth: str = ""                # ... with kl-f8.pth
+    # evaluation networks: torchvision's published state dicts and the SwAV ResNet-50 checkpoint
+    alexnet: str = ""
+    inception_v3: str = ""
+    efficientnet_b1: str = ""
+    swav: str = ""
     storage_options: dict = field(default_factory=dict)
 
 
@@ -194,6 +220,7 @@ class Config:
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     regress: RegressConfig = field(default_factory=RegressConfig)
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
 
     def stage_subjects(self, section: str) -> list:
@@ -237,6 +264,10 @@ class Config:
 
 
 def _redact_tree(data: Any, key: str = "") -> Any:
+    if key == "options" and isinstance(data, dict):
+        from fmri2img.cluster.security import redact_options
+
+        return redact_options(data)
     if key == "storage_options":
         return urls.redact(data)
     if isinstance(data, dict):
@@ -250,6 +281,7 @@ _CHOICES = {
     "ingest.prefer": ("hdf5", "nii.gz"),
     "ingest.nan_policy": ("error", "zero"),
     "reconstruct.device": ("auto", "cpu", "cuda", "mps"),
+    "evaluate.device": ("auto", "cpu", "cuda", "mps"),
 }
 
 
@@ -326,6 +358,12 @@ def validate(config: Config) -> Config:
             ridge_options(name, config.regress.targets.get(name))
         except RegressError as exc:
             raise ConfigError(str(exc)) from None
+    from fmri2img.cluster import ClusterError, section_options
+
+    try:
+        section_options(dataclasses.asdict(config.cluster))
+    except ClusterError as exc:
+        raise ConfigError(f"cluster: {exc}") from None
     from fmri2img.pipeline.reconstruct import ReconstructError
 
     try:
@@ -344,7 +382,7 @@ def validate(config: Config) -> Config:
 
 
 #: stage names in run order; the runner maps each to its function
-STAGES = ("ingest", "features", "regress", "reconstruct")
+STAGES = ("ingest", "features", "regress", "reconstruct", "evaluate")
 
 
 def load(path: str | Path) -> Config:

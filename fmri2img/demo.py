@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from fmri2img.config import (Config, FeaturesConfig, IngestConfig, OutputsConfig, ReconstructConfig, SourceConfig,
+from fmri2img.config import (Config, EvaluateConfig, FeaturesConfig, IngestConfig, OutputsConfig, ReconstructConfig, SourceConfig,
                              StoreConfig, validate)
 from fmri2img.pipeline.runner import STAGES, run, status
 from fmri2img.storage.store import Store
@@ -50,6 +50,7 @@ def demo_config(workdir: Path) -> Config:
         features=FeaturesConfig(extractors={k: dict(v) for k, v in DEMO_FEATURES.items()}, images_per_task=64),
         reconstruct=ReconstructConfig(runs={k: dict(v) for k, v in DEMO_RUNS.items()}, images_per_task=15,
                                       subjects=[1]),
+        evaluate=EvaluateConfig(subjects=[1], images_per_task=30),
         outputs=OutputsConfig(url=str(workdir / "outputs")),
     ))
 

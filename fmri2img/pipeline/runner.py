@@ -8,6 +8,7 @@ the store under ``_runlog`` (configuration redacted: never credentials).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ import numpy as np
 import zarr
 
 from fmri2img.config import Config
+from fmri2img.pipeline.evaluate import evaluate
 from fmri2img.pipeline.features import extract_features
 from fmri2img.pipeline.ingest import ingest
 from fmri2img.pipeline.reconstruct import Outputs, reconstruct_run
@@ -92,12 +94,26 @@ def stage_reconstruct(ctx: RunContext) -> dict:
     return out
 
 
+def stage_evaluate(ctx: RunContext) -> dict:
+    cfg = ctx.config
+    ev = cfg.evaluate
+    runs = list(ev.runs or cfg.reconstruct.runs)
+    return {
+        f"subj{subject:02d}": evaluate(ctx.store, subject, runs, parts=ev.parts, nets=ev.nets or None,
+                                       weights=dataclasses.asdict(cfg.weights), device=ev.device, client=ctx.client,
+                                       images_per_task=ev.images_per_task, progress=ctx.progress,
+                                       config=cfg.redacted())
+        for subject in cfg.stage_subjects("evaluate")
+    }
+
+
 #: stage name → function, in run order
 STAGES: dict[str, Callable[[RunContext], dict]] = {
     "ingest": stage_ingest,
     "features": stage_features,
     "regress": stage_regress,
     "reconstruct": stage_reconstruct,
+    "evaluate": stage_evaluate,
 }
 
 
