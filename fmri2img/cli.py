@@ -98,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", default=None, help="comma-separated subset, e.g. ingest")
     _add_cluster(p)
 
+    p = sub.add_parser("report", help="write the picture grid, metrics table and plots of a subject")
+    p.add_argument("store")
+    p.add_argument("--subject", type=int, required=True)
+    p.add_argument("--runs", default=None, help="comma-separated run names (default: every run in the store)")
+    p.add_argument("--out", default=None, help="outputs URL (default: <store>/../outputs)")
+    p.add_argument("--n-images", type=int, default=8)
+    p.add_argument("--store-option", type=_kv, action="append", default=[], metavar="KEY=VALUE")
+
     p = sub.add_parser("status", help="what is done and what remains in a store")
     p.add_argument("store")
     p.add_argument("--store-option", type=_kv, action="append", default=[], metavar="KEY=VALUE")
@@ -206,6 +214,22 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from fmri2img.pipeline.reconstruct import Outputs
+    from fmri2img.pipeline.report import write_report
+    from fmri2img.storage import urls
+    from fmri2img.storage.store import Store
+
+    store = Store(args.store, dict(args.store_option))
+    out = args.out or urls.join(args.store.rstrip("/").rsplit("/", 1)[0] or ".", "outputs")
+    result = write_report(store, args.subject, Outputs(out), args.runs.split(",") if args.runs else None,
+                          n_images=args.n_images)
+    print(result["table"])
+    for name, url in result["files"].items():
+        print(f"  {name}: {url}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from fmri2img.demo import run_demo
 
@@ -215,7 +239,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "mini-nsd": cmd_mini_nsd, "ingest": cmd_ingest, "run": cmd_run,
-            "status": cmd_status}
+            "status": cmd_status, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from fmri2img.config import (Config, EvaluateConfig, FeaturesConfig, IngestConfig, OutputsConfig, ReconstructConfig, SourceConfig,
                              StoreConfig, validate)
+from fmri2img.pipeline.reconstruct import Outputs
+from fmri2img.pipeline.report import write_report
 from fmri2img.pipeline.runner import STAGES, run, status
 from fmri2img.storage.store import Store
 
@@ -81,12 +83,15 @@ def run_demo(workdir: str | Path, *, client=None, fresh: bool = False, progress:
     print(f"[2/2] stages {', '.join(config.stages)} → {config.store.url}", file=sys.stderr)
     results = run(config, client=client, progress=progress)
     store = Store(config.store.url)
-    print(f"\nfmri2img demo finished in {time.perf_counter() - t0:.0f} s")
-    print(f"  store:   {config.store.url}")
-    print(f"  config:  {workdir / 'config.toml'} (rerun with: fmri2img run {workdir / 'config.toml'})")
-    for group, done, total in status(store):
-        print(f"    {group}: {done}/{total} regions")
-    print(f"  read it: xarray.open_zarr({config.store.url!r}, group='subjects/subj01/train')")
+    report = write_report(store, 1, Outputs(config.outputs.url))
+    rows = status(store)
+    done = sum(1 for _, d, t in rows if t and d == t)
+    print(f"\nfmri2img demo finished in {time.perf_counter() - t0:.0f} s ({done}/{len(rows)} store groups complete)\n")
+    print(report["table"])
+    print(f"  report:  {report['files']['html']}  (grid.png, metrics.png, metrics.md beside it)")
+    print(f"  store:   {config.store.url}   (fmri2img status {config.store.url})")
+    print(f"  config:  {workdir / 'config.toml'}   (rerun: fmri2img run {workdir / 'config.toml'})")
+    print(f"  read it: xarray.open_zarr({config.store.url!r}, group='predictions/subj01/pixels')")
     return results
 
 
