@@ -16,3 +16,31 @@ def mini_nsd(tmp_path_factory):
     root = tmp_path_factory.mktemp("mini-nsd")
     generate_mini_nsd(root, MiniNSDSpec(**TINY))
     return root
+
+
+#: the tiny models of the pipeline tests (seeded random weights)
+EXTRACTORS = {
+    "pixels": {"side": 8},
+    "vdvae": {"tiny": True, "n_blocks": 4},
+    "clip-text": {"tiny": True},
+    "clip-vision": {"tiny": True},
+}
+#: stage-2 settings small enough for CPU tests
+VD_SETTINGS = {"size": 16, "steps": 4, "strength": 0.5, "dtype": "float32", "guidance": 2.0}
+
+
+@pytest.fixture(scope="session")
+def predicted_store(mini_nsd, tmp_path_factory):
+    """A store with subject 1 ingested, the four feature sets extracted and regressed (tiny models)."""
+    from fmri2img.pipeline.features import extract_features
+    from fmri2img.pipeline.ingest import ingest
+    from fmri2img.pipeline.regress import regress
+    from fmri2img.storage.source import Source
+    from fmri2img.storage.store import Store
+
+    store = Store(str(tmp_path_factory.mktemp("pipeline") / "store.zarr"))
+    ingest(store, Source(str(mini_nsd)), 1, SESSIONS, progress=False)
+    for name, options in EXTRACTORS.items():
+        extract_features(store, name, options, images_per_task=32, progress=False)
+        regress(store, 1, name, {"alpha": 1000.0}, progress=False)
+    return store

@@ -303,7 +303,8 @@ def reconstruct_run(store: Store, subject: int, run: RunSpec, *, client=None, im
     ids = np.asarray(store.group(prediction_group(subject, run.stage1))["image"][:])
     regions = regular_regions("image", len(ids), images_per_task, "images")
     attrs = {**schema.provenance(config=config), "run": json.dumps(run.__dict__, default=str, sort_keys=True),
-             "random_weights": bool(run.vd.get("tiny") or any(o.get("tiny") for o in run.extractor_options.values()))}
+             "random_weights": bool(run.vd.get("tiny") or any(run.extractor_options.get(n, {}).get("tiny")
+                                                               for n in run.features_needed()))}
     salt = {"stage1": run.stage1, "seed": run.seed, "opts": run.extractor_options.get(run.stage1),
             "predictions": {name: store.group(prediction_group(subject, name)).attrs.get("fmri2img_salt")
                             for name in run.features_needed()}}
