@@ -67,6 +67,9 @@ def main() -> None:
     parser.add_argument("--prefer", default="hdf5", choices=["hdf5", "nii.gz"])
     parser.add_argument("--store", default="s3", choices=["s3", "local"],
                         help="where the store goes (the copy baseline always writes to local disk)")
+    parser.add_argument("--realistic", action="store_true",
+                        help="NSD-sized sessions: the func1pt8mm volume (81×104×83), 750 trials per session, "
+                             "3 sessions, 1,000 stimuli (about 1 GB per session file)")
     args = parser.parse_args()
 
     import s3fs
@@ -92,7 +95,11 @@ def main() -> None:
             except OSError:
                 time.sleep(0.1)
         t = time.perf_counter()
-        generate_mini_nsd(tmp / "mini", MiniNSDSpec(side=args.side))
+        spec = MiniNSDSpec(side=args.side, subjects=(1,))
+        if args.realistic:
+            spec = MiniNSDSpec(side=args.side, subjects=(1,), volume_shape=(81, 104, 83), trials_per_session=750,
+                               n_sessions=3, n_images=1000, n_per_subject=900, n_shared=100)
+        generate_mini_nsd(tmp / "mini", spec)
         gen_s = time.perf_counter() - t
         fs = s3fs.S3FileSystem(**opts)
         fs.mkdir("nsd")
@@ -100,10 +107,11 @@ def main() -> None:
         fs.put(str(tmp / "mini") + "/", "nsd/root/", recursive=True)
 
         layout = NSDLayout("nsd/root")
-        n_sessions = MiniNSDSpec().n_sessions
+        n_sessions = spec.n_sessions
         needed = [layout.expdesign(), layout.stimuli(), layout.captions()]
         needed += [layout.roi(1, name) for name in ROI_FILES]
-        needed += [layout.betas(1, s, fmt) for s in range(1, n_sessions + 1) for fmt in ("nii.gz", "hdf5")]
+        # the files ingest reads: the betas in the preferred format only
+        needed += [layout.betas(1, s, args.prefer) for s in range(1, n_sessions + 1)]
         nbytes = sum(fs.size(p) for p in needed)
 
         # baseline: plain byte copy of the same files
@@ -133,7 +141,9 @@ def main() -> None:
             store_bytes = sum(p.stat().st_size for p in (tmp / "store.zarr").rglob("*") if p.is_file())
         result = {
             "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "side": args.side, "workers": args.workers, "prefer": args.prefer,
+            "side": args.side, "workers": args.workers, "prefer": args.prefer, "realistic": args.realistic,
+            "volume": list(spec.volume_shape), "trials_per_session": spec.trials_per_session,
+            "sessions": spec.n_sessions,
             "source_bytes_needed": nbytes, "generate_s": round(gen_s, 2),
             "copy_s": round(copy_s, 2), "ingest_s": round(ingest_s, 2), "ratio": round(ingest_s / copy_s, 2),
             "worker_peak_rss_mb": [round(after[w]["peak_rss_mb"]) for w in sorted(after)],

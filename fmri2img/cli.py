@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-images", type=int, default=8)
     p.add_argument("--store-option", type=_kv, action="append", default=[], metavar="KEY=VALUE")
 
+    p = sub.add_parser("weights", help="check the model weights a configuration needs")
+    wsub = p.add_subparsers(dest="weights_command", required=True)
+    w = wsub.add_parser("check", help="per model: configured, present, loadable (--load)")
+    w.add_argument("config")
+    w.add_argument("--load", action="store_true", help="also load each file into its architecture (slow)")
+
     p = sub.add_parser("status", help="what is done and what remains in a store")
     p.add_argument("store")
     p.add_argument("--store-option", type=_kv, action="append", default=[], metavar="KEY=VALUE")
@@ -230,6 +236,22 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_weights(args) -> int:
+    from fmri2img import config as cfgmod
+    from fmri2img.pipeline.weights_check import check
+
+    rows = check(cfgmod.load(args.config), load=args.load)
+    width = max(len(r.model) for r in rows)
+    for r in rows:
+        mark = "ok " if r.ok else "!! "
+        print(f"{mark}{r.model:<{width}}  {r.state:<15} {r.url}  {r.detail}".rstrip())
+    bad = [r.model for r in rows if not r.ok]
+    if bad:
+        print(f"\n{len(bad)} model(s) not ready: {', '.join(bad)} (nothing is downloaded at run time: set the paths "
+              f"in [weights], or use tiny = true for random weights)")
+    return 1 if bad else 0
+
+
 def cmd_demo(args) -> int:
     from fmri2img.demo import run_demo
 
@@ -239,7 +261,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "mini-nsd": cmd_mini_nsd, "ingest": cmd_ingest, "run": cmd_run,
-            "status": cmd_status, "report": cmd_report}
+            "status": cmd_status, "report": cmd_report, "weights": cmd_weights}
 
 
 def main(argv: list[str] | None = None) -> int:
