@@ -182,6 +182,15 @@ class EvaluateConfig:
 
 
 @dataclass
+class RoiConfig:
+    """Brain-Diffuser's ROI analysis: each ROI's synthetic fMRI decoded by reconstruction runs."""
+
+    subjects: list = field(default_factory=list)
+    #: runs to decode with; empty: every [reconstruct] run
+    runs: list = field(default_factory=list)
+
+
+@dataclass
 class OutputsConfig:
     """Where PNG files and reports are written (a local path or URL outside the store)."""
 
@@ -221,6 +230,7 @@ class Config:
     regress: RegressConfig = field(default_factory=RegressConfig)
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    roi: RoiConfig = field(default_factory=RoiConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
 
     def stage_subjects(self, section: str) -> list:
@@ -382,7 +392,7 @@ def validate(config: Config) -> Config:
 
 
 #: stage names in run order; the runner maps each to its function
-STAGES = ("ingest", "features", "regress", "reconstruct", "evaluate")
+STAGES = ("ingest", "features", "regress", "reconstruct", "evaluate", "roi")
 
 
 def load(path: str | Path) -> Config:

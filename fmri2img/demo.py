@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from fmri2img.config import (Config, EvaluateConfig, FeaturesConfig, IngestConfig, OutputsConfig, ReconstructConfig, SourceConfig,
-                             StoreConfig, validate)
+from fmri2img.config import (Config, EvaluateConfig, FeaturesConfig, IngestConfig, OutputsConfig, ReconstructConfig,
+                             RoiConfig, SourceConfig, StoreConfig, validate)
 from fmri2img.pipeline.reconstruct import Outputs
 from fmri2img.pipeline.report import write_report
 from fmri2img.pipeline.runner import STAGES, run, status
@@ -53,6 +53,7 @@ def demo_config(workdir: Path) -> Config:
         reconstruct=ReconstructConfig(runs={k: dict(v) for k, v in DEMO_RUNS.items()}, images_per_task=15,
                                       subjects=[1]),
         evaluate=EvaluateConfig(subjects=[1], images_per_task=30),
+        roi=RoiConfig(subjects=[1]),
         outputs=OutputsConfig(url=str(workdir / "outputs")),
     ))
 

@@ -43,7 +43,9 @@ def test_stage1_and_final_equal_direct_calls(predicted_store, tmp_path):
     ids = pred["vdvae"].image.values
     vd = get_extractor("vdvae", EXTRACTORS["vdvae"])
     stage1 = upsample_512(decode_latents(vd.model, pred["vdvae"].features.values, ids, 7, n_blocks=4))
-    np.testing.assert_array_equal(_images(store, "recon/subj01/bd/stage1"), stage1)
+    got1 = _images(store, "recon/subj01/bd/stage1").astype(int)
+    # decoded in partitions of 5 vs one batch of 16: batched convolutions round differently (≤ 1 level, rarely)
+    assert np.abs(got1 - stage1).max() <= 1 and np.mean(got1 != stage1) < 1e-3
     tv, tt = get_extractor("clip-vision", EXTRACTORS["clip-vision"]), get_extractor("clip-text", EXTRACTORS["clip-text"])
     final, _ = reconstruct(tiny_vd_components(seed=0, context_dim=32), stage1, pred["clip-vision"].features.values,
                            pred["clip-text"].features.values, clip_vision_uncond(tv.model),

@@ -83,6 +83,38 @@ def grid_png(store: Store, subject: int, runs: Sequence[str], n_images: int = 8,
     return _png(fig)
 
 
+def roi_grid_png(store: Store, subject: int, runs: Sequence[str], tile: int = 96) -> bytes | None:
+    """One row per run/part, one column per ROI (PNG bytes), or None without ROI results."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for run in runs:
+        for part in PARTS:
+            group = f"roi/{schema.subject_key(subject)}/{run}/{part}"
+            if store.is_complete(group):
+                g = store.group(group)
+                rows.append((f"{run}/{part}", [str(r) for r in g["roi"][:]], np.asarray(g["images"][:])))
+    if not rows:
+        return None
+    n = len(rows[0][1])
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n, 1.25 * len(rows)), squeeze=False)
+    for r, (label, names, images) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(images[c])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(names[c], fontsize=6)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=6)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
@@ -179,6 +211,9 @@ def write_report(store: Store, subject: int, outputs: Outputs, runs: Sequence[st
         for run in runs for part in PARTS if store.is_complete(recon_group(subject, run, part)))
     folder = f"report/{schema.subject_key(subject)}"
     files = {"grid": outputs.write_bytes(f"{folder}/grid.png", grid_png(store, subject, runs, n_images))}
+    roi_png = roi_grid_png(store, subject, runs)
+    if roi_png is not None:
+        files["roi_grid"] = outputs.write_bytes(f"{folder}/roi_grid.png", roi_png)
     table = metrics_markdown(results, random_weights) if results else "(no metrics yet: run the evaluate stage)\n"
     if results:
         files["metrics_png"] = outputs.write_bytes(f"{folder}/metrics.png", metrics_png(results))
@@ -189,6 +224,9 @@ def write_report(store: Store, subject: int, outputs: Outputs, runs: Sequence[st
             "<h2>Metrics</h2>", f"<pre>{html.escape(table)}</pre>"]
     if results:
         page.append("<img src='metrics.png'>")
+    if roi_png is not None:
+        page += ["<h2>ROI analysis</h2>", "<p>Each region's synthetic fMRI decoded (Brain-Diffuser's ROI analysis; "
+                 "V1–V4 from prf-visualrois)</p>", "<img src='roi_grid.png'>"]
     page.append("</body></html>")
     files["html"] = outputs.write_bytes(f"{folder}/index.html", "\n".join(page).encode())
     logger.info("report for subject %d written to %s", subject, files["html"])

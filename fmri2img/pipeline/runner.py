@@ -24,6 +24,7 @@ from fmri2img.pipeline.features import extract_features
 from fmri2img.pipeline.ingest import ingest
 from fmri2img.pipeline.reconstruct import Outputs, reconstruct_run
 from fmri2img.pipeline.regress import regress
+from fmri2img.pipeline.roi import roi_analysis
 from fmri2img.storage import schema
 from fmri2img.storage.source import Source
 from fmri2img.storage.store import Store
@@ -107,6 +108,17 @@ def stage_evaluate(ctx: RunContext) -> dict:
     }
 
 
+def stage_roi(ctx: RunContext) -> dict:
+    cfg = ctx.config
+    outputs = Outputs(cfg.outputs.url, dict(cfg.outputs.storage_options))
+    wanted = set(cfg.roi.runs or cfg.reconstruct.runs)
+    return {
+        f"subj{subject:02d}/{spec.name}": roi_analysis(ctx.store, subject, spec, client=ctx.client, outputs=outputs,
+                                                       progress=ctx.progress, config=cfg.redacted())
+        for subject in cfg.stage_subjects("roi") for spec in cfg.run_specs() if spec.name in wanted
+    }
+
+
 #: stage name → function, in run order
 STAGES: dict[str, Callable[[RunContext], dict]] = {
     "ingest": stage_ingest,
@@ -114,6 +126,7 @@ STAGES: dict[str, Callable[[RunContext], dict]] = {
     "regress": stage_regress,
     "reconstruct": stage_reconstruct,
     "evaluate": stage_evaluate,
+    "roi": stage_roi,
 }
 
 
