@@ -49,6 +49,7 @@ def test_metrics_equal_direct_computation(evaluated):
     assert summary["AlexNet(2)"]["n_valid"] == len(gt) and summary["AlexNet(2)"]["random_weights"] is True
     assert summary["PixCorr"]["mean"] == pytest.approx(float(np.mean(pixcorr(gt, images))))
     assert summary["PixCorr"]["mean"] > 0.1  # the pixel decoder recovers real structure on simulated cortex
+    assert summary["AlexNet(2)"]["mean"] > 0.6  # and beats chance (0.5) in two-way identification
     assert set(summary) == {"PixCorr", "SSIM (column)", "SSIM-2D", "AlexNet(2)", "EffNet-B"}
 
 
