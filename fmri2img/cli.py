@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write the picture grid, metrics table and plots of a subject")
     p.add_argument("store")
-    p.add_argument("--subject", type=int, required=True)
+    p.add_argument("--subject", type=_int_list, required=True,
+                   help="subject(s), e.g. 1 or 1,2,5,7 (several: also a table comparing runs across subjects)")
     p.add_argument("--runs", default=None, help="comma-separated run names (default: every run in the store)")
     p.add_argument("--out", default=None, help="outputs URL (default: <store>/../outputs)")
     p.add_argument("--n-images", type=int, default=8)
@@ -228,11 +229,17 @@ def cmd_report(args) -> int:
 
     store = Store(args.store, dict(args.store_option))
     out = args.out or urls.join(args.store.rstrip("/").rsplit("/", 1)[0] or ".", "outputs")
-    result = write_report(store, args.subject, Outputs(out), args.runs.split(",") if args.runs else None,
-                          n_images=args.n_images)
-    print(result["table"])
-    for name, url in result["files"].items():
-        print(f"  {name}: {url}")
+    runs = args.runs.split(",") if args.runs else None
+    for subject in args.subject:
+        result = write_report(store, subject, Outputs(out), runs, n_images=args.n_images)
+        print(f"subject {subject}\n{result['table']}")
+        for name, url in result["files"].items():
+            print(f"  {name}: {url}")
+    if len(args.subject) > 1:
+        from fmri2img.pipeline.report import across_subjects
+
+        combined = across_subjects(store, args.subject, Outputs(out), runs)
+        print(f"\nacross subjects\n{combined['table']}  table: {combined['file']}")
     return 0
 
 

@@ -83,3 +83,21 @@ def test_report_files(evaluated, tmp_path):
     assert json.loads((folder / "metrics.json").read_text())["px/stage1"]["PixCorr"]["n_valid"] == 16
     assert "grid.png" in (folder / "index.html").read_text()
     assert result["runs"] == ["px"]
+
+
+def test_across_subjects_table(evaluated, tmp_path):
+    from fmri2img.pipeline.report import across_subjects
+
+    store, first = evaluated
+    # score the same run for a second "subject" by copying subject 1's groups (the table logic is what is tested)
+    import shutil
+
+    root = tmp_path / "two.zarr"
+    shutil.copytree(store.url, root)
+    for top in ("metrics", "_progress/metrics", "recon", "_progress/recon"):
+        shutil.copytree(root / top / "subj01", root / top / "subj02")
+    out = across_subjects(Store(str(root)), [1, 2], Outputs(str(tmp_path)))
+    assert out["rows"] == ["subj01 px/stage1", "subj02 px/stage1", "mean of 2 subjects: px/stage1"]
+    pix = first["px/stage1"]["PixCorr"]
+    assert f"{pix:.3f} ± 0.000" in out["table"]  # the mean of two identical subjects, sem 0
+    assert (tmp_path / "report/subjects.md").exists()

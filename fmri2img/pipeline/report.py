@@ -231,3 +231,31 @@ def write_report(store: Store, subject: int, outputs: Outputs, runs: Sequence[st
     files["html"] = outputs.write_bytes(f"{folder}/index.html", "\n".join(page).encode())
     logger.info("report for subject %d written to %s", subject, files["html"])
     return {"files": files, "table": table, "runs": runs}
+
+
+def across_subjects(store: Store, subjects: Sequence[int], outputs: Outputs,
+                    runs: Sequence[str] | None = None) -> dict[str, Any]:
+    """One table comparing runs across subjects: a row per subject and run/part, then the mean over subjects."""
+    from fmri2img.metrics.scores import METRICS
+
+    per_subject = {s: collect(store, s, list(runs) if runs else available_runs(store, s)) for s in subjects}
+    rows: dict[str, dict] = {}
+    for subject, results in per_subject.items():
+        for label, summary in results.items():
+            rows[f"{schema.subject_key(subject)} {label}"] = summary
+    labels = sorted({label for results in per_subject.values() for label in results})
+    for label in labels:
+        values = [per_subject[s][label] for s in subjects if label in per_subject[s]]
+        if len(values) < 2:
+            continue
+        mean = {}
+        for m in METRICS:
+            means = [v[m]["mean"] for v in values if m in v and v[m].get("mean") is not None]
+            if means:
+                mean[m] = {"mean": float(np.mean(means)), "sem": float(np.std(means, ddof=1) / np.sqrt(len(means)))
+                           if len(means) > 1 else None, "random_weights": any(v[m].get("random_weights") for v in values if m in v)}
+        rows[f"mean of {len(values)} subjects: {label}"] = mean
+    random_weights = any(s.get("random_weights") for r in rows.values() for s in r.values())
+    table = metrics_markdown(rows, random_weights) if rows else "(no metrics yet: run the evaluate stage)\n"
+    url = outputs.write_bytes("report/subjects.md", table.encode())
+    return {"table": table, "file": url, "rows": list(rows)}
