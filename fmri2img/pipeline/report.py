@@ -165,6 +165,9 @@ def metrics_png(results: dict[str, dict]) -> bytes:
             ax.legend(fontsize=6, loc="best")
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
+    if any(s.get("random_weights") for r in results.values() for s in r.values()):
+        fig.suptitle("random-weight evaluation networks (†): these bars prove the plumbing, not picture quality",
+                     fontsize=9, color="#C44E52")
     fig.tight_layout()
     return _png(fig)
 
