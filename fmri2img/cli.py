@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subject", type=_int_list, required=True,
                    help="subject(s), e.g. 1 or 1,2,5,7 (several: also a table comparing runs across subjects)")
     p.add_argument("--runs", default=None, help="comma-separated run names (default: every run in the store)")
-    p.add_argument("--out", default=None, help="outputs URL (default: <store>/../outputs)")
+    p.add_argument("--out", default=None, help="outputs URL (default: an 'outputs' folder beside the store)")
     p.add_argument("--n-images", type=int, default=8)
     p.add_argument("--store-option", type=_kv, action="append", default=[], metavar="KEY=VALUE")
 
@@ -222,23 +222,22 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from fmri2img.pipeline.reconstruct import Outputs
     from fmri2img.pipeline.report import write_report
-    from fmri2img.storage import urls
+    from fmri2img.storage.outputs import Outputs
     from fmri2img.storage.store import Store
 
     store = Store(args.store, dict(args.store_option))
-    out = args.out or urls.join(args.store.rstrip("/").rsplit("/", 1)[0] or ".", "outputs")
+    outputs = Outputs(args.out) if args.out else Outputs.beside(args.store, dict(args.store_option))
     runs = args.runs.split(",") if args.runs else None
     for subject in args.subject:
-        result = write_report(store, subject, Outputs(out), runs, n_images=args.n_images)
+        result = write_report(store, subject, outputs, runs, n_images=args.n_images)
         print(f"subject {subject}\n{result['table']}")
         for name, url in result["files"].items():
             print(f"  {name}: {url}")
     if len(args.subject) > 1:
         from fmri2img.pipeline.report import across_subjects
 
-        combined = across_subjects(store, args.subject, Outputs(out), runs)
+        combined = across_subjects(store, args.subject, outputs, runs)
         print(f"\nacross subjects\n{combined['table']}  table: {combined['file']}")
     return 0
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from fmri2img.config import (Config, EvaluateConfig, FeaturesConfig, IngestConfig, OutputsConfig, ReconstructConfig,
                              RoiConfig, SourceConfig, StoreConfig, validate)
-from fmri2img.pipeline.reconstruct import Outputs
 from fmri2img.pipeline.report import write_report
 from fmri2img.pipeline.runner import STAGES, run, status
+from fmri2img.storage.outputs import Outputs
 from fmri2img.storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def run_demo(workdir: str | Path, *, client=None, fresh: bool = False, progress:
     print(f"[2/2] stages {', '.join(config.stages)} → {config.store.url}", file=sys.stderr)
     results = run(config, client=client, progress=progress)
     store = Store(config.store.url)
-    report = write_report(store, 1, Outputs(config.outputs.url))
+    report = write_report(store, 1, Outputs(config.outputs.url, dict(config.outputs.storage_options)))
     rows = status(store)
     done = sum(1 for _, d, t in rows if t and d == t)
     print(f"\nfmri2img demo finished in {time.perf_counter() - t0:.0f} s ({done}/{len(rows)} store groups complete)\n")

@@ -10,8 +10,9 @@ import xarray as xr
 from fmri2img.metrics.features import EVAL_NETS, eval_features
 from fmri2img.metrics.scores import pixcorr, ssim, two_way_identification
 from fmri2img.pipeline.evaluate import evaluate, get_net, read_summary
-from fmri2img.pipeline.reconstruct import Outputs, reconstruct_run, run_spec
+from fmri2img.pipeline.reconstruct import reconstruct_run, run_spec
 from fmri2img.pipeline.report import write_report
+from fmri2img.storage.outputs import Outputs
 from fmri2img.storage.store import Store
 from tests.minifixtures import EXTRACTORS, mini_nsd, predicted_store  # noqa: F401
 

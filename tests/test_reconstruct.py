@@ -7,7 +7,8 @@ import xarray as xr
 
 from fmri2img.pipeline import reconstruct as rec
 from fmri2img.pipeline.features import get_extractor
-from fmri2img.pipeline.reconstruct import Outputs, ReconstructError, reconstruct_run, run_spec
+from fmri2img.pipeline.reconstruct import ReconstructError, reconstruct_run, run_spec
+from fmri2img.storage.outputs import Outputs
 from fmri2img.storage.store import Store
 from tests.minifixtures import EXTRACTORS, VD_SETTINGS, mini_nsd, predicted_store  # noqa: F401
 

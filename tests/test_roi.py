@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from fmri2img.pipeline.reconstruct import Outputs, run_spec
+from fmri2img.pipeline.reconstruct import run_spec
 from fmri2img.pipeline.regress import load_model
 from fmri2img.pipeline.roi import roi_analysis
 from fmri2img.ridge.roi import roi_clip_embeddings, roi_vdvae_latents
+from fmri2img.storage.outputs import Outputs
 from fmri2img.storage.store import Store
 from tests.minifixtures import EXTRACTORS, VD_SETTINGS, mini_nsd, predicted_store  # noqa: F401
 

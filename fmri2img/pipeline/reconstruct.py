@@ -11,7 +11,6 @@ outputs URL (``recon/subjNN/<run>/{stage1,final}/<nsd id>.png``).
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import threading
@@ -27,6 +26,7 @@ from fmri2img.pipeline.features import get_extractor
 from fmri2img.pipeline.regress import prediction_group
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.storage import schema
+from fmri2img.storage.outputs import Outputs
 from fmri2img.storage.store import Region, Store, regular_regions
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,16 @@ def _context_dim(run: RunSpec) -> int:
 
 
 def _unconditional(run: RunSpec) -> tuple[np.ndarray, np.ndarray]:
-    """CLIP-vision of a grey image and CLIP-text of '' from the same CLIP the features used."""
+    """CLIP-vision of a grey image and CLIP-text of '' from the same CLIP the features used (once per process)."""
+    key = json.dumps(["uncond", run.vision, run.text, run.extractor_options.get(run.vision),
+                      run.extractor_options.get(run.text)], sort_keys=True, default=str)
+    with _LOCK:
+        if key not in _VD:
+            _VD[key] = _compute_unconditional(run)
+        return _VD[key]
+
+
+def _compute_unconditional(run: RunSpec) -> tuple[np.ndarray, np.ndarray]:
     from fmri2img.models.clip import clip_text_uncond, clip_vision_uncond, reduce_tokens
 
     text = vision = None
@@ -172,7 +181,7 @@ def _stage2(stage1: np.ndarray, ids: np.ndarray, contexts: dict[str, np.ndarray 
 
 # -- task ------------------------------------------------------------------------------------------
 
-def reconstruct_block(store: Store, subject: int, run: RunSpec, region: Region, outputs: "Outputs | None") -> dict:
+def reconstruct_block(store: Store, subject: int, run: RunSpec, region: Region, outputs: Outputs | None) -> dict:
     """Stage 1 and (when configured) stage 2 for one partition of the test images (task)."""
     t0 = time.perf_counter()
     g1, g2 = recon_group(subject, run.name, "stage1"), recon_group(subject, run.name, "final")
@@ -184,7 +193,7 @@ def reconstruct_block(store: Store, subject: int, run: RunSpec, region: Region, 
         stage1 = STAGE1[run.stage1](np.asarray(preds[run.stage1][region.slice]), ids, run)
         store.write_region(g1, region, {"images": stage1})
         if outputs is not None:
-            outputs.write_pngs(f"recon/{schema.subject_key(subject)}/{run.name}/stage1", ids, stage1)
+            outputs.write_pngs(f"recon/{schema.subject_key(subject)}/{run.name}/stage1", [int(i) for i in ids], stage1)
     redone = 0
     if run.preset:
         contexts = {name: np.asarray(preds[name][region.slice], dtype=np.float32)
@@ -194,34 +203,8 @@ def reconstruct_block(store: Store, subject: int, run: RunSpec, region: Region, 
         redone = int(flags.sum())
         store.write_region(g2, region, {"images": final, "redone_fp32": flags})
         if outputs is not None:
-            outputs.write_pngs(f"recon/{schema.subject_key(subject)}/{run.name}/final", ids, final)
+            outputs.write_pngs(f"recon/{schema.subject_key(subject)}/{run.name}/final", [int(i) for i in ids], final)
     return {"images": len(ids), "redone_fp32": redone, "seconds": time.perf_counter() - t0}
-
-
-@dataclass(frozen=True)
-class Outputs:
-    """Where human-facing files (PNGs, reports) go: a URL outside the store."""
-
-    url: str
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
-
-    def write_bytes(self, relpath: str, data: bytes) -> str:
-        from fmri2img.storage import urls
-
-        fs, root = urls.filesystem(self.url, dict(self.storage_options) or None)
-        path = f"{root.rstrip('/')}/{relpath}"
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(path, "wb") as f:
-            f.write(data)
-        return urls.join(self.url, relpath)
-
-    def write_pngs(self, folder: str, ids: np.ndarray, images: np.ndarray) -> None:
-        from PIL import Image
-
-        for i, img in zip(ids, images):
-            buf = io.BytesIO()
-            Image.fromarray(np.asarray(img, dtype=np.uint8)).save(buf, format="PNG")
-            self.write_bytes(f"{folder}/{int(i)}.png", buf.getvalue())
 
 
 # -- the stage ---------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from fmri2img.pipeline.evaluate import metrics_group, read_summary
-from fmri2img.pipeline.reconstruct import Outputs, recon_group
+from fmri2img.pipeline.reconstruct import recon_group
+from fmri2img.storage.outputs import Outputs
 from fmri2img.storage import schema
 from fmri2img.storage.store import Store
 

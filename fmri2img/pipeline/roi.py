@@ -19,11 +19,12 @@ import dask
 import numpy as np
 import xarray as xr
 
-from fmri2img.pipeline.reconstruct import STAGE1, Outputs, RunSpec, _stage2
+from fmri2img.pipeline.reconstruct import STAGE1, RunSpec, _stage2
 from fmri2img.pipeline.regress import _aligned_targets, load_model
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.ridge.roi import CLIP_SCALES, roi_clip_embeddings, roi_vdvae_latents
 from fmri2img.storage import schema
+from fmri2img.storage.outputs import Outputs
 from fmri2img.storage.store import Region, Store
 
 logger = logging.getLogger(__name__)
@@ -76,14 +77,7 @@ def roi_block(store: Store, subject: int, run: RunSpec, names: list[str], output
         store.write_template(group, ds, region, attrs={"run": run.name, "random_weights": bool(run.vd.get("tiny"))})
         store.mark_done(group, region[0])
         if outputs is not None:
-            for name, img in zip(names, images):
-                import io
-
-                from PIL import Image
-
-                buf = io.BytesIO()
-                Image.fromarray(img).save(buf, format="PNG")
-                outputs.write_bytes(f"roi/{schema.subject_key(subject)}/{run.name}/{part}/{name}.png", buf.getvalue())
+            outputs.write_pngs(f"roi/{schema.subject_key(subject)}/{run.name}/{part}", names, images)
     return {"rois": len(names), "parts": list(parts)}
 
 

@@ -22,10 +22,11 @@ from fmri2img.config import Config
 from fmri2img.pipeline.evaluate import evaluate
 from fmri2img.pipeline.features import extract_features
 from fmri2img.pipeline.ingest import ingest
-from fmri2img.pipeline.reconstruct import Outputs, reconstruct_run
+from fmri2img.pipeline.reconstruct import reconstruct_run
 from fmri2img.pipeline.regress import regress
 from fmri2img.pipeline.roi import roi_analysis
 from fmri2img.storage import schema
+from fmri2img.storage.outputs import Outputs
 from fmri2img.storage.source import Source
 from fmri2img.storage.store import Store
 
