@@ -63,7 +63,7 @@ def _timed(fn, device: torch.device, repeats: int) -> float:
 
 
 def bench_one(size: str, n_images: int, batch_size: int, device: str, dtype: str, weights: str | None,
-              repeats: int) -> dict:
+              repeats: int, workers: int | None = None) -> dict:
     """Time build, vision and text extraction for one configuration; return a JSON-able record."""
     t0 = time.perf_counter()
     model, tok = _build(size, weights, device, dtype)
@@ -75,15 +75,24 @@ def bench_one(size: str, n_images: int, batch_size: int, device: str, dtype: str
 
     def vision() -> None:
         for i in range(0, n_images, batch_size):
-            C.clip_vision_features(model, C.clip_vision_preprocess(images[i:i + batch_size]))
+            C.clip_vision_features(model, C.clip_vision_preprocess(images[i:i + batch_size], workers=workers))
 
-    t_pre = _timed(lambda: C.clip_vision_preprocess(images), dev, repeats)
+    pixels = C.clip_vision_preprocess(images, workers=workers)
+
+    def tower() -> None:
+        for i in range(0, n_images, batch_size):
+            C.clip_vision_features(model, pixels[i:i + batch_size])
+
+    t_pre = _timed(lambda: C.clip_vision_preprocess(images, workers=workers), dev, repeats)
+    t_tower = _timed(tower, dev, repeats)
     t_vis = _timed(vision, dev, repeats)
     t_txt = _timed(lambda: C.clip_text_features(model, tok, captions, batch_size=5 * batch_size), dev, repeats)
     n_params = sum(p.numel() for p in model.parameters())
     return {"size": size, "params_M": round(n_params / 1e6, 1), "device": str(dev), "dtype": dtype,
             "threads": torch.get_num_threads(), "images": n_images, "batch_size": batch_size,
             "build_s": round(build_s, 2), "preprocess_images_per_s": round(n_images / t_pre, 2),
+            "preprocess_threads": workers or "default",
+            "vision_tower_images_per_s": round(n_images / t_tower, 3),
             "vision_images_per_s": round(n_images / t_vis, 3),
             "text_images_per_s": round(n_images / t_txt, 3), "text_captions_per_image": 5,
             "peak_rss_GB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
@@ -99,6 +108,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--dtype", default="float32", choices=sorted(C.DTYPES))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None,
+                   help="preprocessing threads (default min(8, cpu_count)); the tower figure excludes them")
     p.add_argument("--weights", default=None, help="transformers-format CLIP directory for the full size")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -109,7 +120,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records = []
     for size in args.sizes:
         rec = {**bench_one(size, args.images, args.batch_size, args.device, args.dtype, args.weights,
-                           args.repeats), **machine}
+                           args.repeats, args.workers), **machine}
+        if torch.cuda.is_available() and args.device.startswith("cuda"):
+            rec.update(gpu=torch.cuda.get_device_name(), peak_gpu_GB=round(torch.cuda.max_memory_allocated() / 2**30, 2))
         logger.info(json.dumps(rec))
         records.append(rec)
     return records

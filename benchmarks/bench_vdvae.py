@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
         n = args.images or (32 if size == "tiny" else 2)
         rec = bench_one(size, n, args.n_blocks, args.batch_size or n, args.device, args.dtype, args.weights,
                         args.repeats)
+        if torch.cuda.is_available() and args.device.startswith("cuda"):
+            rec.update(gpu=torch.cuda.get_device_name(), peak_gpu_GB=round(torch.cuda.max_memory_allocated() / 2**30, 2))
         logger.info(json.dumps(rec))
 
 

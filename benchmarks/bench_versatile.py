@@ -68,9 +68,8 @@ def _timed(fn, device):
     return out, time.perf_counter() - t
 
 
-def bench_one(size: str, n_images: int, steps: int, strength: float, device: str, dtype: str,
-              weights: str | None) -> dict:
-    """Build, warm up, then time reconstruct and its parts; return a JSON-able record."""
+def build(size: str, device: str, dtype: str, weights: str | None) -> tuple[V.VDComponents, int, float]:
+    """The components, their image side and the build time."""
     t0 = time.perf_counter()
     if size == "tiny":
         comps, side = V.tiny_vd_components().to(device=pick_device(device), dtype=S._DTYPES[dtype]), 32
@@ -78,7 +77,13 @@ def bench_one(size: str, n_images: int, steps: int, strength: float, device: str
         comps, side = V.load_vd(weights, device=device, dtype=dtype), 512
     else:
         comps, side = full_random_components(device, dtype), 512
-    build_s = time.perf_counter() - t0
+    return comps, side, time.perf_counter() - t0
+
+
+def bench_one(size: str, n_images: int, steps: int, strength: float, dtype: str,
+              built: tuple[V.VDComponents, int, float]) -> dict:
+    """Warm up, then time reconstruct and its parts on ``n_images`` images (one batch); a JSON-able record."""
+    comps, side, build_s = built
     d = comps.context_dim
     rng = np.random.default_rng(0)
     inp = dict(init_images=rng.integers(0, 256, (n_images, side, side, 3), dtype=np.uint8),
@@ -89,7 +94,7 @@ def bench_one(size: str, n_images: int, steps: int, strength: float, device: str
     s = S.VDSettings(size=side, dtype=dtype, steps=steps, strength=strength, batch_size=n_images)
     ids = list(range(n_images))
     dev = comps.device
-    if size == "tiny":  # warm-up (the full size is too slow on a CPU to run twice)
+    if size == "tiny" or dev.type == "cuda":  # warm-up (the full size is too slow on a CPU to run twice)
         one = {k: (v[:1] if k in ("init_images", "vision", "text") else v) for k, v in inp.items()}
         S.reconstruct(comps, **one, image_ids=ids[:1], settings=s)
     (_, info), total = _timed(lambda: S.reconstruct(comps, **inp, image_ids=ids, settings=s), dev)
@@ -111,7 +116,9 @@ def bench_one(size: str, n_images: int, steps: int, strength: float, device: str
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", nargs="+", default=["tiny", "full"], choices=["tiny", "full"])
-    ap.add_argument("--images", type=int, default=None, help="images per run (default: tiny 8, full 1)")
+    ap.add_argument("--images", type=int, nargs="+", default=None,
+                    help="images per run, one batch; several values time several batch sizes on one build "
+                         "(default: tiny 8, full 1)")
     ap.add_argument("--steps", type=int, default=None, help="DDIM steps of the full schedule (tiny 50, full 4)")
     ap.add_argument("--strength", type=float, default=None, help="tiny 0.75 (37 steps), full 0.5 (2 steps)")
     ap.add_argument("--device", default="cpu")
@@ -123,10 +130,15 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     logger.info("# %s, torch %s, %s", platform.processor() or platform.machine(), torch.__version__, args.device)
     for size in args.sizes:
-        rec = bench_one(size, args.images or (8 if size == "tiny" else 1),
-                        args.steps or (50 if size == "tiny" else 4),
-                        args.strength or (0.75 if size == "tiny" else 0.5), args.device, args.dtype, args.weights)
-        logger.info(json.dumps(rec))
+        built = build(size, args.device, args.dtype, args.weights)
+        for n in args.images or [8 if size == "tiny" else 1]:
+            rec = bench_one(size, n, args.steps or (50 if size == "tiny" else 4),
+                            args.strength or (0.75 if size == "tiny" else 0.5), args.dtype, built)
+            if rec["device"].startswith("cuda"):
+                rec["gpu"] = torch.cuda.get_device_name()
+                rec["peak_gpu_GB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                rec["images_per_s"] = round(1 / rec["s_per_image"], 3)
+            logger.info(json.dumps(rec))
 
 
 if __name__ == "__main__":

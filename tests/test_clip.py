@@ -66,6 +66,13 @@ def test_preprocess_equals_stepwise_pil(images: np.ndarray) -> None:
     np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=2e-6)
 
 
+def test_preprocess_threads_do_not_change_the_result(images: np.ndarray) -> None:
+    one = C.clip_vision_preprocess(images, workers=1)
+    many = C.clip_vision_preprocess(images, workers=3)
+    assert torch.equal(one, many)
+    assert torch.equal(C._processor_steps(C.signed_512(images, workers=2), workers=2), one)
+
+
 def test_preprocess_any_side_and_truncation_matters() -> None:
     rng = np.random.default_rng(5)
     img = rng.integers(0, 256, size=(1, 97, 61, 3), dtype=np.uint8)  # non-square, small

@@ -250,3 +250,46 @@ def test_features_to_summary_end_to_end(nets):
     for name, row in summary.items():
         assert row["excluded"] == [3] and np.isfinite(row["mean"]), name
     assert summary["AlexNet(5)"]["mean"] == 1.0  # mild noise: every reconstruction is identified
+
+
+TV_FACTORIES = {  # our builder -> (torchvision constructor name, its keyword arguments)
+    build_alexnet: ("alexnet", {}),
+    build_inception_v3: ("inception_v3", {"aux_logits": True, "transform_input": True, "init_weights": True}),
+    build_efficientnet_b1: ("efficientnet_b1", {}),
+    build_resnet50: ("resnet50", {}),
+}
+
+
+@pytest.mark.slow
+def test_outputs_equal_torchvision_given_the_same_random_weights():
+    """Where torchvision is installed (the GPU machine; it is not a dependency): torchvision's own models and
+    ours, given the same random weights, give the same taps and logits, on CUDA when there is one."""
+    tvm = pytest.importorskip("torchvision.models")
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5)).to(dev)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # full float32 on both sides
+    for builder, (name, kwargs) in TV_FACTORIES.items():
+        ref = getattr(tvm, name)(weights=None, **kwargs)
+        ref.load_state_dict(_deterministic_state(ref.state_dict()))  # scaled weights: activations stay O(1)
+        ref = ref.eval().to(dev)
+        ours = builder(seed=0)
+        ours.load_state_dict(ref.state_dict(), strict=True)
+        ours = ours.eval().to(dev)
+        modules = dict(ref.named_modules())
+        for tap in EVAL_NETS_TAPS[builder]:
+            seen = {}
+            hook = modules[tap].register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+            with torch.no_grad():
+                logits = ref(x)
+            hook.remove()
+            with torch.no_grad():
+                got = ours.tap(x, tap)
+                mine = ours(x)
+            want = seen["out"]
+            torch.testing.assert_close(got.flatten(1), want.flatten(1), rtol=1e-4, atol=1e-4 * want.abs().max().item(),
+                                       msg=lambda m: f"{builder.__name__} tap {tap}: {m}")
+            torch.testing.assert_close(mine, logits, rtol=1e-4, atol=1e-4 * logits.abs().max().item(),
+                                       msg=lambda m: f"{builder.__name__} logits: {m}")
+
+
+EVAL_NETS_TAPS = {b: list(taps) for b, (_, taps) in TORCHVISION_GOLDEN.items()}

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -293,12 +294,36 @@ def _check_images(images: Any) -> np.ndarray:
     return arr
 
 
-def signed_512(images: np.ndarray) -> np.ndarray:
+def _pool_map(fn: Callable[[np.ndarray], np.ndarray], items: np.ndarray, out: np.ndarray,
+              workers: int | None) -> np.ndarray:
+    """``out[i] = fn(items[i])`` on a thread pool (PIL resizes and large NumPy ops release the GIL)."""
+    n_workers = max(1, min(len(items), workers or min(8, os.cpu_count() or 1)))
+    if n_workers == 1:
+        for i, item in enumerate(items):
+            out[i] = fn(item)
+        return out
+
+    def one(i: int) -> None:
+        out[i] = fn(items[i])
+
+    with ThreadPoolExecutor(n_workers) as pool:
+        list(pool.map(one, range(len(items))))
+    return out
+
+
+def _signed_512_one(img: np.ndarray) -> np.ndarray:
+    big = Image.fromarray(img).resize((RESIZE_SIDE, RESIZE_SIDE), Image.Resampling.BILINEAR)
+    return (np.asarray(big, np.float32) / np.float32(255)) * np.float32(2) - np.float32(1)
+
+
+def signed_512(images: np.ndarray, workers: int | None = None) -> np.ndarray:
     """Step 1 of §2.3: PIL bilinear resize to 512², ``x / 255`` in float32, then ``× 2 − 1``.
 
     Parameters
     ----------
     images : array of shape (n, height, width, 3), uint8
+    workers : int, optional
+        Threads, one image each (default: ``min(8, cpu_count)``); the result does not depend on it.
 
     Returns
     -------
@@ -306,13 +331,26 @@ def signed_512(images: np.ndarray) -> np.ndarray:
     """
     arr = _check_images(images)
     out = np.empty((len(arr), RESIZE_SIDE, RESIZE_SIDE, 3), np.float32)
-    for i, img in enumerate(arr):
-        big = Image.fromarray(img).resize((RESIZE_SIDE, RESIZE_SIDE), Image.Resampling.BILINEAR)
-        out[i] = np.asarray(big, np.float32) / np.float32(255)
-    return out * np.float32(2) - np.float32(1)
+    return _pool_map(_signed_512_one, arr, out, workers)
 
 
-def _processor_steps(signed: np.ndarray) -> torch.Tensor:
+def _processor_one(signed: np.ndarray) -> np.ndarray:
+    unit = (signed + np.float32(1)) / np.float32(2)
+    pil = Image.fromarray((unit * np.float32(255)).astype(np.uint8))
+    w, h = pil.size
+    short, long = min(w, h), max(w, h)
+    if short != VISION_SIDE:
+        new_long = int(VISION_SIDE * long / short)
+        size = (VISION_SIDE, new_long) if w <= h else (new_long, VISION_SIDE)
+        pil = pil.resize(size, Image.Resampling.BICUBIC)
+    w, h = pil.size
+    left, top = int((w - VISION_SIDE + 1) * 0.5), int((h - VISION_SIDE + 1) * 0.5)
+    pil = pil.crop((left, top, left + VISION_SIDE, top + VISION_SIDE))
+    mean, std = np.asarray(CLIP_MEAN, np.float32), np.asarray(CLIP_STD, np.float32)
+    return ((np.asarray(pil, np.float32) / np.float32(255) - mean) / std).transpose(2, 0, 1)
+
+
+def _processor_steps(signed: np.ndarray, workers: int | None = None) -> torch.Tensor:
     """Steps 2–3 of §2.3 on (n, H, W, 3) float32 in [−1, 1] → (n, 3, 224, 224) float32.
 
     ``(x + 1) / 2`` → ``× 255`` → uint8 by truncation (not rounding: 127.5 → 127) → PIL →
@@ -320,42 +358,32 @@ def _processor_steps(signed: np.ndarray) -> torch.Tensor:
     already 224) → centre crop 224 (offset ``int((side − 224 + 1) / 2)``) → ``÷ 255`` →
     ``(x − mean) / std`` with CLIP's mean and std, all in float32.
     """
-    unit = (signed + np.float32(1)) / np.float32(2)
-    u8 = (unit * np.float32(255)).astype(np.uint8)
-    mean, std = np.asarray(CLIP_MEAN, np.float32), np.asarray(CLIP_STD, np.float32)
-    out = np.empty((len(u8), VISION_SIDE, VISION_SIDE, 3), np.float32)
-    for i, img in enumerate(u8):
-        pil = Image.fromarray(img)
-        w, h = pil.size
-        short, long = min(w, h), max(w, h)
-        if short != VISION_SIDE:
-            new_long = int(VISION_SIDE * long / short)
-            size = (VISION_SIDE, new_long) if w <= h else (new_long, VISION_SIDE)
-            pil = pil.resize(size, Image.Resampling.BICUBIC)
-        w, h = pil.size
-        left, top = int((w - VISION_SIDE + 1) * 0.5), int((h - VISION_SIDE + 1) * 0.5)
-        pil = pil.crop((left, top, left + VISION_SIDE, top + VISION_SIDE))
-        out[i] = (np.asarray(pil, np.float32) / np.float32(255) - mean) / std
-    return torch.from_numpy(out.transpose(0, 3, 1, 2).copy())
+    out = np.empty((len(signed), 3, VISION_SIDE, VISION_SIDE), np.float32)
+    return torch.from_numpy(_pool_map(_processor_one, signed, out, workers))
 
 
-def clip_vision_preprocess(images: np.ndarray) -> torch.Tensor:
+def clip_vision_preprocess(images: np.ndarray, workers: int | None = None) -> torch.Tensor:
     """The full §2.3 preprocessing chain of Brain-Diffuser's CLIP-vision features.
 
     uint8 stimulus (any side) → PIL bilinear 512² → [0, 1] → ×2−1 → (x+1)/2 → ×255 → uint8
     by truncation → PIL bicubic shortest side 224 → centre crop 224 → ÷255 → CLIP
     mean/std normalisation.  The float32 round trip through [−1, 1] is kept on purpose:
     it moves some pixels down one grey level before the truncation, as in the original.
+    Images are processed independently on ``workers`` threads (default ``min(8, cpu_count)``),
+    one image at a time, so a GPU worker is not held back by a single-threaded resize.
 
     Parameters
     ----------
     images : array of shape (n, height, width, 3), uint8
+    workers : int, optional
 
     Returns
     -------
     Tensor of shape (n, 3, 224, 224), float32
     """
-    return _processor_steps(signed_512(images))
+    arr = _check_images(images)
+    out = np.empty((len(arr), 3, VISION_SIDE, VISION_SIDE), np.float32)
+    return torch.from_numpy(_pool_map(lambda img: _processor_one(_signed_512_one(img)), arr, out, workers))
 
 
 @torch.no_grad()
