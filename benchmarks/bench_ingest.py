@@ -67,6 +67,13 @@ def main() -> None:
     parser.add_argument("--prefer", default="hdf5", choices=["hdf5", "nii.gz"])
     parser.add_argument("--store", default="s3", choices=["s3", "local"],
                         help="where the store goes (the copy baseline always writes to local disk)")
+    parser.add_argument("--server", default="moto", choices=["moto", "s3rver"],
+                        help="loopback S3 server: moto (the tests' server; it copies the whole object for every "
+                             "range request) or s3rver (npm; serves a range from disk; path from --s3rver-bin)")
+    parser.add_argument("--s3rver-bin", default=shutil.which("s3rver") or "s3rver",
+                        help="the s3rver executable (npm install s3rver@3.7.1; node_modules/.bin/s3rver)")
+    parser.add_argument("--data", default=None,
+                        help="reuse a mini-NSD directory generated earlier with the same size options")
     parser.add_argument("--realistic", action="store_true",
                         help="NSD-sized sessions: the func1pt8mm volume (81×104×83), 750 trials per session, "
                              "3 sessions, 1,000 stimuli (about 1 GB per session file)")
@@ -83,10 +90,16 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     port = _free_port()
-    server = subprocess.Popen([shutil.which("moto_server") or "moto_server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if args.server == "moto":
+        cmd = [shutil.which("moto_server") or "moto_server", "-H", "127.0.0.1", "-p", str(port)]
+        key, secret = "bench", "bench-secret"
+    else:
+        cmd = [args.s3rver_bin, "-d", str(tmp / "s3rver"), "-a", "127.0.0.1", "-p", str(port), "--silent"]
+        (tmp / "s3rver").mkdir()
+        key, secret = "S3RVER", "S3RVER"  # s3rver's fixed credentials
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
-    opts = {"key": "bench", "secret": "bench-secret", "endpoint_url": endpoint}
+    opts = {"key": key, "secret": secret, "endpoint_url": endpoint}
     try:
         for _ in range(100):
             try:
@@ -99,14 +112,16 @@ def main() -> None:
         if args.realistic:
             spec = MiniNSDSpec(side=args.side, subjects=(1,), volume_shape=(81, 104, 83), trials_per_session=750,
                                n_sessions=3, n_images=1000, n_per_subject=900, n_shared=100)
-        generate_mini_nsd(tmp / "mini", spec)
+        data = Path(args.data) if args.data else tmp / "mini"
+        if not args.data:
+            generate_mini_nsd(data, spec)
         gen_s = time.perf_counter() - t
         fs = s3fs.S3FileSystem(**opts)
-        fs.mkdir("nsd")
-        fs.mkdir("store")
-        fs.put(str(tmp / "mini") + "/", "nsd/root/", recursive=True)
+        fs.mkdir("nsd-source")
+        fs.mkdir("nsd-store")
+        fs.put(str(data) + "/", "nsd-source/root/", recursive=True)
 
-        layout = NSDLayout("nsd/root")
+        layout = NSDLayout("nsd-source/root")
         n_sessions = spec.n_sessions
         needed = [layout.expdesign(), layout.stimuli(), layout.captions()]
         needed += [layout.roi(1, name) for name in ROI_FILES]
@@ -128,8 +143,8 @@ def main() -> None:
             before = client.run(_worker_stats)
             driver_before = _io_write_bytes()
             t = time.perf_counter()
-            store = Store("s3://store/nsd.zarr", opts) if args.store == "s3" else Store(str(tmp / "store.zarr"))
-            summary = ingest(store, Source("s3://nsd/root", opts), 1, None,
+            store = Store("s3://nsd-store/nsd.zarr", opts) if args.store == "s3" else Store(str(tmp / "store.zarr"))
+            summary = ingest(store, Source("s3://nsd-source/root", opts), 1, None,
                              client=client, prefer=args.prefer, progress=False)
             ingest_s = time.perf_counter() - t
             after = client.run(_worker_stats)
@@ -142,6 +157,7 @@ def main() -> None:
         result = {
             "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "side": args.side, "workers": args.workers, "prefer": args.prefer, "realistic": args.realistic,
+            "server": args.server,
             "volume": list(spec.volume_shape), "trials_per_session": spec.trials_per_session,
             "sessions": spec.n_sessions,
             "source_bytes_needed": nbytes, "generate_s": round(gen_s, 2),

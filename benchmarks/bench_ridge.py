@@ -14,17 +14,28 @@ VmHWM, which includes the imports and loading X (and Y when it is held in memory
                 extrapolate it to 257 tokens.
   gcv       (c) per-target alphas by GCV from one eigendecomposition at the full shape.
 
+``--device cpu|cuda|cuda:N`` runs ours on the torch backend (``BlockRidge(device=...)``)
+instead of NumPy, and adds the device name and (CUDA) the peak device memory
+(``torch.cuda.max_memory_allocated``) to its result; starting the device (CUDA context,
+cuBLAS/cuSOLVER handles) is done before the clock starts, like the imports, and is
+reported as ``device_init_s``. ``full`` runs the sklearn loop only with
+``--sklearn-tokens``; ``small --methods ours`` times ours alone. ``--n/--p/--m/--tokens``
+shrink the shapes for a smoke run.
+
 Examples::
 
   python benchmarks/bench_ridge.py small
   python benchmarks/bench_ridge.py full --sklearn-tokens 2
   python benchmarks/bench_ridge.py full --all-targets
   python benchmarks/bench_ridge.py gcv
+  python benchmarks/bench_ridge.py full --device cuda                  # GPU machine
+  python benchmarks/bench_ridge.py full --device cpu --n 1000 --p 2000 --m 100 --tokens 8
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import logging
 import os
@@ -66,22 +77,32 @@ def make_targets_npy(workdir: Path, X: np.ndarray, tokens: int, seed: int = 1) -
 
 
 def make_targets_zarr(path: Path, X: np.ndarray, tail: tuple[int, ...], block: tuple[int, ...],
-                      seed: int) -> None:
-    """Zarr array (n, *tail), float32, uncompressed, chunked by target blocks (all rows)."""
+                      seed: int, threads: int | None = None) -> None:
+    """Zarr array (n, *tail), float32, uncompressed, chunked by target blocks (all rows).
+
+    Chunks are generated and written on ``threads`` threads (default: all cores), each
+    from its own generator seeded by (seed, chunk number), so the data do not depend on
+    the thread count.
+    """
     import zarr
 
     n = X.shape[0]
     z = zarr.create_array(str(path), shape=(n,) + tail, chunks=(n,) + block, dtype="float32",
                           compressors=None)
-    rng = np.random.default_rng(seed)
     starts = [range(0, t, b) for t, b in zip(tail, block)]
-    for corner in np.array(np.meshgrid(*starts, indexing="ij")).reshape(len(tail), -1).T:
-        sl = tuple(slice(c, min(c + b, t)) for c, b, t in zip(corner, block, tail))
+    corners = np.array(np.meshgrid(*starts, indexing="ij")).reshape(len(tail), -1).T
+
+    def write(i: int) -> None:
+        rng = np.random.default_rng([seed, i])
+        sl = tuple(slice(c, min(c + b, t)) for c, b, t in zip(corners[i], block, tail))
         shape = (n,) + tuple(s.stop - s.start for s in sl)
         w = int(np.prod(shape[1:]))
         Y = rng.standard_normal((n, w), dtype=np.float32)
         Y += X[:, rng.integers(0, X.shape[1], w)] * np.float32(0.05 / 300)
         z[(slice(None),) + sl] = Y.reshape(shape)
+
+    with concurrent.futures.ThreadPoolExecutor(threads or os.cpu_count()) as pool:
+        list(pool.map(write, range(len(corners))))
 
 
 # ------------------------------------------------------------------------ workers
@@ -135,16 +156,16 @@ def worker_himalaya(d: Path) -> dict:
     return {"wall_s": time.perf_counter() - t0}
 
 
-def worker_ours_small(d: Path) -> dict:
+def worker_ours_small(d: Path, device: str | None) -> dict:
     from fmri2img.ridge import BlockRidge
 
     Xtr, Xte, Y = np.load(d / "X_train.npy"), np.load(d / "X_test.npy"), np.load(d / "Y.npy")
     t0 = time.perf_counter()
-    BlockRidge(alpha=ALPHA, calibration="test_batch").fit(Xtr, Y).predict(Xte)
+    BlockRidge(alpha=ALPHA, calibration="test_batch", device=device).fit(Xtr, Y).predict(Xte)
     return {"wall_s": time.perf_counter() - t0}
 
 
-def worker_ours_full(d: Path, names: list[str]) -> dict:
+def worker_ours_full(d: Path, names: list[str], device: str | None) -> dict:
     """Fit on Zarr-streamed targets and write the predictions to Zarr, block by block."""
     import dask
     import dask.array as da
@@ -154,7 +175,7 @@ def worker_ours_full(d: Path, names: list[str]) -> dict:
     Xtr, Xte = np.load(d / "X_train.npy"), np.load(d / "X_test.npy")
     t0 = time.perf_counter()
     targets = {k: (da.from_zarr(str(d / f"{k}.zarr")), BRAIN_DIFFUSER_ALPHAS[k]) for k in names}
-    models = fit_shared(Xtr, targets, calibration="test_batch")
+    models = fit_shared(Xtr, targets, calibration="test_batch", device=device)
     t_fit = time.perf_counter() - t0
     writes = [m.predict(Xte).to_zarr(str(d / f"pred_{k}.zarr"), compute=False, overwrite=True)
               for k, m in models.items()]
@@ -162,7 +183,7 @@ def worker_ours_full(d: Path, names: list[str]) -> dict:
     return {"wall_s": time.perf_counter() - t0, "fit_s": t_fit}
 
 
-def worker_gcv(d: Path, n_alphas: int) -> dict:
+def worker_gcv(d: Path, n_alphas: int, device: str | None) -> dict:
     import dask.array as da
 
     from fmri2img.ridge import BlockRidge
@@ -170,7 +191,7 @@ def worker_gcv(d: Path, n_alphas: int) -> dict:
     Xtr = np.load(d / "X_train.npy")
     grid = np.logspace(3, 6, n_alphas)
     t0 = time.perf_counter()
-    est = BlockRidge(alpha=grid, alpha_groups="target", criterion="gcv").fit(
+    est = BlockRidge(alpha=grid, alpha_groups="target", criterion="gcv", device=device).fit(
         Xtr, da.from_zarr(str(d / "clip_vision.zarr")))
     counts = np.bincount(est.alpha_index_, minlength=len(est.alphas_))
     return {"wall_s": time.perf_counter() - t0,
@@ -186,6 +207,34 @@ def _vm_hwm_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def start_device(device: str | None) -> dict:
+    """Start the torch device before the clock (CUDA context, cuBLAS and cuSOLVER handles)."""
+    if device is None:
+        return {"device": "numpy"}
+    import torch
+
+    t0 = time.perf_counter()
+    dev = torch.device(device)
+    a = torch.eye(4, device=dev)
+    g = (a @ a).double() + 1.0  # float32 GEMM (cuBLAS), then float64 factorisations (cuSOLVER)
+    torch.cholesky_solve(g, torch.linalg.cholesky(g + 4 * torch.eye(4, dtype=g.dtype, device=dev)))
+    torch.linalg.eigh(g.float())
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+    return {"device": str(dev), "device_name": name, "torch": torch.__version__,
+            "device_init_s": time.perf_counter() - t0}
+
+
+def _device_peak(device: str | None) -> dict:
+    if device is None or not device.startswith("cuda"):
+        return {}
+    import torch
+
+    return {"peak_gpu_mem_gb": torch.cuda.max_memory_allocated(torch.device(device)) / 2**30}
+
+
 def run_worker(args: argparse.Namespace) -> None:
     import dask
 
@@ -193,17 +242,21 @@ def run_worker(args: argparse.Namespace) -> None:
     if args.dask_threads:
         dask.config.set(num_workers=args.dask_threads)
     d = Path(args.data)
+    dev = start_device(args.device)
     rss0 = _vm_hwm_gb()
     table = {
         "sklearn": lambda: worker_sklearn(d, args.tokens),
         "himalaya": lambda: worker_himalaya(d),
-        "ours_small": lambda: worker_ours_small(d),
-        "ours_full": lambda: worker_ours_full(d, args.names.split(",")),
-        "gcv": lambda: worker_gcv(d, args.n_alphas),
+        "ours_small": lambda: worker_ours_small(d, args.device),
+        "ours_full": lambda: worker_ours_full(d, args.names.split(","), args.device),
+        "gcv": lambda: worker_gcv(d, args.n_alphas, args.device),
     }
     out = table[args.method]()
+    out.update(_device_peak(args.device))
     out["peak_rss_gb"] = _vm_hwm_gb()
     out["rss_after_imports_gb"] = rss0
+    if args.method not in ("sklearn", "himalaya"):
+        out.update(dev)
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -230,13 +283,15 @@ def cmd_small(args: argparse.Namespace, work: Path) -> None:
     make_targets_npy(work, X, args.tokens)
     del X
     for method in args.methods.split(","):
-        measure({"ours": "ours_small"}.get(method, method), work, dask_threads=args.dask_threads)
+        ours = method == "ours"
+        measure("ours_small" if ours else method, work, dask_threads=args.dask_threads,
+                device=args.device if ours else None)
 
 
 def cmd_full(args: argparse.Namespace, work: Path) -> None:
     t0 = time.perf_counter()
     X = make_inputs(work, args.n, args.p, args.m)
-    make_targets_zarr(work / "clip_vision.zarr", X, (TOKENS_VISION, DIM), (4, DIM), seed=1)
+    make_targets_zarr(work / "clip_vision.zarr", X, (args.tokens, DIM), (4, DIM), seed=1)
     names = ["clip_vision"]
     if args.all_targets:
         make_targets_zarr(work / "vdvae.zarr", X, (VDVAE,), (3072,), seed=2)
@@ -244,39 +299,44 @@ def cmd_full(args: argparse.Namespace, work: Path) -> None:
         names = ["vdvae", "clip_text", "clip_vision"]
     del X
     logger.info("generated the synthetic store in %.0f s", time.perf_counter() - t0)
-    measure("ours_full", work, names="clip_vision", dask_threads=args.dask_threads)
+    measure("ours_full", work, names="clip_vision", dask_threads=args.dask_threads, device=args.device)
     if args.all_targets:
-        measure("ours_full", work, names=",".join(names), dask_threads=args.dask_threads)
+        measure("ours_full", work, names=",".join(names), dask_threads=args.dask_threads,
+                device=args.device)
     if args.sklearn_tokens:
         res = measure("sklearn", work, tokens=args.sklearn_tokens)
         per = float(np.mean(res["per_token_s"]))
-        print(f"per-token sklearn loop: {per:.1f} s/token → {per * TOKENS_VISION:.0f} s for 257 tokens")
+        print(f"per-token sklearn loop: {per:.1f} s/token → {per * args.tokens:.0f} s for "
+              f"{args.tokens} tokens")
 
 
 def cmd_gcv(args: argparse.Namespace, work: Path) -> None:
     X = make_inputs(work, args.n, args.p, args.m)
-    make_targets_zarr(work / "clip_vision.zarr", X, (TOKENS_VISION, DIM), (4, DIM), seed=1)
+    make_targets_zarr(work / "clip_vision.zarr", X, (args.tokens, DIM), (4, DIM), seed=1)
     del X
-    measure("gcv", work, n_alphas=args.n_alphas, dask_threads=args.dask_threads)
+    measure("gcv", work, n_alphas=args.n_alphas, dask_threads=args.dask_threads, device=args.device)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name, n in (("small", 4000), ("full", 8859), ("gcv", 8859)):
+    shapes = (("small", 4000, 16), ("full", 8859, TOKENS_VISION), ("gcv", 8859, TOKENS_VISION))
+    for name, n, tokens in shapes:
         sp = sub.add_parser(name)
         sp.add_argument("--n", type=int, default=n)
         sp.add_argument("--p", type=int, default=15_724)
         sp.add_argument("--m", type=int, default=982)
+        sp.add_argument("--tokens", type=int, default=tokens, help="target tokens of 768 columns")
         sp.add_argument("--workdir", default=None, help="parent of the temp dir (default: system tmp)")
         sp.add_argument("--dask-threads", type=int, default=None)
-    sub.choices["small"].add_argument("--tokens", type=int, default=16)
+        sp.add_argument("--device", default=None,
+                        help="torch device for ours (cpu, cuda, cuda:N); default: NumPy")
     sub.choices["small"].add_argument("--methods", default="ours,sklearn,himalaya")
     sub.choices["full"].add_argument("--all-targets", action="store_true")
     sub.choices["full"].add_argument("--sklearn-tokens", type=int, default=0)
     sub.choices["gcv"].add_argument("--n-alphas", type=int, default=10)
     w = sub.add_parser("_worker")
-    for flag in ("--method", "--data", "--names"):
+    for flag in ("--method", "--data", "--names", "--device"):
         w.add_argument(flag)
     for flag in ("--tokens", "--n-alphas", "--dask-threads"):
         w.add_argument(flag, type=int, default=None)

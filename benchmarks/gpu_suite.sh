@@ -23,7 +23,8 @@ for part in $parts; do
                --threads "$threads" --repeats 2
            done ;;
     vd)    python3 benchmarks/bench_versatile.py --sizes full --device cuda --dtype float16 --steps 50 \
-             --strength 0.75 --images 1 8 16 --threads "$threads" ;;
-    ridge) python3 benchmarks/bench_ridge.py full --device cuda ;;
+             --strength 0.75 --images 1 8 16 32 --threads "$threads" ;;
+    ridge) python3 -m pytest -q -p no:cacheprovider tests/test_ridge_torch.py
+           python3 benchmarks/bench_ridge.py full --device cuda ;;
   esac 2>&1 | tee -a "$out/$part.log"
 done

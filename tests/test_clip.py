@@ -309,3 +309,13 @@ def test_load_clip_clear_errors(saved_dir: str, tmp_path) -> None:
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(WeightsError, match="model_type='siglip'"):
         C.load_clip(str(bad))
+
+
+def test_vision_batches_equal_one_batch_at_a_time(tiny, images: np.ndarray) -> None:
+    model, _ = tiny
+    got = np.concatenate(list(C.clip_vision_batches(model, images, batch_size=2)))
+    want = np.concatenate([C.clip_vision_features(model, C.clip_vision_preprocess(images[i:i + 2]))
+                           for i in range(0, len(images), 2)])
+    assert got.shape == (len(images), 257, 32)
+    np.testing.assert_array_equal(got, want)
+    assert list(C.clip_vision_batches(model, images[:0], batch_size=2)) == []

@@ -46,6 +46,17 @@ def test_predictions_equal_sklearn(prepared):
     np.testing.assert_allclose(pred.features.values.reshape(len(ref), -1), ref, rtol=2e-3, atol=2e-4)
 
 
+def test_torch_device_option_gives_the_numpy_predictions(prepared):
+    pytest.importorskip("torch")
+    regress(prepared, 1, "pixels", {"alpha": 500.0, "calibration": "test_batch"}, progress=False)
+    want = xr.open_zarr(prepared.url, group="predictions/subj01/pixels", consolidated=False).features.values
+    summary = regress(prepared, 1, "pixels", {"alpha": 500.0, "calibration": "test_batch", "device": "cpu"},
+                      progress=False)
+    assert summary["alpha"] == 500.0
+    got = xr.open_zarr(prepared.url, group="predictions/subj01/pixels", consolidated=False).features.values
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_test_batch_calibration_and_decoding_beats_chance(prepared):
     regress(prepared, 1, "pixels", None, progress=False)  # Brain-Diffuser-style: GCV grid + test-batch calibration
     train, test, feats = _data(prepared)

@@ -407,6 +407,23 @@ def clip_vision_features(model, pixel_values: torch.Tensor) -> np.ndarray:
     return z.float().cpu().numpy()
 
 
+def clip_vision_batches(model, images: np.ndarray, batch_size: int, workers: int | None = None):
+    """:func:`clip_vision_features` of ``images`` a batch at a time, preprocessing the next batch meanwhile.
+
+    The §2.3 chain runs on CPU threads while the tower runs on the model's device, so on a GPU
+    the slower of the two sets the pace instead of their sum.  Yields (batch, 257, d) float32.
+    """
+    starts = range(0, len(images), batch_size)
+    with ThreadPoolExecutor(1) as ahead:
+        pending = ahead.submit(clip_vision_preprocess, images[:batch_size], workers) if len(images) else None
+        for start in starts:
+            pixels = pending.result()
+            nxt = start + batch_size
+            pending = ahead.submit(clip_vision_preprocess, images[nxt:nxt + batch_size], workers) \
+                if nxt < len(images) else None
+            yield clip_vision_features(model, pixels)
+
+
 def clip_vision_uncond(model) -> np.ndarray:
     """The unconditional vision context of stage 2 (REFERENCE §4.2 step 6).
 
@@ -557,9 +574,8 @@ class ClipVisionExtractor(_ClipExtractor):
         """Features of uint8 images (n, H, W, 3) → (n, n_tokens, d) float32."""
         imgs = _check_images(batch)
         self._check_ids(len(imgs), image_ids)
-        out = [reduce_tokens(clip_vision_features(self.model, clip_vision_preprocess(imgs[i:i + self.batch_size])),
-                             self.tokens, self.pool_grid)
-               for i in range(0, len(imgs), self.batch_size)]
+        out = [reduce_tokens(f, self.tokens, self.pool_grid)
+               for f in clip_vision_batches(self.model, imgs, self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, *self.feature_shape), np.float32)
 
 

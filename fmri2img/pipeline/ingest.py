@@ -8,8 +8,8 @@ For one subject:
    train,test,rois}`` and ``stimuli``.
 2. One task per session file streams that file from the source (HDF5 twin by
    range, else the gzip stream), masks it with nsdgeneral > 0 (C order), divides
-   by 300 and writes its row of ``betas``; one task per block of 32 stimuli
-   copies images and captions.  Nothing is copied to local disk; a task holds
+   by 300 and writes its row of ``betas``; one task per run of up to four
+   32-image stimulus blocks copies images and captions.  Nothing is copied to local disk; a task holds
    about one session in memory.
 3. One task per voxel block averages the repeats of every train and test image
    (all repeats within the chosen sessions, as Brain-Diffuser does) from the
@@ -51,6 +51,10 @@ ROI_MASKS: dict[str, tuple[str, tuple[int, ...] | None]] = {
     "ecc40": ("prf-eccrois", (4,)),
     "ecc40p": ("prf-eccrois", (5,)),
 }
+
+
+#: stimulus regions (of schema.STIMULUS_CHUNK images) per task: one batch of range requests each
+STIMULI_TASK_REGIONS = 4
 
 
 class IngestError(ValueError):
@@ -151,17 +155,40 @@ def ingest_session(store: Store, source: Source, subject: int, session: int, reg
     return {"session": session, "nan_betas": n_bad, "bytes": nbytes, "seconds": time.perf_counter() - t0}
 
 
-def ingest_stimuli_block(store: Store, source: Source, region: Region, ids: np.ndarray, captions: bool) -> dict:
-    """Copy one block of stimulus images (and their captions) into ``stimuli``."""
+def ingest_stimuli_blocks(store: Store, source: Source, regions: Sequence[Region], ids: np.ndarray, captions: bool,
+                          layout: nsd.StimuliLayout | None = None) -> dict:
+    """Copy consecutive blocks of stimulus images (and their captions) into ``stimuli``.
+
+    ``ids`` are the images of all ``regions`` in store order; they are read in one batch of
+    merged byte ranges (``layout`` from the driver saves re-reading the HDF5 header), then
+    each region is written with its own completion record.
+    """
     t0 = time.perf_counter()
     fs, root = source.filesystem()
-    images = nsd.read_stimuli(fs, nsd.NSDLayout(root).stimuli(), ids)
-    data: dict[str, np.ndarray] = {"images": images}
+    images = nsd.read_stimuli(fs, nsd.NSDLayout(root).stimuli(), ids, layout=layout)
+    texts = None
     if captions:
         cfs, cpath = source.captions()
-        data["captions"] = np.asarray(nsd.read_captions(cfs, cpath, ids), dtype=object)
-    nbytes = store.write_region(schema.STIMULI, region, data)
+        texts = np.asarray(nsd.read_captions(cfs, cpath, ids), dtype=object)
+    nbytes, base = 0, regions[0].start
+    for region in regions:
+        rows = slice(region.start - base, region.stop - base)
+        data: dict[str, np.ndarray] = {"images": images[rows]}
+        if texts is not None:
+            data["captions"] = texts[rows]
+        nbytes += store.write_region(schema.STIMULI, region, data)
     return {"images": len(ids), "bytes": nbytes, "seconds": time.perf_counter() - t0}
+
+
+def _batches(regions: Sequence[Region], size: int) -> list[list[Region]]:
+    """Runs of at most ``size`` regions that are consecutive in the store."""
+    out: list[list[Region]] = []
+    for r in regions:
+        if out and len(out[-1]) < size and out[-1][-1].stop == r.start:
+            out[-1].append(r)
+        else:
+            out.append([r])
+    return out
 
 
 def average_block(store: Store, subject: int, region: Region, rows: Mapping[str, list[np.ndarray]]) -> dict:
@@ -267,8 +294,11 @@ def ingest(
                                        plan.volume_shape, tps, prefer, nan_policy))
         for r in btodo
     ]
-    stim_todo, stim_ids = (_stimuli_plan(store, source, split, attrs, captions) if stimuli else ([], None))
-    tasks += [Task(r.label, ingest_stimuli_block, (store, source, r, stim_ids[r.slice], captions)) for r in stim_todo]
+    stim_todo, stim_ids, stim_layout = (_stimuli_plan(store, source, split, attrs, captions) if stimuli
+                                        else ([], None, None))
+    tasks += [Task(b[0].label, ingest_stimuli_blocks,
+                   (store, source, b, stim_ids[b[0].start:b[-1].stop], captions, stim_layout))
+              for b in _batches(stim_todo, STIMULI_TASK_REGIONS)]
     results = run_tasks(tasks, stage=f"ingest-subj{subject:02d}", client=client, progress=progress)
     sessions_done = [r for r in results if "session" in r]
 
@@ -318,12 +348,13 @@ def _stimuli_plan(store: Store, source: Source, split: nsd.TrialSplit, attrs: di
                 f"(published with the NSD annotations, e.g. the pscotti/naturalscenesdataset mirror), "
                 f"or ingest without captions (--no-captions)"
             )
+    path = nsd.NSDLayout(root).stimuli()
     if not store.has_group(schema.STIMULI):
-        side = nsd.read_stimuli(fs, nsd.NSDLayout(root).stimuli(), wanted[:1]).shape[1]
-        template = schema.stimuli_template(wanted, side, 5)
+        layout = nsd.stimuli_layout(fs, path)
+        template = schema.stimuli_template(wanted, layout.side, 5)
         regions = regular_regions("image", len(wanted), schema.STIMULUS_CHUNK, "images")
         store.write_template(schema.STIMULI, template, regions, attrs=attrs)
-        return regions, wanted
+        return regions, wanted, layout
     present = store.group(schema.STIMULI)["image"][:]
     new = np.setdiff1d(wanted, present)
     if len(new):
@@ -332,4 +363,5 @@ def _stimuli_plan(store: Store, source: Source, split: nsd.TrialSplit, attrs: di
         regions = store.regions(schema.STIMULI)
     ids = store.group(schema.STIMULI)["image"][:]
     done = store.done_regions(schema.STIMULI)
-    return [r for r in regions if r.index not in done], ids
+    todo = [r for r in regions if r.index not in done]
+    return todo, ids, (nsd.stimuli_layout(fs, path) if todo else None)

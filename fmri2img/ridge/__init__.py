@@ -1,11 +1,13 @@
 """The regression math: shared-factorisation ridge streamed over target blocks.
 
 Pure functions on arrays (:mod:`.solvers`, :mod:`.selection`, :mod:`.calibration`,
-:mod:`.sgd`) plus one sklearn / dask-ml style estimator, :class:`BlockRidge`. Nothing
-here knows about stores, URLs or schedulers.
+:mod:`.sgd`) plus one sklearn / dask-ml style estimator, :class:`BlockRidge`, whose
+heavy linear algebra runs in NumPy/SciPy or, with ``device=``, in torch on a CPU or GPU
+(:mod:`.backends`). Nothing here knows about stores, URLs or schedulers.
 """
 
 from ._validation import (
+    DeviceUnavailableError,
     ImageIdMismatchError,
     InvalidAlphaError,
     NonFiniteInputError,
@@ -54,6 +56,7 @@ __all__ = [
     "InvalidAlphaError",
     "ImageIdMismatchError",
     "TargetShapeError",
+    "DeviceUnavailableError",
     "BRAIN_DIFFUSER_ALPHAS",
     "ALPHA_VDVAE",
     "ALPHA_CLIP_TEXT",

@@ -9,7 +9,7 @@ task depends on; it is shipped to each worker once.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import dask
 import dask.array as da
@@ -166,14 +166,17 @@ def stream_block(Yb: np.ndarray, aidx_b: np.ndarray, ops: np.ndarray, add_mean: 
     return P.astype(dtype).reshape((P.shape[0],) + Yb.shape[1:])
 
 
-def stream(Yb: da.Array, aidx: da.Array, ops: np.ndarray, add_mean: bool,
-           calibration: str = "none", loo_ops: Any = None, dtype: Any = np.float32) -> da.Array:
-    """Lazy ``(r, *tail)`` result of :func:`stream_block` over every target block."""
+def stream(Yb: da.Array, aidx: da.Array, ops: Any, add_mean: bool,
+           calibration: str = "none", loo_ops: Any = None, dtype: Any = np.float32,
+           block: Callable[..., np.ndarray] = stream_block) -> da.Array:
+    """Lazy ``(r, *tail)`` result of ``block`` (:func:`stream_block`, or the torch
+    backend's) over every target block; ``ops`` is anything with ``.shape`` that
+    ``block`` takes."""
     ops_key = dask.delayed(ops, pure=True)
     loo_key = dask.delayed(loo_ops, pure=True) if loo_ops is not None else None
     r = ops.shape[1]
     return da.map_blocks(
-        stream_block, Yb, aidx, ops_key, add_mean, calibration, loo_key, np.dtype(dtype),
+        block, Yb, aidx, ops_key, add_mean, calibration, loo_key, np.dtype(dtype),
         chunks=((r,),) + Yb.chunks[1:], dtype=np.dtype(dtype), meta=np.empty((0,) * Yb.ndim, dtype),
         token="ridge-stream",
     )
@@ -201,11 +204,13 @@ def score_block(Yb: np.ndarray, mask_b: np.ndarray, factor: Any, criterion: str,
     return out.reshape((out.shape[0],) + Yb.shape[1:])
 
 
-def score(Yb: da.Array, mask: da.Array, factor: Any, criterion: str) -> da.Array:
-    """Lazy (n_alphas, *tail) alpha scores for every target block."""
+def score(Yb: da.Array, mask: da.Array, factor: Any, criterion: str,
+          block: Callable[..., np.ndarray] = score_block) -> da.Array:
+    """Lazy (n_alphas, *tail) alpha scores of ``block`` (:func:`score_block`, or the
+    torch backend's) for every target block."""
     key = dask.delayed(factor, pure=True)
     k = len(factor.alphas)
     return da.map_blocks(
-        score_block, Yb, mask, key, criterion, chunks=((k,),) + Yb.chunks[1:],
+        block, Yb, mask, key, criterion, chunks=((k,),) + Yb.chunks[1:],
         dtype=np.float64, meta=np.empty((0,) * Yb.ndim), token="ridge-score",
     )

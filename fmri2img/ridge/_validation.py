@@ -21,6 +21,7 @@ __all__ = [
     "InvalidAlphaError",
     "ImageIdMismatchError",
     "TargetShapeError",
+    "DeviceUnavailableError",
     "check_finite",
     "check_n_samples",
     "check_alphas",
@@ -50,6 +51,10 @@ class ImageIdMismatchError(RidgeInputError):
 
 class TargetShapeError(RidgeInputError):
     """Targets re-supplied to a fitted model do not match the ones it was fitted on."""
+
+
+class DeviceUnavailableError(RidgeInputError):
+    """The requested torch ``device`` cannot be used on this machine (no CUDA, no torch, ...)."""
 
 
 def _first_bad(mask: np.ndarray) -> tuple[int, ...]:

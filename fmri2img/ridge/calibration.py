@@ -14,13 +14,14 @@
 
 Each function takes ``P`` (n_pred × b, float64 raw predictions), the training mean and
 std (ddof=0) of the same target columns and a callable returning the LOO predictions
-(r × b; only ``"loo"`` calls it) and returns the calibrated ``P``.
+(r × b; only ``"loo"`` calls it) and returns the calibrated ``P``. All of them are NumPy
+arrays, or all torch tensors on one device (the torch backend calibrates there).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -29,9 +30,13 @@ logger = logging.getLogger(__name__)
 __all__ = ["CALIBRATIONS", "calibrate_none", "calibrate_test_batch", "calibrate_loo"]
 
 
-def _safe_std(x: np.ndarray) -> np.ndarray:
-    s = x.std(axis=0, dtype=np.float64)
-    return np.where(s > 0, s, 1.0)
+def _safe_std(x: Any) -> Any:
+    """Column std (ddof=0, float64), with 1 where it is 0; a NumPy array or a torch tensor."""
+    if isinstance(x, np.ndarray):
+        s = x.std(axis=0, dtype=np.float64)
+        return np.where(s > 0, s, 1.0)
+    s = x.double().std(axis=0, correction=0)
+    return s.where(s > 0, 1.0)
 
 
 def _rescale(P: np.ndarray, loc: np.ndarray, scale: np.ndarray, y_mean: np.ndarray,

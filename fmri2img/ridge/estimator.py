@@ -4,7 +4,8 @@ Fitting keeps the standardised training fMRI, one factor of the Gram matrix and 
 *reference* to the targets Y (NumPy or Dask, e.g. ``da.from_zarr``). Predictions,
 pattern push-throughs and explicit weights are all ``M @ (Y_block - mean)`` for a small
 operator ``M`` (see :mod:`fmri2img.ridge.solvers`), computed as one Dask task per target
-block on whatever scheduler is active; Y is never loaded whole, nor copied.
+block on whatever scheduler is active; Y is never loaded whole, nor copied. The heavy
+linear algebra runs in NumPy/SciPy, or in torch on a ``device`` (see :mod:`.backends`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from . import _blocks
 from ._validation import (
     RidgeInputError, TargetShapeError, check_alphas, check_finite, check_n_samples,
 )
+from .backends import get_backend
 from .calibration import CALIBRATIONS
 from .preprocess import Standardizer, fit_standardizer
 from .presets import ALPHA_CLIP_VISION, FMRI_SCALE
 from .selection import SCORERS, group_labels, select_alphas
-from .solvers import CholeskyFactor, SpectralFactor, choose_form, factorize
+from .solvers import CholeskyFactor, SpectralFactor, choose_form
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +98,14 @@ class BlockRidge(BaseEstimator):
         Seed of the column / row samples.
     sgd_options : dict or None
         Keyword arguments for :func:`fmri2img.ridge.sgd.sgd_ridge`.
+    device : str or None
+        Where the heavy linear algebra runs. None: NumPy/SciPy in this process. A torch
+        device string ("cpu", "cuda", "cuda:1", ...): the Gram matrix, the
+        factorisation(s), the operators, the alpha scores and every target block's
+        product and calibration run in torch on that device, with the same dtypes as
+        the NumPy path; one target block at a time is held there, and results come
+        back as NumPy. torch is imported only then. Not with ``solver="sgd"``. Not
+        saved by :meth:`get_model_state` (pass ``device`` to :meth:`from_model_state`).
 
     Attributes
     ----------
@@ -115,7 +125,7 @@ class BlockRidge(BaseEstimator):
                  standardize: bool = True, calibration: str = "test_batch",
                  calibration_rows: int | None = None, target_batch: int | None = None,
                  dtype: str = "float32", eigh_dtype: str = "auto", random_state: int = 0,
-                 sgd_options: dict | None = None) -> None:
+                 sgd_options: dict | None = None, device: str | None = None) -> None:
         self.alpha = alpha
         self.alpha_groups = alpha_groups
         self.criterion = criterion
@@ -130,6 +140,7 @@ class BlockRidge(BaseEstimator):
         self.eigh_dtype = eigh_dtype
         self.random_state = random_state
         self.sgd_options = sgd_options
+        self.device = device
 
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> np.ndarray:
@@ -140,7 +151,35 @@ class BlockRidge(BaseEstimator):
         for name, (value, allowed) in choices.items():
             if value not in allowed:
                 raise RidgeInputError(f"{name}={value!r} is not one of {list(allowed)}.")
+        if self.device is not None and self.solver == "sgd":
+            raise RidgeInputError(
+                f"solver='sgd' runs in NumPy/Dask only; got device={self.device!r}. Use "
+                "device=None with solver='sgd', or an exact solver ('auto', 'dual', "
+                "'primal') on the device."
+            )
+        self._backend()  # an unavailable device fails here, before any work
         return check_alphas(self.alpha)
+
+    def _backend(self) -> Any:
+        return get_backend(self.device)
+
+    def _x_backend(self, backend: Any) -> Any:
+        """``X_train_`` as ``backend`` computes with it (a device copy, made once)."""
+        cached = self.__dict__.get("_x_on_device")
+        if cached is None or cached[0] is not self.X_train_ or cached[1] != backend.device:
+            cached = (self.X_train_, backend.device, backend.asarray(self.X_train_))
+            self._x_on_device = cached
+        return cached[2]
+
+    def _factor(self, backend: Any) -> Any:
+        """``factor_`` as ``backend`` uses it (converted once if the device changed)."""
+        self.factor_ = backend.adopt(self.factor_)
+        return self.factor_
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state.pop("_x_on_device", None)  # a device copy of X_train_
+        return state
 
     # --------------------------------------------------------------------- fit
     def fit(self, X: Any, Y: Any) -> "BlockRidge":
@@ -189,11 +228,12 @@ class BlockRidge(BaseEstimator):
         logger.info("ridge: standardised X %s in %.1f s (%s form)", Xs.shape,
                     time.perf_counter() - t0, self.form_)
 
-    def _fit_targets(self, Y: Any, alphas: np.ndarray, G: np.ndarray | None = None) -> "BlockRidge":
+    def _fit_targets(self, Y: Any, alphas: np.ndarray, G: Any = None) -> "BlockRidge":
         t0 = time.perf_counter()
         self._set_targets(Y)
         if len(alphas) == 1:
-            self.factor_ = factorize(self.X_train_, alphas, "cholesky", self.form_, G=G)
+            be = self._backend()
+            self.factor_ = be.factorize(self._x_backend(be), alphas, "cholesky", self.form_, G=G)
             self.alpha_index_ = np.zeros(self._n_columns, dtype=np.int64)
         else:
             self._fit_grid(alphas, G)
@@ -211,14 +251,15 @@ class BlockRidge(BaseEstimator):
             return np.float64 if self.n_samples_ <= 4096 else np.float32
         return np.dtype(self.eigh_dtype)
 
-    def _fit_grid(self, alphas: np.ndarray, G: np.ndarray | None = None) -> None:
+    def _fit_grid(self, alphas: np.ndarray, G: Any = None) -> None:
         t0 = time.perf_counter()
-        factor = factorize(self.X_train_, alphas, "eigen", self.form_, self._eigh_dtype(), G)
+        be = self._backend()
+        factor = be.factorize(self._x_backend(be), alphas, "eigen", self.form_, self._eigh_dtype(), G)
         logger.info("ridge: eigendecomposition in %.1f s", time.perf_counter() - t0)
         labels = group_labels(self.alpha_groups, self.target_shape_ or (1,))
         mask = self._score_mask(labels)
-        scores = _blocks.score(self.Y_, _blocks.column_array(mask, self.Y_), factor,
-                               self.criterion).compute()
+        scores = be.score(self.Y_, _blocks.column_array(mask, self.Y_), factor,
+                          self.criterion).compute()
         scores = np.asarray(scores).reshape(len(alphas), -1)
         self.alpha_scores_ = scores
         idx = select_alphas(np.nan_to_num(scores, nan=0.0), labels, mask)
@@ -281,24 +322,24 @@ class BlockRidge(BaseEstimator):
 
     def _stream(self, Z: np.ndarray | None, add_mean: bool, calibration: str = "none") -> Any:
         dt = np.dtype(self.dtype)
-        ops = self.factor_.operator(None if Z is None else Z.astype(dt), self.X_train_)
-        loo_ops = self._loo_ops() if calibration == "loo" else None
-        return self._finish(_blocks.stream(self.Y_, self._aidx, ops, add_mean, calibration,
-                                           loo_ops, dt))
+        be = self._backend()
+        factor, Xb = self._factor(be), self._x_backend(be)
+        ops = be.operator(factor, None if Z is None else Z.astype(dt), Xb)
+        loo_ops = None
+        if calibration == "loo":
+            rows = self._loo_rows()
+            loo_ops = be.loo_operator(factor, Xb, rows, self.dtype), rows
+        return self._finish(be.stream(self.Y_, self._aidx, ops, add_mean, calibration,
+                                      loo_ops, dt))
 
-    def _loo_ops(self) -> tuple[np.ndarray, np.ndarray]:
+    def _loo_rows(self) -> np.ndarray:
+        """Training rows whose LOO predictions calibrate (all, or a seeded sample)."""
         n = self.n_samples_
         rows = np.arange(n)
         if self.calibration_rows is not None and self.calibration_rows < n:
             rng = np.random.default_rng(self.random_state)
             rows = np.sort(rng.choice(n, self.calibration_rows, replace=False))
-        H = self.factor_.operator(self.X_train_[rows], self.X_train_).astype(np.float64)
-        H += 1.0 / n
-        diag = H[:, np.arange(len(rows)), rows]
-        H *= -1.0
-        H[:, np.arange(len(rows)), rows] += 1.0
-        H /= (1.0 - diag)[:, :, None]
-        return H.astype(self.dtype), rows
+        return rows
 
     def _standardized(self, X: Any) -> np.ndarray:
         X = _as_numpy_2d(X, "X")
@@ -444,7 +485,7 @@ class BlockRidge(BaseEstimator):
             arrays.update(X_train=self.X_train_, x_mean=self.x_mean_, **self.factor_.state())
             kind = "cholesky" if isinstance(self.factor_, CholeskyFactor) else "eigen"
         params = {k: v for k, v in self.get_params().items()
-                  if k not in ("alpha", "alpha_groups", "sgd_options")}
+                  if k not in ("alpha", "alpha_groups", "sgd_options", "device")}
         attrs = {"version": _STATE_VERSION, "form": self.form_, "factor": kind,
                  "scale": self.scaler_.scale, "target_shape": list(self.target_shape_),
                  "n_samples": self.n_samples_, "n_features": self.n_features_in_,
@@ -452,7 +493,7 @@ class BlockRidge(BaseEstimator):
         return {"arrays": arrays, "attrs": attrs}
 
     @classmethod
-    def from_model_state(cls, state: dict[str, Any], Y: Any) -> "BlockRidge":
+    def from_model_state(cls, state: dict[str, Any], Y: Any, device: str | None = None) -> "BlockRidge":
         """Rebuild a fitted model from :meth:`get_model_state` output and its targets.
 
         Parameters
@@ -461,13 +502,17 @@ class BlockRidge(BaseEstimator):
             ``{"arrays": ..., "attrs": ...}`` as returned by :meth:`get_model_state`.
         Y : array of shape (n_samples,) + target_shape
             The training targets the model was fitted on (e.g. re-opened from the store).
+        device : str or None
+            Where the rebuilt model computes (see the ``device`` parameter), whatever
+            device it was fitted on; the factor moves there on first use.
 
         Returns
         -------
         BlockRidge
         """
         arrays, attrs = state["arrays"], state["attrs"]
-        est = cls(**attrs["params"])
+        est = cls(**{**attrs["params"], "device": device})
+        est._backend()  # an unavailable device fails here
         shape = (attrs["n_samples"],) + tuple(attrs["target_shape"])
         if tuple(Y.shape) != shape:
             raise TargetShapeError(

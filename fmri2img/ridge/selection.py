@@ -28,7 +28,8 @@ from .solvers import SpectralFactor
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "gcv_scores", "gcv_from_projection", "loo_scores", "SCORERS", "select_alphas", "group_labels",
+    "gcv_scores", "gcv_from_projection", "loo_scores", "loo_from_projection", "SCORERS",
+    "select_alphas", "group_labels",
 ]
 
 
@@ -55,16 +56,20 @@ def gcv_scores(factor: SpectralFactor, Yc: np.ndarray) -> np.ndarray:
     return gcv_from_projection(factor, proj, yy, Yc.shape[0])
 
 
-def gcv_from_projection(factor: SpectralFactor, proj: np.ndarray, yy: np.ndarray,
-                        n: int) -> np.ndarray:
-    """GCV scores from ``proj = Uᵀ Yc`` (rank × b) and ``yy = ||Yc||²`` per column (b,)."""
+def gcv_from_projection(factor: SpectralFactor, proj: Any, yy: Any, n: int,
+                        out: Any = None) -> Any:
+    """GCV scores from ``proj = Uᵀ Yc`` (rank × b) and ``yy = ||Yc||²`` per column (b,).
+
+    NumPy arrays, or torch tensors on one device (``factor.s`` too) with ``out`` a
+    float64 tensor of shape (n_alphas, b) there (the torch backend).
+    """
     p2 = proj**2
-    rest = np.clip(yy - p2.sum(axis=0), 0.0, None)
-    out = np.empty((len(factor.alphas), proj.shape[1]))
+    rest = (yy - p2.sum(axis=0)).clip(0.0, None)
+    out = np.empty((len(factor.alphas), proj.shape[1])) if out is None else out
     for i, a in enumerate(factor.alphas):
         d = factor.s + a
         sq = (1.0 / d**2) @ p2 + rest / a**2
-        dof = (n - 1 - np.sum(factor.s / d)) / n
+        dof = (n - 1 - (factor.s / d).sum()) / n
         out[i] = a**2 * sq / n / dof**2
     return out
 
@@ -75,18 +80,25 @@ def loo_scores(factor: SpectralFactor, Yc: np.ndarray) -> np.ndarray:
     Same parameters and return as :func:`gcv_scores`; equals sklearn's
     ``RidgeCV(fit_intercept=True, cv=None)`` criterion.
     """
-    n = Yc.shape[0]
     U = factor.U.astype(np.float64)
     proj, _ = _project(factor, Yc)
-    Yc64 = Yc.astype(np.float64)
-    resid = Yc64 - U @ proj
+    resid = Yc.astype(np.float64) - U @ proj
+    return loo_from_projection(factor, U, proj, resid, np.empty((len(factor.alphas), Yc.shape[1])))
+
+
+def loo_from_projection(factor: SpectralFactor, U: Any, proj: Any, resid: Any, out: Any) -> Any:
+    """LOO scores from ``U`` (n × rank, float64), ``proj = Uᵀ Yc`` and ``resid = Yc - U proj``.
+
+    Writes ``out`` (n_alphas × b, float64) and returns it. NumPy arrays, or torch tensors
+    on one device (``factor.s`` too; the torch backend).
+    """
+    n = U.shape[0]
     u2 = U**2
-    out = np.empty((len(factor.alphas), Yc.shape[1]))
     for i, a in enumerate(factor.alphas):
         d = factor.s + a
         c = U @ (proj / d[:, None]) + resid / a
         g = u2 @ (1.0 / d) + (1.0 - u2.sum(axis=1)) / a - 1.0 / (n * a)
-        out[i] = np.mean((c / g[:, None]) ** 2, axis=0)
+        out[i] = ((c / g[:, None]) ** 2).mean(axis=0)
     return out
 
 

@@ -7,7 +7,6 @@ from typing import Any, Mapping
 
 from ._validation import RidgeInputError
 from .estimator import BlockRidge
-from .solvers import gram
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +19,8 @@ def fit_shared(X: Any, targets: Mapping[str, tuple[Any, Any]], **params: Any) ->
 
     Each model gets its own factorisation (one Cholesky per alpha, or one
     eigendecomposition for a grid) of the shared Gram matrix, and all of them hold the
-    same standardised training array (one copy in memory).
+    same standardised training array (one copy in memory, and one on the ``device``
+    when one is given).
 
     Parameters
     ----------
@@ -30,7 +30,9 @@ def fit_shared(X: Any, targets: Mapping[str, tuple[Any, Any]], **params: Any) ->
         ``Y`` : array of shape (n_samples,) or (n_samples, ...), NumPy or Dask;
         ``alpha`` : float or alpha grid, e.g. ``BRAIN_DIFFUSER_ALPHAS[name]``.
     **params
-        Other :class:`BlockRidge` parameters, shared by all models.
+        Other :class:`BlockRidge` parameters, shared by all models (e.g.
+        ``device="cuda"``: the Gram matrix and every factorisation are then computed
+        there).
 
     Returns
     -------
@@ -55,11 +57,12 @@ def fit_shared(X: Any, targets: Mapping[str, tuple[Any, Any]], **params: Any) ->
         checked.append((name, est, *est._start(X, Y, name=f"targets[{name!r}]")))
     first = checked[0][1]
     first._fit_inputs(X)
-    G = gram(first.X_train_, first.form_)
+    backend = first._backend()
+    G = backend.gram(first._x_backend(backend), first.form_)
     for i, (name, est, alphas, Y) in enumerate(checked):
-        for attr in ("scaler_", "x_mean_", "X_train_", "form_"):
+        for attr in ("scaler_", "x_mean_", "X_train_", "form_", "_x_on_device"):
             setattr(est, attr, getattr(first, attr))
         last = i == len(checked) - 1
-        models[name] = est._fit_targets(Y, alphas, G if last else G.copy())
+        models[name] = est._fit_targets(Y, alphas, G if last else backend.copy(G))
         logger.info("ridge: fitted %r (%d columns) on the shared Gram matrix", name, est._n_columns)
     return models

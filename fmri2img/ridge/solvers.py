@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import scipy.linalg as sla
@@ -33,6 +33,7 @@ __all__ = [
     "SpectralFactor",
     "FACTORIZERS",
     "factorize",
+    "loo_operator",
     "ridge_predict",
     "ridge_weights",
 ]
@@ -177,6 +178,7 @@ FACTORIZERS: dict[str, Callable[..., Any]] = {
 
 def factorize(Xc: np.ndarray, alphas: Any, method: str = "cholesky", form: str = "auto",
               eigh_dtype: Any = np.float64, G: np.ndarray | None = None,
+              factorizers: Mapping[str, Callable[..., Any]] = FACTORIZERS,
               ) -> CholeskyFactor | SpectralFactor:
     """Form the Gram matrix once and factorise it for the given alphas.
 
@@ -194,21 +196,56 @@ def factorize(Xc: np.ndarray, alphas: Any, method: str = "cholesky", form: str =
     G : array, optional
         A precomputed float64 Gram matrix of this ``form`` (shared between target
         sets); it is overwritten.
+    factorizers : mapping
+        Method name → builder(G, alphas, form, Xc, dtype); the torch backend passes its
+        own (then ``G`` must be given, as a tensor).
 
     Returns
     -------
     CholeskyFactor or SpectralFactor
     """
     alphas = check_alphas(alphas)
-    if method not in FACTORIZERS:
-        raise ValueError(f"method={method!r} is not one of {sorted(FACTORIZERS)}.")
+    if method not in factorizers:
+        raise ValueError(f"method={method!r} is not one of {sorted(factorizers)}.")
     if form == "auto":
         form = choose_form(*Xc.shape)
     G = gram(Xc, form) if G is None else G
-    logger.debug("ridge: %s form, Gram %s, %s factorisation", form, G.shape, method)
-    factor = FACTORIZERS[method](G, alphas, form, Xc, eigh_dtype)
+    logger.debug("ridge: %s form, Gram %s, %s factorisation", form, tuple(G.shape), method)
+    factor = factorizers[method](G, alphas, form, Xc, eigh_dtype)
     del G
     return factor
+
+
+def loo_operator(H: Any, idx: Any, rows: Any, n: int) -> Any:
+    """Turn hat rows into the leave-one-out operator, in place (NumPy or torch, float64).
+
+    With ``H[a] = X[rows] Xcᵀ (K + alphas[a] I)^-1`` (the rows of the centred hat
+    matrix), the full hat matrix is ``Hf = H + 1/n`` (unpenalised intercept), and the
+    LOO prediction of training image ``rows[i]`` is
+    ``Y[rows[i]] - ((I - Hf) Yc)[i] / (1 - Hf[i, rows[i]])``. This returns ``Q`` with
+    ``Q @ Yc = ((I - Hf) Yc)[rows] / (1 - diag Hf)``.
+
+    Parameters
+    ----------
+    H : array of shape (n_alphas, r, n_samples), float64
+        Overwritten.
+    idx : int array of shape (r,)
+        ``0 .. r-1`` (on the same device as ``H`` for torch).
+    rows : int array of shape (r,)
+        The training rows (same device as ``H``).
+    n : int
+        Number of training samples.
+
+    Returns
+    -------
+    Q : array of shape (n_alphas, r, n_samples), float64 (``H`` itself)
+    """
+    H += 1.0 / n
+    diag = H[:, idx, rows]
+    H *= -1.0
+    H[:, idx, rows] += 1.0
+    H /= (1.0 - diag)[:, :, None]
+    return H
 
 
 def _centre(X: np.ndarray, Y: np.ndarray, dtype: Any) -> tuple:

@@ -130,12 +130,12 @@ def _name(path: str) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[-1]
 
 
-def _open(fs: Any, path: str, *, what: str, fix: str = "", ranged: bool = False) -> Any:
+def _open(fs: Any, path: str, *, what: str, fix: str = "", ranged: bool = False, block_size: int = _META_BLOCK) -> Any:
     """Open ``path`` for reading, turning a missing file into :class:`NSDFileMissing`."""
     try:
         if ranged:
             try:
-                return fs.open(path, "rb", block_size=_META_BLOCK, cache_type="readahead")
+                return fs.open(path, "rb", block_size=block_size, cache_type="readahead")
             except TypeError:
                 pass
         return fs.open(path, "rb")
@@ -454,7 +454,10 @@ def read_session_betas(fs: Any, layout: NSDLayout, subject: int, session: int, v
         raise NSDFileMissing(_missing_betas_message(layout, subject, session, path))
     logger.debug("reading %s (%d voxels)", path, len(voxels))
     fix = _missing_betas_message(layout, subject, session, path)
-    with _open(fs, path, what="single-trial betas", fix=fix, ranged=True) as f:
+    # HDF5: a 1 MiB read-ahead serves the header, the bounding box is read by range; gzip is one
+    # forward pass, so it is read in large blocks (few requests per GB on object stores)
+    block = _META_BLOCK if fmt == "hdf5" else _RANGE_BLOCK * 8
+    with _open(fs, path, what="single-trial betas", fix=fix, ranged=True, block_size=block) as f:
         out = _BETA_READERS[fmt](f, path, voxels, volume_shape, int(expected_trials), block_bytes, fs=fs)
     return out
 
@@ -521,6 +524,18 @@ def _read_betas_nifti(f: Any, path: str, voxels: np.ndarray, volume_shape: tuple
     return out
 
 
+def _betas_dataset(h5: h5py.File, path: str, volume_shape: tuple[int, ...], expected_trials: int) -> h5py.Dataset:
+    if "betas" not in h5 or not isinstance(h5["betas"], h5py.Dataset):
+        raise NSDFormatError(f"{_name(path)} has no dataset 'betas' (found {sorted(h5.keys())}); expected the "
+                             f"NSD betas HDF5 with dataset 'betas' of shape (trials, Z, Y, X)")
+    ds = h5["betas"]
+    if ds.ndim != 4:
+        raise NSDFormatError(f"{_name(path)}: dataset 'betas' has shape {_fmt(ds.shape)}; expected 4-D "
+                             f"(trials, Z, Y, X)")
+    _check_betas_shape(path, ds.shape[:0:-1], ds.shape[0], volume_shape, expected_trials)
+    return ds
+
+
 def _read_betas_hdf5(f: Any, path: str, voxels: np.ndarray, volume_shape: tuple[int, ...], expected_trials: int,
                      block_bytes: int, fs: Any = None) -> np.ndarray:
     """Read dataset ``betas`` of shape (T, Z, Y, X) over the voxels' z-range, by blocks of trials."""
@@ -529,14 +544,7 @@ def _read_betas_hdf5(f: Any, path: str, voxels: np.ndarray, volume_shape: tuple[
     except OSError as exc:
         raise _truncated(path, exc) from exc
     with h5:
-        if "betas" not in h5 or not isinstance(h5["betas"], h5py.Dataset):
-            raise NSDFormatError(f"{_name(path)} has no dataset 'betas' (found {sorted(h5.keys())}); expected the "
-                                 f"NSD betas HDF5 with dataset 'betas' of shape (trials, Z, Y, X)")
-        ds = h5["betas"]
-        if ds.ndim != 4:
-            raise NSDFormatError(f"{_name(path)}: dataset 'betas' has shape {_fmt(ds.shape)}; expected 4-D "
-                                 f"(trials, Z, Y, X)")
-        _check_betas_shape(path, ds.shape[:0:-1], ds.shape[0], volume_shape, expected_trials)
+        ds = _betas_dataset(h5, path, volume_shape, expected_trials)
         x, y, z = np.unravel_index(voxels, volume_shape)
         out = np.empty((expected_trials, len(voxels)), np.float32)
         if not len(voxels):
@@ -647,7 +655,47 @@ def _gather(ids: np.ndarray, read_run: Callable[[int, int], np.ndarray], item_sh
     return buf[inverse.reshape(-1)]
 
 
-def read_stimuli(fs: Any, path: str, ids: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class StimuliLayout:
+    """Where ``imgBrick`` lies in ``nsd_stimuli.hdf5``: read once, then images are read by range alone.
+
+    ``offset`` is None when the dataset is chunked or filtered (then h5py reads it).
+    """
+
+    shape: tuple[int, int, int, int]
+    offset: int | None
+
+    @property
+    def side(self) -> int:
+        return int(self.shape[1])
+
+
+def _open_stimuli(fs: Any, path: str):
+    fix = "download nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5 or regenerate mini-NSD"
+    f = _open(fs, path, what="stimulus images", fix=fix, ranged=True)
+    try:
+        h5 = h5py.File(f, "r")
+    except OSError as exc:
+        f.close()
+        raise _truncated(path, exc) from exc
+    ds = h5.get("imgBrick")
+    if not isinstance(ds, h5py.Dataset) or ds.ndim != 4 or ds.shape[3] != 3 or ds.dtype != np.uint8:
+        found = f"shape {ds.shape}, dtype {ds.dtype}" if isinstance(ds, h5py.Dataset) else "no such dataset"
+        h5.close()
+        f.close()
+        raise NSDFormatError(f"{_name(path)}: dataset 'imgBrick' ({found}); expected uint8 of shape "
+                             f"(n_images, side, side, 3)")
+    return f, h5, ds
+
+
+def stimuli_layout(fs: Any, path: str) -> StimuliLayout:
+    """Read the HDF5 header of ``nsd_stimuli.hdf5`` once (a driver does this; tasks reuse the result)."""
+    f, h5, ds = _open_stimuli(fs, path)
+    with f, h5:
+        return StimuliLayout(tuple(int(n) for n in ds.shape), _contiguous_offset(ds))
+
+
+def read_stimuli(fs: Any, path: str, ids: np.ndarray, layout: StimuliLayout | None = None) -> np.ndarray:
     """Read stimulus images from ``nsd_stimuli.hdf5`` by range.
 
     Parameters
@@ -656,43 +704,42 @@ def read_stimuli(fs: Any, path: str, ids: np.ndarray) -> np.ndarray:
     path : str
     ids : array of shape (n,), int
         0-based 73k ids, any order (sorted runs read fastest).
+    layout : StimuliLayout, optional
+        From :func:`stimuli_layout` on the same file: skips reading the header again (one
+        request fewer per call, which matters on object stores).
 
     Returns
     -------
     images : array of shape (n, side, side, 3), uint8
         In the order of ``ids``.
     """
-    fix = "download nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5 or regenerate mini-NSD"
-    with _open(fs, path, what="stimulus images", fix=fix, ranged=True) as f:
-        try:
-            h5 = h5py.File(f, "r")
-        except OSError as exc:
-            raise _truncated(path, exc) from exc
-        with h5:
-            ds = h5.get("imgBrick")
-            if not isinstance(ds, h5py.Dataset) or ds.ndim != 4 or ds.shape[3] != 3 or ds.dtype != np.uint8:
-                found = f"shape {ds.shape}, dtype {ds.dtype}" if isinstance(ds, h5py.Dataset) else "no such dataset"
-                raise NSDFormatError(f"{_name(path)}: dataset 'imgBrick' ({found}); expected uint8 of shape "
-                                     f"(n_images, side, side, 3)")
-            ids = _check_ids(ids, ds.shape[0], path, "stimulus")
-            offset = _contiguous_offset(ds)
-            if offset is not None:
-                item = int(np.prod(ds.shape[1:]))
-                uniq, inverse = np.unique(ids, return_inverse=True)
-                runs = _runs(uniq)
-                # merge runs separated by up to 4 unwanted images: far fewer requests, ≤ 4 images of waste per gap
-                raw = _cat_ranges(fs, path, [offset + a * item for a, _ in runs], [offset + b * item for _, b in runs],
-                                  max_gap=4 * item)
-                images = np.frombuffer(raw, dtype=np.uint8).reshape(len(uniq), *ds.shape[1:])
-                return images[inverse.reshape(-1)]
+    if layout is not None and layout.offset is not None:
+        return _read_images_by_range(fs, path, _check_ids(ids, layout.shape[0], path, "stimulus"), layout)
+    f, h5, ds = _open_stimuli(fs, path)
+    with f, h5:
+        found = StimuliLayout(tuple(int(n) for n in ds.shape), _contiguous_offset(ds))
+        ids = _check_ids(ids, ds.shape[0], path, "stimulus")
+        if found.offset is not None:
+            return _read_images_by_range(fs, path, ids, found)
 
-            def read_run(a: int, b: int) -> np.ndarray:
-                try:
-                    return ds[a:b]
-                except (OSError, ValueError) as exc:
-                    raise _truncated(path, exc) from exc
+        def read_run(a: int, b: int) -> np.ndarray:
+            try:
+                return ds[a:b]
+            except (OSError, ValueError) as exc:
+                raise _truncated(path, exc) from exc
 
-            return _gather(ids, read_run, ds.shape[1:], np.uint8)
+        return _gather(ids, read_run, ds.shape[1:], np.uint8)
+
+
+def _read_images_by_range(fs: Any, path: str, ids: np.ndarray, layout: StimuliLayout) -> np.ndarray:
+    item = int(np.prod(layout.shape[1:]))
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    runs = _runs(uniq)
+    # merge runs separated by up to 4 unwanted images: far fewer requests, ≤ 4 images of waste per gap
+    raw = _cat_ranges(fs, path, [layout.offset + a * item for a, _ in runs],
+                      [layout.offset + b * item for _, b in runs], max_gap=4 * item)
+    images = np.frombuffer(raw, dtype=np.uint8).reshape(len(uniq), *layout.shape[1:])
+    return images[inverse.reshape(-1)]
 
 
 def read_captions(fs: Any, path: str, ids: np.ndarray) -> np.ndarray:

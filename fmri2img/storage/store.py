@@ -106,14 +106,14 @@ class Store:
 
     def has_group(self, group: str) -> bool:
         try:
-            zarr.open_group(self.zarr_store(read_only=True), path=group, mode="r")
+            zarr.open_group(self.zarr_store(read_only=True), path=group, mode="r", zarr_format=3)
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
             return False
         return True
 
     def group(self, group: str, mode: str = "r") -> zarr.Group:
         try:
-            return zarr.open_group(self.zarr_store(read_only=(mode == "r")), path=group, mode=mode)
+            return zarr.open_group(self.zarr_store(read_only=(mode == "r")), path=group, mode=mode, zarr_format=3)
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
             raise StoreError(
                 f"group {group!r} does not exist in the store {self.describe()}: run the stage that "
@@ -159,11 +159,15 @@ class Store:
         ds.attrs["fmri2img_regions"] = json.dumps(_regions_to_json(regions))
         ds.attrs["fmri2img_template"] = template_fingerprint(template, regions, salt)
         encoding = {name: {"chunks": _zarr_chunks(var)} for name, var in ds.data_vars.items()}
-        ds.to_zarr(
-            self.zarr_store(), group=group, mode="w", compute=False, zarr_format=3,
-            consolidated=False, encoding=encoding,
-        )
-        self._reset_progress(group, len(regions))
+        # Staged in memory first, then published in a few concurrent batches: on an object
+        # store this is ~one request per metadata document instead of the many probes and
+        # serial writes of writing in place (xarray creates arrays one at a time).
+        staged: dict[str, Any] = {}
+        memory = zarr.storage.MemoryStore(staged)
+        ds.to_zarr(memory, group=group, mode="w", compute=False, zarr_format=3, consolidated=False,
+                   encoding=encoding)
+        _create_progress(memory, self._progress_path(group), len(regions))
+        _publish(self.zarr_store(), staged, (group, self._progress_path(group)))
         logger.info("template %s written to %s (%d regions)", group, self.describe(), len(regions))
 
     def template_matches(self, group: str, template: xr.Dataset, regions: Sequence[Region], salt: str = "") -> bool:
@@ -252,7 +256,7 @@ class Store:
         int
             Bytes written (uncompressed).
         """
-        g = self.group(group, mode="a")
+        g = self.group(group, mode="r+")
         nbytes = 0
         for name, values in data.items():
             try:
@@ -284,7 +288,7 @@ class Store:
 
     def mark_done(self, group: str, region: Region) -> None:
         """Write the completion record of ``region`` (after its data is written)."""
-        progress = self._progress_array(group)
+        progress = self._progress_array(group, mode="r+")
         progress[region.index] = 1
 
     def done_regions(self, group: str) -> set[int]:
@@ -318,22 +322,18 @@ class Store:
     def _progress_array(self, group: str, mode: str = "a") -> zarr.Array:
         try:
             return zarr.open_array(
-                self.zarr_store(read_only=(mode == "r")), path=self._progress_path(group), mode=mode
+                self.zarr_store(read_only=(mode == "r")), path=self._progress_path(group), mode=mode, zarr_format=3
             )
         except (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError) as exc:
             raise StoreError(f"no completion records for {group}: write its template first") from exc
 
     def _reset_progress(self, group: str, n_regions: int) -> None:
-        zarr.create_array(
-            self.zarr_store(), name=self._progress_path(group), shape=(max(n_regions, 1),),
-            chunks=(1,), dtype="uint8", fill_value=0, overwrite=True,
-            dimension_names=("region",),
-        )
+        _create_progress(self.zarr_store(), self._progress_path(group), n_regions)
 
     def list_groups(self, prefix: str = "") -> list[str]:
         """Paths of every group holding arrays under ``prefix`` (records excluded)."""
         try:
-            root = zarr.open_group(self.zarr_store(read_only=True), mode="r")
+            root = zarr.open_group(self.zarr_store(read_only=True), mode="r", zarr_format=3)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             return []
         out = []
@@ -343,6 +343,45 @@ class Store:
             if path.startswith(prefix) and any(True for _ in node.array_keys()):
                 out.append(path)
         return sorted(out)
+
+
+def _create_progress(zstore: Any, path: str, n_regions: int) -> None:
+    """The completion records of a group: one uint8 chunk per region, all 0."""
+    zarr.create_array(zstore, name=path, shape=(max(n_regions, 1),), chunks=(1,), dtype="uint8", fill_value=0,
+                      overwrite=True, dimension_names=("region",))
+
+
+def _publish(target: Any, staged: Mapping[str, Any], prefixes: Sequence[str]) -> None:
+    """Copy the documents of ``staged`` (a memory store's dict) under ``prefixes`` into ``target``.
+
+    Like an in-place ``mode="w"`` write: what was under each prefix is deleted first.  Then
+    the parent groups that ``target`` lacks, every document below the prefixes, and last
+    the prefixes' own ``zarr.json``, so a group that looks present is complete (its
+    template fingerprint is in that last document).  Each step is one concurrent batch.
+    """
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    heads = [f"{p}/zarr.json" for p in prefixes]
+    below = [k for k in staged if k not in heads and any(k.startswith(f"{p}/") for p in prefixes)]
+    parents = [k for k in staged if k not in heads and k not in below]
+
+    async def batch(coros) -> list:
+        out = await asyncio.gather(*coros, return_exceptions=True)  # every request ends before we raise
+        for item in out:
+            if isinstance(item, BaseException):
+                raise item
+        return out
+
+    async def run() -> None:
+        await batch(target.delete_dir(p) for p in prefixes)
+        found = await batch(target.exists(k) for k in parents)
+        missing = [k for k, ok in zip(parents, found) if not ok]
+        await batch(target.set(k, staged[k]) for k in missing + below)
+        await batch(target.set(k, staged[k]) for k in heads)
+
+    sync(run())
 
 
 def _zarr_chunks(var: xr.DataArray) -> tuple[int, ...]:
