@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-per-subject", type=int, default=None, help="images per subject (incl. shared)")
     p.add_argument("--n-sessions", type=int, default=None, help="sessions per subject")
     p.add_argument("--trials-per-session", type=int, default=None, help="trials per session (NSD: 750)")
+    p.add_argument("--volume", type=_int_list, default=None,
+                   help="X,Y,Z of the functional volume (NSD func1pt8mm: 81,104,83)")
     p.add_argument("--nan-voxels", type=int, default=None, help="plant NaN in this many voxels (float betas)")
     p.add_argument("--no-hdf5", action="store_true", help="do not write the .hdf5 twins of the betas")
 
@@ -149,7 +151,8 @@ def cmd_mini_nsd(args) -> int:
     fields = {"seed": args.seed, "subjects": tuple(args.subjects) if args.subjects else None, "side": args.side,
               "n_images": args.n_images, "n_shared": args.n_shared, "n_per_subject": args.n_per_subject,
               "nan_voxels": args.nan_voxels, "n_sessions": args.n_sessions,
-              "trials_per_session": args.trials_per_session}
+              "trials_per_session": args.trials_per_session,
+              "volume_shape": tuple(args.volume) if args.volume else None}
     spec = MiniNSDSpec(**{k: v for k, v in fields.items() if v is not None},
                        **({"write_hdf5": False} if args.no_hdf5 else {}))
     manifest = generate_mini_nsd(args.dir, spec)

@@ -44,6 +44,18 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "last run: stage ingest" in capsys.readouterr().out
 
 
+def test_mini_nsd_volume_option(tmp_path, capsys):
+    import nibabel as nib
+
+    assert main(_mini_args(tmp_path / "nsd") + ["--volume", "20,24,18"]) == 0
+    roi = tmp_path / "nsd/nsddata/ppdata/subj01/func1pt8mm/roi/nsdgeneral.nii.gz"
+    assert nib.load(roi).shape == (20, 24, 18)
+    betas = tmp_path / "nsd/nsddata_betas/ppdata/subj01/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_session01.nii.gz"
+    assert nib.load(betas).shape == (20, 24, 18, 36)
+    assert main(_mini_args(tmp_path / "bad") + ["--volume", "20,24"]) == 2
+    assert "volume_shape" in capsys.readouterr().err
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("[ingest]\nsubjekts = [1]\n")
