@@ -435,7 +435,8 @@ def read_session_betas(fs: Any, layout: NSDLayout, subject: int, session: int, v
         Trials the session must hold (750 for NSD).
     prefer : {"hdf5", "nii.gz"}
     block_bytes : int
-        Raw bytes of betas held in memory per block of trials.
+        Raw bytes of betas held in memory per block of trials (gzip, chunked HDF5); a contiguous
+        HDF5 is read by ranges of up to ``2 × block_bytes``, two in flight at a time.
 
     Returns
     -------
@@ -697,6 +698,10 @@ class StimuliLayout:
     shape: tuple[int, int, int, int]
     offset: int | None
 
+    @classmethod
+    def of(cls, ds: h5py.Dataset) -> "StimuliLayout":
+        return cls(tuple(int(n) for n in ds.shape), _contiguous_offset(ds))
+
     @property
     def side(self) -> int:
         return int(self.shape[1])
@@ -724,7 +729,7 @@ def stimuli_layout(fs: Any, path: str) -> StimuliLayout:
     """Read the HDF5 header of ``nsd_stimuli.hdf5`` once (a driver does this; tasks reuse the result)."""
     f, h5, ds = _open_stimuli(fs, path)
     with f, h5:
-        return StimuliLayout(tuple(int(n) for n in ds.shape), _contiguous_offset(ds))
+        return StimuliLayout.of(ds)
 
 
 def read_stimuli(fs: Any, path: str, ids: np.ndarray, layout: StimuliLayout | None = None) -> np.ndarray:
@@ -749,7 +754,7 @@ def read_stimuli(fs: Any, path: str, ids: np.ndarray, layout: StimuliLayout | No
         return _read_images_by_range(fs, path, _check_ids(ids, layout.shape[0], path, "stimulus"), layout)
     f, h5, ds = _open_stimuli(fs, path)
     with f, h5:
-        found = StimuliLayout(tuple(int(n) for n in ds.shape), _contiguous_offset(ds))
+        found = StimuliLayout.of(ds)
         ids = _check_ids(ids, ds.shape[0], path, "stimulus")
         if found.offset is not None:
             return _read_images_by_range(fs, path, ids, found)

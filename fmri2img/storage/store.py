@@ -19,6 +19,7 @@ and opens the underlying Zarr store lazily in whichever process uses it.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.core.sync import sync
 
 from fmri2img.storage import urls
 
@@ -359,10 +361,6 @@ def _publish(target: Any, staged: Mapping[str, Any], prefixes: Sequence[str]) ->
     the prefixes' own ``zarr.json``, so a group that looks present is complete (its
     template fingerprint is in that last document).  Each step is one concurrent batch.
     """
-    import asyncio
-
-    from zarr.core.sync import sync
-
     heads = [f"{p}/zarr.json" for p in prefixes]
     below = [k for k in staged if k not in heads and any(k.startswith(f"{p}/") for p in prefixes)]
     parents = [k for k in staged if k not in heads and k not in below]
