@@ -119,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.add_argument("--store-option", type=_kv, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--verify", action="store_true",
+                   help="read every chunk: name each corrupt, truncated or missing one (exit 1 when any)")
+    p.add_argument("--repair", action="store_true",
+                   help="with --verify: clear the completion records of the bad chunks' regions, so that "
+                        "rerunning their stage rewrites them")
     return parser
 
 
@@ -202,10 +207,16 @@ def cmd_run(args) -> int:
 
 def cmd_status(args) -> int:
     from fmri2img.pipeline.runner import read_runlog, status
+    from fmri2img.storage import identity
     from fmri2img.storage.store import Store
 
     store = Store(args.store, dict(args.store_option))
+    found = identity.inspect(store)
+    if not found.is_ours:
+        raise identity.refusal(store, found)
     rows = status(store)
+    if args.verify:
+        return _verify(store, rows, args)
     if args.json:
         print(json.dumps([{"group": g, "done": d, "total": t} for g, d, t in rows]))
         return 0
@@ -222,6 +233,32 @@ def cmd_status(args) -> int:
         last = log[-1]
         print(f"last run: stage {last.get('stage')} at {last.get('time')} ({last.get('seconds')} s)")
     return 0
+
+
+def _verify(store, rows, args) -> int:
+    from fmri2img.storage import verify
+
+    bad = verify.verify_store(store, [g for g, _, _ in rows])
+    if args.json:
+        print(json.dumps([b.__dict__ for b in bad]))
+    for b in bad:
+        print(f"BAD {b.line()}")
+    if not bad:
+        if not args.json:
+            print(f"{store.describe()}: every chunk of {len(rows)} groups reads back and matches its checksum")
+        return 0
+    stages = sorted({verify.stage_of(b.group) for b in bad})
+    if args.repair:
+        for group, what in verify.forget_bad(store, bad).items():
+            print(f"cleared {group}: {', '.join(what)}", file=sys.stderr)
+        print(f"{len(bad)} bad chunk(s); their records are cleared: rerun the {', '.join(stages)} stage(s) "
+              f"(the same `fmri2img run CONFIG` or `fmri2img ingest ...` command as before) to rewrite them",
+              file=sys.stderr)
+    else:
+        print(f"{len(bad)} bad chunk(s). Fix: `fmri2img status {args.store} --verify --repair` clears their "
+              f"completion records, then rerun the {', '.join(stages)} stage(s) (the same `fmri2img run CONFIG` "
+              f"or `fmri2img ingest ...` command as before) to rewrite exactly those regions", file=sys.stderr)
+    return 1
 
 
 def cmd_report(args) -> int:

@@ -31,9 +31,12 @@ import xarray as xr
 import zarr
 from zarr.core.sync import sync
 
-from fmri2img.storage import urls
+from fmri2img.storage import identity, urls, verify
 
 logger = logging.getLogger(__name__)
+
+# every array read through zarr in a process that uses stores names the chunk that fails to decode
+verify.install()
 
 PROGRESS_GROUP = "_progress"
 
@@ -156,18 +159,22 @@ class Store:
             Anything else that makes regions written under this template invalid when it
             changes (extractor settings, seeds); part of the template fingerprint.
         """
+        identity.claim(self)  # refuses a foreign or Zarr v2 target before anything is written
         ds = template.copy()
         ds.attrs = {**ds.attrs, **(attrs or {})}
         ds.attrs["fmri2img_regions"] = json.dumps(_regions_to_json(regions))
         ds.attrs["fmri2img_template"] = template_fingerprint(template, regions, salt)
-        encoding = {name: {"chunks": _zarr_chunks(var)} for name, var in ds.data_vars.items()}
+        ds.attrs[verify.ALL_CHUNKS_ATTR] = "all"
+        encoding = {name: {"compressors": verify.checksum_codecs()} for name in ds.variables}
+        for name, var in ds.data_vars.items():
+            encoding[name]["chunks"] = _zarr_chunks(var)
         # Staged in memory first, then published in a few concurrent batches: on an object
         # store this is ~one request per metadata document instead of the many probes and
         # serial writes of writing in place (xarray creates arrays one at a time).
         staged: dict[str, Any] = {}
         memory = zarr.storage.MemoryStore(staged)
         ds.to_zarr(memory, group=group, mode="w", compute=False, zarr_format=3, consolidated=False,
-                   encoding=encoding)
+                   encoding=encoding, write_empty_chunks=True)
         _create_progress(memory, self._progress_path(group), len(regions))
         _publish(self.zarr_store(), staged, (group, self._progress_path(group)))
         logger.info("template %s written to %s (%d regions)", group, self.describe(), len(regions))
@@ -262,7 +269,7 @@ class Store:
         nbytes = 0
         for name, values in data.items():
             try:
-                arr = g[name]
+                arr = g[name].with_config({"write_empty_chunks": True})  # a missing chunk is then a fault
             except KeyError:
                 raise StoreError(f"{group} has no variable {name!r}; it has {sorted(g.array_keys())}") from None
             dims = tuple(arr.metadata.dimension_names or ())
@@ -350,7 +357,7 @@ class Store:
 def _create_progress(zstore: Any, path: str, n_regions: int) -> None:
     """The completion records of a group: one uint8 chunk per region, all 0."""
     zarr.create_array(zstore, name=path, shape=(max(n_regions, 1),), chunks=(1,), dtype="uint8", fill_value=0,
-                      overwrite=True, dimension_names=("region",))
+                      overwrite=True, dimension_names=("region",), compressors=verify.checksum_codecs())
 
 
 def _publish(target: Any, staged: Mapping[str, Any], prefixes: Sequence[str]) -> None:
