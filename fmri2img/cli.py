@@ -196,8 +196,11 @@ def cmd_ingest(args) -> int:
 def cmd_run(args) -> int:
     from fmri2img import config as cfgmod
     from fmri2img.pipeline.runner import run
+    from fmri2img.storage import logredact
 
     config = cfgmod.load(args.config)
+    logredact.add_secrets(sum((logredact.secrets_of(section.storage_options) for section in
+                               (config.store, config.source, config.outputs, config.weights)), []))
     stages = [s for s in args.stages.split(",") if s] if args.stages else None
     with cluster_from(args, config.cluster) as client:
         results = run(config, stages=stages, client=client, progress=not args.no_progress)
@@ -310,8 +313,38 @@ COMMANDS = {"demo": cmd_demo, "mini-nsd": cmd_mini_nsd, "ingest": cmd_ingest, "r
             "status": cmd_status, "report": cmd_report, "weights": cmd_weights}
 
 
+def _secrets_of_args(args) -> list[str]:
+    from fmri2img.storage.logredact import secrets_of
+
+    out: list[str] = []
+    for name in ("store_option", "source_option", "cluster_option"):
+        out += secrets_of(dict(getattr(args, name, None) or []))
+    return out
+
+
+def _os_error_line(exc: OSError) -> str:
+    """One line for an OSError: the path, what happened and what to do."""
+    from fmri2img.storage.urls import redact
+
+    path = exc.filename if exc.filename is not None else ""
+    what = exc.strerror or str(exc)
+    fix = {
+        FileExistsError: "a file is where a directory is needed: choose another path or move that file",
+        NotADirectoryError: "a part of the path is a regular file, not a directory: choose another path",
+        IsADirectoryError: "a directory is where a file is expected: give the file's path",
+        FileNotFoundError: "check the path",
+        PermissionError: "check the permissions of the path, or choose a location you may write to",
+    }.get(type(exc), "check the path and the disk (space, permissions, mounts)")
+    where = f"{redact(str(path))}: " if path else ""
+    return f"{where}{what} ({type(exc).__name__}). Fix: {fix}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    from fmri2img.storage import logredact
+
     args = build_parser().parse_args(argv)
+    # every record of every logger is redacted, at every verbosity (botocore's -vv DEBUG lines included)
+    logredact.install(_secrets_of_args(args))
     # our own messages at INFO (-v: DEBUG); other libraries' (distributed's are chatty) at WARNING (-vv: all)
     logging.basicConfig(level=logging.DEBUG if args.verbose >= 2 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -324,13 +357,48 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted: finished regions are recorded; run the same command again to resume", file=sys.stderr)
+        if argv is None:
+            exit_promptly(130)
         return 130
-    except (ValueError, RuntimeError, FileNotFoundError, PermissionError) as exc:
-        if args.verbose >= 2:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, RuntimeError, OSError) as exc:
+        if args.verbose >= 2:  # the traceback, redacted like every other line
+            import traceback
+
+            print(logredact.redact_text(traceback.format_exc()), file=sys.stderr, end="")
+        raw_os = isinstance(exc, OSError) and exc.errno is not None  # ours carry their own message
+        line = _os_error_line(exc) if raw_os else str(exc)
+        print(f"error: {logredact.redact_text(line)}", file=sys.stderr)
+        if argv is None:  # this process's own command line: it ends promptly, whatever still runs
+            exit_promptly(2)
         return 2
 
+
+#: seconds the process may take to end after its error line before it is ended regardless
+EXIT_GRACE_S = float(os.environ.get("FMRI2IMG_EXIT_GRACE_S", "10"))
+
+
+def exit_promptly(code: int, grace: float | None = None) -> None:
+    """End the process with ``code`` within ``grace`` seconds, even if threads or exit hooks hang.
+
+    After an error nothing is left to save (finished regions are recorded as they finish), so a
+    cluster that does not shut down, a thread stuck on a dead connection or an exit hook that
+    waits must not keep a failed command alive with no further message.
+    """
+    import threading
+
+    def _end() -> None:
+        alive = [t.name for t in threading.enumerate()
+                 if t is not threading.current_thread() and t is not threading.main_thread() and not t.daemon]
+        print(f"fmri2img: exiting ({code}) {grace_s:.0f} s after the error"
+              + (f"; still running: {', '.join(alive[:5])}" if alive else ""), file=sys.stderr)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(code)
+
+    grace_s = EXIT_GRACE_S if grace is None else grace
+    timer = threading.Timer(grace_s, _end)
+    timer.daemon = True
+    timer.start()
 
 if __name__ == "__main__":
     sys.exit(main())

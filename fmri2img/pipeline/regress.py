@@ -30,7 +30,7 @@ import numpy as np
 import xarray as xr
 
 from fmri2img.pipeline.features import feature_group
-from fmri2img.ridge import BlockRidge, ImageIdMismatchError
+from fmri2img.ridge import BlockRidge, ImageIdMismatchError, RidgeInputError
 from fmri2img.ridge.presets import ALPHA_CLIP_TEXT, ALPHA_CLIP_VISION, ALPHA_VDVAE
 from fmri2img.storage import schema
 from fmri2img.storage.store import Region, Store
@@ -69,6 +69,10 @@ def ridge_options(name: str, options: Mapping[str, Any] | None) -> dict[str, Any
         raise RegressError(f"regress.targets.{name}: unknown option(s) {unknown}; valid: {sorted(valid)}")
     if isinstance(merged.get("alpha"), list):
         merged["alpha"] = [float(a) for a in merged["alpha"]]
+    try:  # every value the estimator would refuse at fit time is refused here, when the config loads
+        BlockRidge(**{**merged, "device": None})._check_params()  # the device is checked where it runs
+    except (RidgeInputError, TypeError, ValueError) as exc:
+        raise RegressError(f"regress.targets.{name}: {exc}") from None
     return merged
 
 
