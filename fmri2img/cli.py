@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="X,Y,Z of the functional volume (NSD func1pt8mm: 81,104,83)")
     p.add_argument("--nan-voxels", type=int, default=None, help="plant NaN in this many voxels (float betas)")
     p.add_argument("--no-hdf5", action="store_true", help="do not write the .hdf5 twins of the betas")
+    p.add_argument("--hdf5-layout", choices=("chunked", "contiguous"), default=None,
+                   help="betas .hdf5 layout: NSD's chunks of one voxel's trials (default) or one contiguous block")
+    p.add_argument("--nsdgeneral-keep", type=float, default=None,
+                   help="fraction of the simulated posterior cap kept as nsdgeneral (default 0.66, about 7%% of "
+                        "the volume; 0.22 gives NSD's 2.3%%)")
 
     p = sub.add_parser("ingest", help="NSD files (any URL) → the project store, one task per session")
     p.add_argument("--source", required=True, help="NSD root, e.g. s3://natural-scenes-dataset or ./mini-nsd")
@@ -86,7 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subject", type=_int_list, required=True, help="subject(s), e.g. 1 or 1,2,5,7")
     p.add_argument("--sessions", default="public",
                    help="sessions, e.g. 1-37 or 1,3,5-7; default 'public': 1–37 clipped to the design")
-    p.add_argument("--prefer", choices=["hdf5", "nii.gz"], default="hdf5")
+    p.add_argument("--prefer", choices=["hdf5", "nii.gz"], default="hdf5",
+                   help="betas from the .hdf5 twin (only the masked voxels' bytes; default) or the .nii.gz stream")
+    p.add_argument("--betas-scale", type=_betas_scale, default="nsd",
+                   help="units of the betas files: 'nsd' (NSD's int16 × 300; default) or a number the values are "
+                        "divided by (1: floats in percent signal change, 300: floats × 300)")
     p.add_argument("--nan-policy", choices=["error", "zero"], default="error")
     p.add_argument("--no-stimuli", action="store_true", help="skip copying stimuli and captions")
     p.add_argument("--captions-url", default="", help="COCO_73k_annots_curated.npy (default: at the source root)")
@@ -150,6 +159,18 @@ def cluster_from(args, config_cluster=None) -> Iterator:
         close_quietly(client)
 
 
+def _betas_scale(text: str) -> str | float:
+    if text == "nsd":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'nsd' or a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def cmd_mini_nsd(args) -> int:
     from fmri2img.storage.mininsd import MiniNSDSpec, generate_mini_nsd
 
@@ -157,10 +178,12 @@ def cmd_mini_nsd(args) -> int:
               "n_images": args.n_images, "n_shared": args.n_shared, "n_per_subject": args.n_per_subject,
               "nan_voxels": args.nan_voxels, "n_sessions": args.n_sessions,
               "trials_per_session": args.trials_per_session,
-              "volume_shape": tuple(args.volume) if args.volume else None}
-    spec = MiniNSDSpec(**{k: v for k, v in fields.items() if v is not None},
-                       **({"write_hdf5": False} if args.no_hdf5 else {}))
-    manifest = generate_mini_nsd(args.dir, spec)
+              "volume_shape": tuple(args.volume) if args.volume else None, "hdf5_layout": args.hdf5_layout,
+              "nsdgeneral_keep": args.nsdgeneral_keep}
+    spec = MiniNSDSpec.sized(**{k: v for k, v in fields.items() if v is not None},
+                             **({"write_hdf5": False} if args.no_hdf5 else {}))
+    manifest = generate_mini_nsd(args.dir, spec, progress=lambda line: print(f"mini-NSD: {line}", file=sys.stderr,
+                                                                              flush=True))
     print(f"mini-NSD written to {args.dir}")
     for subject, info in sorted(manifest.get("subjects", {}).items()):
         print(f"  subj{int(subject):02d}: {info.get('n_voxels')} nsdgeneral voxels, {info.get('n_train_images')} train"
@@ -181,7 +204,7 @@ def cmd_ingest(args) -> int:
         source=SourceConfig(args.source, source_opts, args.captions_url),
         cluster=ClusterConfig(spec=args.cluster or "local"),
         ingest=IngestConfig(subjects=list(args.subject), sessions=args.sessions, prefer=args.prefer,
-                            nan_policy=args.nan_policy, stimuli=not args.no_stimuli),
+                            nan_policy=args.nan_policy, stimuli=not args.no_stimuli, betas_scale=args.betas_scale),
     ))
     with cluster_from(args, config.cluster) as client:
         results = run(config, client=client, progress=not args.no_progress)

@@ -119,8 +119,12 @@ class IngestConfig:
     subjects: list = field(default_factory=lambda: [1])
     #: "public" = 1–37 clipped to the design (Brain-Diffuser's choice), or e.g. "1-37", "1,3,5-7"
     sessions: str = PUBLIC
-    #: read betas from the uncompressed .hdf5 twin by range when present ("hdf5"), or stream the .nii.gz ("nii.gz")
+    #: read betas from the uncompressed .hdf5 twin by range when present ("hdf5": only the masked voxels' chunks of
+    #: NSD's chunked files are fetched), or stream the .nii.gz ("nii.gz")
     prefer: str = "hdf5"
+    #: units of the betas files: "nsd" = NSD's int16 percent signal change × 300 (float files refused), or a number
+    #: the values are divided by (1: floats already in percent signal change; 300: floats × 300)
+    betas_scale: str | float = "nsd"
     #: what to do with NaN betas: "error" (default) or "zero" (replace by 0 and record the count)
     nan_policy: str = "error"
     stimuli: bool = True
@@ -349,6 +353,12 @@ def from_dict(cls, data: Mapping[str, Any], prefix: str = ""):
 def validate(config: Config) -> Config:
     """Cross-field checks that types alone cannot express."""
     config.ingest.session_list()
+    scale = config.ingest.betas_scale
+    if isinstance(scale, str) and scale != "nsd" or isinstance(scale, bool) or \
+            not isinstance(scale, (str, int, float)) or not isinstance(scale, str) and not 0 < scale < float("inf"):
+        raise ConfigError(f"ingest.betas_scale: expected \"nsd\" (NSD's int16 × 300) or a positive number the betas "
+                          f"are divided by (1 for floats in percent signal change, 300 for floats × 300), "
+                          f"got {scale!r}")
     for s in config.ingest.subjects:
         if not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= 99:
             raise ConfigError(f"ingest.subjects: expected subject numbers like [1, 2, 5, 7], got {s!r}")

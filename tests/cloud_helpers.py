@@ -80,3 +80,64 @@ def make_bucket(url: str, storage_options: dict[str, Any]) -> None:
     if not fs.exists(bucket):
         fs.mkdir(bucket)
     fs.invalidate_cache()
+
+
+class CountingS3Server:
+    """moto's S3 app on loopback behind a WSGI layer that counts the body bytes it serves per object.
+
+    ``served[key]`` and ``requests[key]`` count GET responses for ``bucket/key`` (s3fs with an
+    ``endpoint_url`` addresses objects path-style). Use as a context manager; ``endpoint`` is
+    ``"http://127.0.0.1:PORT"``.
+    """
+
+    def __init__(self) -> None:
+        from collections import Counter
+        from threading import Lock, Thread
+
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from werkzeug.serving import make_server
+
+        self.served: Counter = Counter()
+        self.requests: Counter = Counter()
+        lock = Lock()
+        app = DomainDispatcherApplication(create_backend_app)
+
+        def counting(environ, start_response):
+            body = app(environ, start_response)
+            if environ.get("REQUEST_METHOD") != "GET":
+                return body
+            key = environ.get("PATH_INFO", "").lstrip("/")
+
+            def pieces():
+                try:
+                    for piece in body:
+                        with lock:
+                            self.served[key] += len(piece)
+                        yield piece
+                finally:
+                    if hasattr(body, "close"):
+                        body.close()
+
+            with lock:
+                self.requests[key] += 1
+            return pieces()
+
+        self._server = make_server("127.0.0.1", 0, counting, threaded=True, request_handler=MotoRequestHandler)
+        self._thread = Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def reset(self) -> None:
+        self.served.clear()
+        self.requests.clear()
+
+    def __enter__(self) -> "CountingS3Server":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._thread.join(timeout=30)

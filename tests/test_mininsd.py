@@ -63,8 +63,9 @@ def all_betas(root: Path, spec: MiniNSDSpec, subject: int, prefer: str = "hdf5")
     lay = NSDLayout(str(root))
     mask = read_mask(FS, lay.roi(subject, "nsdgeneral"))
     voxels = np.flatnonzero(mask)
+    scale = 300 if spec.nan_voxels else "nsd"  # float files (NaN) are × 300 and need their scale named
     betas = np.concatenate([read_session_betas(FS, lay, subject, s, voxels, mask.shape, spec.trials_per_session,
-                                               prefer=prefer) for s in range(1, spec.n_sessions + 1)])
+                                               prefer=prefer, scale=scale) for s in range(1, spec.n_sessions + 1)])
     return betas, voxels
 
 

@@ -78,18 +78,42 @@ def put(fs, path: str, data: bytes) -> None:
         f.write(data)
 
 
-def hdf5_bytes(**datasets: np.ndarray) -> bytes:
+#: HDF5 layouts of the betas: NSD's (one voxel's trials per chunk), contiguous, other chunkings,
+#: a compressed one (read through h5py) and the newest file format (layout v4, read through h5py)
+H5_LAYOUTS = {
+    "nsd": dict(chunks="voxel"),
+    "contiguous": dict(),
+    "blocks": dict(chunks=(5, 2, 3, 2)),
+    "gzip": dict(chunks="voxel", compression="gzip"),
+    "latest": dict(chunks="voxel", libver="latest"),
+}
+
+
+def hdf5_bytes(libver: str = "earliest", **datasets: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    with h5py.File(buf, "w") as h5:
+    with h5py.File(buf, "w", libver=libver) as h5:
         for name, arr in datasets.items():
             h5.create_dataset(name, data=arr)
     return buf.getvalue()
 
 
-def write_betas(fs, layout: NSDLayout, data: np.ndarray, session: int = 1, hdf5: bool = True) -> None:
+def betas_hdf5_bytes(data_xyzt: np.ndarray, layout: str = "nsd") -> bytes:
+    """``betas`` as (trials, Z, Y, X) in one of :data:`H5_LAYOUTS`."""
+    opts = dict(H5_LAYOUTS[layout])
+    arr = data_xyzt.transpose(3, 2, 1, 0)
+    if opts.get("chunks") == "voxel":
+        opts["chunks"] = (arr.shape[0], 1, 1, 1)
+    buf = io.BytesIO()
+    with h5py.File(buf, "w", libver=opts.pop("libver", "earliest")) as h5:
+        h5.create_dataset("betas", data=arr, **opts)
+    return buf.getvalue()
+
+
+def write_betas(fs, layout: NSDLayout, data: np.ndarray, session: int = 1, hdf5: bool = True,
+                h5_layout: str = "nsd") -> None:
     put(fs, layout.betas(1, session, "nii.gz"), nifti_gz(data))
     if hdf5:
-        put(fs, layout.betas(1, session, "hdf5"), hdf5_bytes(betas=data.transpose(3, 2, 1, 0)))
+        put(fs, layout.betas(1, session, "hdf5"), betas_hdf5_bytes(data, h5_layout))
 
 
 def betas_reference(data: np.ndarray, voxels: np.ndarray) -> np.ndarray:
@@ -253,12 +277,13 @@ def betas_int16():
     return data, voxels
 
 
+@pytest.mark.parametrize("h5_layout", list(H5_LAYOUTS))
 @pytest.mark.parametrize("block_bytes", [1, 700, 1 << 26])
-def test_betas_hdf5_equals_nifti_equals_numpy(fs_root, betas_int16, block_bytes):
+def test_betas_hdf5_equals_nifti_equals_numpy(fs_root, betas_int16, block_bytes, h5_layout):
     fs, root = fs_root
     data, voxels = betas_int16
     lay = NSDLayout(root)
-    write_betas(fs, lay, data)
+    write_betas(fs, lay, data, h5_layout=h5_layout)
     ref = betas_reference(data, voxels)
     h = read_session_betas(fs, lay, 1, 1, voxels, SHAPE, TRIALS, prefer="hdf5", block_bytes=block_bytes)
     n = read_session_betas(fs, lay, 1, 1, voxels, SHAPE, TRIALS, prefer="nii.gz", block_bytes=block_bytes)
@@ -267,20 +292,38 @@ def test_betas_hdf5_equals_nifti_equals_numpy(fs_root, betas_int16, block_bytes)
     np.testing.assert_allclose(h, ref, rtol=1e-6)
 
 
-def test_betas_float_nan_preserved(fs_root):
+@pytest.mark.parametrize("h5_layout", ["nsd", "contiguous"])
+def test_betas_float_nan_preserved(fs_root, h5_layout):
     fs, root = fs_root
     rng = np.random.default_rng(3)
     data = np.round(rng.normal(0, 600, (*SHAPE, TRIALS))).astype(np.float32)
     data[1, 2, 3, :] = np.nan
     voxels = np.flatnonzero(np.ones(SHAPE, bool))
     lay = NSDLayout(root)
-    write_betas(fs, lay, data)
-    h = read_session_betas(fs, lay, 1, 1, voxels, SHAPE, TRIALS)
-    n = read_session_betas(fs, lay, 1, 1, voxels, SHAPE, TRIALS, prefer="nii.gz")
+    write_betas(fs, lay, data, h5_layout=h5_layout)
+    h = read_session_betas(fs, lay, 1, 1, voxels, SHAPE, TRIALS, scale=300)
+    n = read_session_betas(fs, lay, 1, 1, voxels, SHAPE, TRIALS, prefer="nii.gz", scale=300)
     np.testing.assert_array_equal(h, n)  # NaN == NaN in assert_array_equal
     nan_col = np.ravel_multi_index((1, 2, 3), SHAPE)
     assert np.isnan(h[:, nan_col]).all() and np.isfinite(np.delete(h, nan_col, axis=1)).all()
     np.testing.assert_allclose(h, betas_reference(data, voxels), rtol=1e-6)
+    pct = read_session_betas(fs, lay, 1, 1, voxels, SHAPE, TRIALS, scale=1)  # floats already in % signal change
+    np.testing.assert_allclose(pct, h * 300, rtol=1e-6)
+
+
+@pytest.mark.parametrize("prefer", ["hdf5", "nii.gz"])
+def test_float_betas_without_a_scale_are_refused(fs_root, prefer):
+    """NSD's betas are int16 × 300: a float file is never divided by 300 silently."""
+    fs, root = fs_root
+    data = np.full((*SHAPE, TRIALS), 1.5, np.float64)
+    lay = NSDLayout(root)
+    write_betas(fs, lay, data)
+    name = f"betas_session01.{prefer}"
+    with pytest.raises(NSDFormatError, match=rf"{name} holds float64 betas.*int16.*--betas-scale.*1 if.*300 if"):
+        read_session_betas(fs, lay, 1, 1, np.arange(5), SHAPE, TRIALS, prefer=prefer)
+    for bad in ("psc", 0, -2.0, float("nan"), True):
+        with pytest.raises(NSDError, match="betas scale"):
+            read_session_betas(fs, lay, 1, 1, np.arange(5), SHAPE, TRIALS, prefer=prefer, scale=bad)
 
 
 def test_betas_falls_back_to_nifti_without_hdf5(fs_root, betas_int16):
@@ -336,12 +379,13 @@ class _CountingFS:
 
 
 def test_betas_hdf5_reads_only_the_bounding_box(tmp_path):
+    """A contiguous file: the voxels' z-range is read, not the whole file."""
     rng = np.random.default_rng(4)
     shape, trials = (30, 30, 30), 6
     data = rng.integers(-500, 500, (*shape, trials)).astype(np.int16)
     lay = NSDLayout(str(tmp_path))
     local = fsspec.filesystem("file")
-    write_betas(local, lay, data)
+    write_betas(local, lay, data, h5_layout="contiguous")
     box = np.zeros(shape, bool)
     box[3:8, 10:14, 20:25] = rng.random((5, 4, 5)) > 0.3
     voxels = np.flatnonzero(box)

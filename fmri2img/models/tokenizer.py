@@ -74,14 +74,26 @@ def caption_words(texts: Iterable[str]) -> list[str]:
     return list(seen)
 
 
-def mini_nsd_words() -> list[str]:
-    """Words of the mini-NSD captions (descriptions, tints, rotations, modifiers) plus :data:`COMMON_WORDS`."""
-    from fmri2img.storage import mininsd  # constants only; no store is opened
+#: Words of the mini-NSD captions (descriptions, tints, rotations, modifiers), in first-seen order.
+#: A fixed list so that models never import the data generator; tests/test_mininsd.py checks that
+#: every caption mini-NSD writes uses only these words.
+CAPTION_WORDS: tuple[str, ...] = tuple("""
+    an astronaut in a white spacesuit smiling front of flag woman posing for portrait person space suit
+    cup coffee on saucer table mug black tabby cat looking at the camera lying blanket striped rocket
+    launch pad standing under blue sky tower man with tripod photographer field cameraman old coins dark
+    background collection metal rows cratered surface moon close view lunar craters distant galaxies
+    deep image full stars and back human eye blood vessels photograph retina red fundus wall clock
+    photographed motion blur round face brick grey bricks mortar patch grass green blades lawn seen from
+    above gravel small stones ground path printed text angle letters page slanted sign words scanned
+    book lines writing motorcycle parked garage motorbike indoors stained tissue sample microscope cells
+    brown slide tinted yellow purple turned sideways upside down its side mirrored up dim light brightly
+    lit
+""".split())
 
-    texts = [d for descs, _ in mininsd.SOURCES.values() for d in descs]
-    texts += list(mininsd.TINTS) + list(mininsd.ROTATIONS.values())
-    texts += ["mirrored", "seen close up", "in dim light", "brightly lit"]  # modifiers written by _captions
-    return caption_words(texts + list(COMMON_WORDS))
+
+def mini_nsd_words() -> list[str]:
+    """:data:`CAPTION_WORDS` plus :data:`COMMON_WORDS` (the tiny tokenizer's whole-word vocabulary)."""
+    return caption_words(list(CAPTION_WORDS) + list(COMMON_WORDS))
 
 
 def _word_symbols(word: str) -> tuple[str, ...]:

@@ -134,12 +134,14 @@ def schema_shape(shape: Sequence[int]) -> str:
 # -- tasks (module level: they are pickled to workers) ---------------------------------------
 
 def ingest_session(store: Store, source: Source, subject: int, session: int, region: Region,
-                   voxels: np.ndarray, volume_shape: tuple, trials: int, prefer: str, nan_policy: str) -> dict:
+                   voxels: np.ndarray, volume_shape: tuple, trials: int, prefer: str, nan_policy: str,
+                   betas_scale: str | float = nsd.NSD_SCALE) -> dict:
     """Stream one session file, mask it, write its betas row; return a summary."""
     t0 = time.perf_counter()
     fs, root = source.filesystem()
     layout = nsd.NSDLayout(root)
-    betas = nsd.read_session_betas(fs, layout, subject, session, voxels, volume_shape, trials, prefer=prefer)
+    betas = nsd.read_session_betas(fs, layout, subject, session, voxels, volume_shape, trials, prefer=prefer,
+                                   scale=betas_scale)
     bad = ~np.isfinite(betas)
     n_bad = int(bad.sum())
     if n_bad:
@@ -220,7 +222,7 @@ def repeat_average_matrix(rows: Sequence[np.ndarray], n_rows: int) -> sp.csr_mat
 def ingest(
     store: Store, source: Source, subject: int, sessions: Sequence[int] | None, *, client=None,
     prefer: str = "hdf5", nan_policy: str = "error", stimuli: bool = True, captions: bool = True,
-    config: Mapping[str, Any] | None = None, progress: bool = True,
+    config: Mapping[str, Any] | None = None, progress: bool = True, betas_scale: str | float = nsd.NSD_SCALE,
 ) -> dict:
     """Ingest one subject from ``source`` into ``store``; resumable.
 
@@ -242,6 +244,9 @@ def ingest(
         What to do with non-finite betas.
     stimuli, captions : bool
         Also copy the subject's stimuli (and captions) into ``stimuli``.
+    betas_scale : "nsd" or float
+        Units of the betas files: NSD's int16 × 300 (float files are refused), or a number the
+        values are divided by (see :func:`fmri2img.storage.nsd.read_session_betas`).
 
     Returns
     -------
@@ -262,7 +267,8 @@ def ingest(
     btemplate = schema.betas_template(split.trial_session, split.trial_image, split.trial_index, tps,
                                       plan.voxels, plan.volume_shape)
     bregions = [Region(k, "trial", k * tps, (k + 1) * tps, f"session-{s:02d}") for k, s in enumerate(split.sessions)]
-    btodo = store.ensure_template(bgroup, btemplate, bregions, attrs={**attrs, "trials_per_session": tps})
+    btodo = store.ensure_template(bgroup, btemplate, bregions, attrs={**attrs, "trials_per_session": tps,
+                                                                          "betas_scale": str(betas_scale)})
 
     vregions = regular_regions("voxel", len(plan.voxels), schema.VOXEL_CHUNK, "voxels")
     names, sources_, masks = read_roi_masks(source, plan)
@@ -291,7 +297,7 @@ def ingest(
 
     tasks = [
         Task(r.label, ingest_session, (store, source, subject, split.sessions[r.index], r, plan.voxels,
-                                       plan.volume_shape, tps, prefer, nan_policy))
+                                       plan.volume_shape, tps, prefer, nan_policy, betas_scale))
         for r in btodo
     ]
     stim_todo, stim_ids, stim_layout = (_stimuli_plan(store, source, split, attrs, captions) if stimuli

@@ -57,7 +57,7 @@ def stage_ingest(ctx: RunContext) -> dict:
     for subject in cfg.subjects:
         out[f"subj{subject:02d}"] = ingest(
             ctx.store, ctx.source, subject, cfg.session_list(), client=ctx.client, prefer=cfg.prefer,
-            nan_policy=cfg.nan_policy, stimuli=cfg.stimuli, captions=cfg.stimuli,
+            nan_policy=cfg.nan_policy, stimuli=cfg.stimuli, captions=cfg.stimuli, betas_scale=cfg.betas_scale,
             config=ctx.config.redacted(), progress=ctx.progress,
         )
     return out

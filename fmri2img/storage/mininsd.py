@@ -3,15 +3,31 @@
 Stimuli are real photographs shipped with scikit-image, cropped, mirrored, rotated and
 recoloured into ``n_images`` distinct pictures with captions that describe them. Responses
 come from the simulated visual cortex of :mod:`fmri2img.storage.cortex` plus trial noise.
-The files are the ones :mod:`fmri2img.storage.nsd` reads from the real NSD bucket:
+The files are the ones :mod:`fmri2img.storage.nsd` reads from the real NSD bucket, in NSD's
+layouts as the NSD data manual and public readers (nsd_access, Brain-Diffuser's
+``prepare_nsddata.py``) describe them:
 
 * ``nsddata/experiments/nsd/nsd_expdesign.mat`` (masterordering 1×T, subjectim 8×n_per_subject,
-  sharedix 1×n_shared, stimpattern n_sessions×runs×slots, basiccnt 3×n_sessions);
-* ``nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5`` (``imgBrick`` uint8 n_images×side×side×3);
-* ``nsddata/ppdata/subjNN/func1pt8mm/roi/*.nii.gz`` (int16 label volumes, -1 outside the brain);
+  sharedix 1×n_shared, stimpattern n_sessions×runs×slots, basiccnt 3×n_sessions). MATLAB's class
+  is double, but the fields load as integers with ``scipy.io.loadmat``'s defaults (Brain-Diffuser
+  indexes arrays with them directly); the manual does not give the stored integer width, so
+  mini-NSD stores the smallest unsigned type that holds each field (uint16 or uint32, uint8 for
+  stimpattern);
+* ``nsddata/experiments/nsd/nsd_stim_info_merged.csv`` (unnamed index, cocoId, cocoSplit, cropBox,
+  loss, nsdId, flagged, BOLD5000, shared1000, subject1..8, subject1_rep0..subject8_rep2: 0-based
+  nsdId, 1-based trial numbers with 0 = not shown), one row per image of ``imgBrick``; mini-NSD
+  images are not COCO images, so cocoId is -1 and cocoSplit ``mini-nsd``;
+* ``nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5`` (``imgBrick`` uint8 n_images×side×side×3; the
+  manual does not give its chunking: mini-NSD writes it contiguous);
+* ``nsddata/ppdata/subjNN/func1pt8mm/roi/*.nii.gz`` (int16 label volumes: -1 outside the brain,
+  0 unlabelled, labels > 0);
 * ``nsddata_betas/ppdata/subjNN/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_sessionNN.nii.gz``
-  (X×Y×Z×trials, int16 = percent signal change × 300; float32 with NaN when ``nan_voxels`` > 0)
-  and the ``.hdf5`` twin (dataset ``betas``, trials×Z×Y×X, same values);
+  (X×Y×Z×trials, int16 = percent signal change × 300, 1.8 mm voxels, 1.333 s, no scl_slope) and
+  the ``.hdf5`` twin: dataset ``betas`` of MATLAB size X×Y×Z×trials, i.e. h5py (trials, Z, Y, X),
+  int16, uncompressed, chunks of one voxel's trials ((trials, 1, 1, 1); MATLAB [1 1 1 750]) as in
+  NSD (``hdf5_layout="contiguous"`` writes one contiguous block instead, for comparisons). With
+  ``nan_voxels`` > 0 the betas are float32 (still × 300) with NaN: not NSD's format, a stand-in
+  for other pipelines' files, which ingest accepts only with ``betas_scale = 300``;
 * ``COCO_73k_annots_curated.npy`` ((n_images, 5) unicode, '' where missing) at the root;
 * ``mini_nsd.json`` (spec, per-subject facts, file sizes) and ``mini_nsd_truth.hdf5`` (the
   ground-truth pRFs and tuning of every nsdgeneral voxel).
@@ -21,6 +37,7 @@ Generation is deterministic: the same spec gives byte-identical files.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import gzip
 import io
@@ -28,6 +45,8 @@ import json
 import logging
 import os
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +129,11 @@ class MiniNSDSpec:
         (still × 300), else int16.
     write_hdf5 : bool
         Also write the ``betas_sessionNN.hdf5`` twins.
+    hdf5_layout : {"chunked", "contiguous"}
+        NSD's chunks of one voxel's trials, or one contiguous block.
+    nsdgeneral_keep : float
+        Fraction of the simulated posterior cap kept as nsdgeneral: 0.66 covers about 7 % of the
+        volume, 0.22 about 2.3 % (NSD subject 1: 15,724 of 699,192 voxels).
     """
 
     seed: int = 0
@@ -124,6 +148,8 @@ class MiniNSDSpec:
     noise: float = 2.0
     nan_voxels: int = 0
     write_hdf5: bool = True
+    hdf5_layout: str = "chunked"
+    nsdgeneral_keep: float = 0.66
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "subjects", tuple(int(s) for s in self.subjects))
@@ -149,10 +175,29 @@ class MiniNSDSpec:
              f"volume_shape={self.volume_shape} must be 3 sizes in 16..128"),
             (np.isfinite(self.noise) and self.noise >= 0, f"noise={self.noise} must be a finite number >= 0"),
             (0 <= self.nan_voxels <= 500, f"nan_voxels={self.nan_voxels} must be in 0..500"),
+            (self.hdf5_layout in ("chunked", "contiguous"),
+             f"hdf5_layout={self.hdf5_layout!r} must be 'chunked' (NSD's) or 'contiguous'"),
+            (0.05 <= self.nsdgeneral_keep <= 1.0, f"nsdgeneral_keep={self.nsdgeneral_keep} must be in 0.05..1"),
         )
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"MiniNSDSpec: {message}")
+
+    @classmethod
+    def sized(cls, **fields: Any) -> "MiniNSDSpec":
+        """A spec whose unset image counts fit the trials asked for.
+
+        With more trials than the demo's image counts allow (e.g. NSD's 750 per session), the
+        images per subject, shared images and stimuli grow as in NSD: most images shown 2–3
+        times, a fifth of them shared, 1.6× as many stimuli as images per subject.
+        """
+        base = cls()
+        n_trials = fields.get("n_sessions", base.n_sessions) * fields.get("trials_per_session", base.trials_per_session)
+        per = fields.get("n_per_subject")
+        if per is None and not {"n_shared", "n_images"} & fields.keys() and n_trials > 3 * base.n_per_subject:
+            per = -(-n_trials * 2 // 5)  # 2.5 showings per image on average
+            fields.update(n_per_subject=per, n_shared=max(2, per // 5), n_images=max(base.n_images, -(-per * 8 // 5)))
+        return cls(**fields)
 
     @property
     def n_trials(self) -> int:
@@ -268,8 +313,43 @@ def _design(spec: MiniNSDSpec) -> dict[str, np.ndarray]:
     session = np.arange(len(master)) // spec.trials_per_session
     basiccnt = np.zeros((3, spec.n_sessions), np.float64)
     np.add.at(basiccnt, (nth - 1, session), 1)
-    return dict(masterordering=master[None].astype(np.float64), subjectim=subjectim.astype(np.float64),
-                sharedix=shared[None].astype(np.float64), stimpattern=stimpattern, basiccnt=basiccnt)
+    return dict(masterordering=_smallest_uint(master[None]), subjectim=_smallest_uint(subjectim),
+                sharedix=_smallest_uint(shared[None]), stimpattern=stimpattern, basiccnt=_smallest_uint(basiccnt))
+
+
+def _smallest_uint(a: np.ndarray) -> np.ndarray:
+    """Integer-valued doubles as MATLAB stores them: the smallest unsigned type of 16 or 32 bits."""
+    return a.astype(np.uint16 if a.max() < 2**16 else np.uint32)
+
+
+STIM_INFO_COLUMNS: tuple[str, ...] = (
+    ("", "cocoId", "cocoSplit", "cropBox", "loss", "nsdId", "flagged", "BOLD5000", "shared1000")
+    + tuple(f"subject{s}" for s in range(1, _N_DESIGN_SUBJECTS + 1))
+    + tuple(f"subject{s}_rep{k}" for s in range(1, _N_DESIGN_SUBJECTS + 1) for k in range(3)))
+
+
+def _stim_info_csv(spec: MiniNSDSpec, design: dict[str, np.ndarray]) -> bytes:
+    """``nsd_stim_info_merged.csv`` with NSD's columns for the images of ``imgBrick``."""
+    n = spec.n_images
+    master = design["masterordering"][0].astype(np.int64)
+    shared = np.zeros(n, bool)
+    shared[design["sharedix"][0].astype(np.int64) - 1] = True
+    member = np.zeros((_N_DESIGN_SUBJECTS, n), np.int64)
+    reps = np.zeros((_N_DESIGN_SUBJECTS, n, 3), np.int64)
+    for s in range(_N_DESIGN_SUBJECTS):
+        row = design["subjectim"][s].astype(np.int64) - 1
+        member[s, row] = 1
+        seen = np.zeros(n, np.int64)
+        for t, image in enumerate(row[master - 1]):  # trial t (0-based) shows 73k id `image`
+            reps[s, image, seen[image]] = t + 1
+            seen[image] += 1
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(STIM_INFO_COLUMNS)
+    for i in range(n):
+        w.writerow([i, -1, "mini-nsd", "(0, 0, 0, 0)", 0.0, i, False, False, bool(shared[i]),
+                    *member[:, i].tolist(), *reps[:, i].reshape(-1).tolist()])
+    return buf.getvalue().encode()
 
 
 def _stimpattern(n_sessions: int, trials_per_session: int) -> np.ndarray:
@@ -280,7 +360,7 @@ def _stimpattern(n_sessions: int, trials_per_session: int) -> np.ndarray:
     keep = np.round(np.linspace(0, slots - 1, per_run)).astype(int)
     row = np.zeros(slots, np.uint8)
     row[keep] = 1
-    return np.broadcast_to(row, (n_sessions, runs, slots)).copy()
+    return np.broadcast_to(row, (n_sessions, runs, slots)).astype(np.uint8)
 
 
 def _mat_bytes(fields: dict[str, np.ndarray]) -> bytes:
@@ -294,22 +374,105 @@ def _mat_bytes(fields: dict[str, np.ndarray]) -> bytes:
 # --------------------------------------------------------------------------- volumes
 
 
+_TR_SECONDS = 4 / 3  # NSD's func1pt8mm time step (1.333 s)
+_NOISE_BLOCK = 64 * 2**20  # bytes of float32 background noise drawn at a time
+
+
+def _nifti_header(shape: tuple[int, ...], dtype: np.dtype, affine: np.ndarray) -> bytes:
+    """A single-file NIfTI-1 header (348 bytes + empty extension flag) as NSD's func1pt8mm files have."""
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(shape)
+    hdr.set_data_dtype(dtype)
+    hdr.set_qform(affine, code=1)
+    hdr.set_sform(affine, code=1)
+    hdr.set_xyzt_units("mm", "sec")
+    zooms = (1.8, 1.8, 1.8, _TR_SECONDS)[:len(shape)]
+    hdr.set_zooms(tuple(abs(float(affine[k, k])) if k < 3 else z for k, z in enumerate(zooms)))
+    hdr.set_data_offset(352)
+    return hdr.binaryblock + b"\x00" * 4
+
+
+def _write_nifti_gz(path: Path, data_f_bytes: Any, shape: tuple[int, ...], dtype: np.dtype,
+                    affine: np.ndarray) -> None:
+    """Write header + data (already in NIfTI's Fortran order) through gzip, deterministic bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
+        gz.write(_nifti_header(shape, np.dtype(dtype), affine))
+        gz.write(data_f_bytes)
+
+
 def _nifti_gz(data: np.ndarray, affine: np.ndarray) -> bytes:
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_data_dtype(data.dtype)
-    img.header.set_xyzt_units("mm", "sec")
-    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=1, mtime=0) as gz:
+        gz.write(_nifti_header(data.shape, data.dtype, affine))
+        gz.write(np.asfortranarray(data).tobytes(order="F"))
+    return buf.getvalue()
 
 
 def _subject_anatomy(spec: MiniNSDSpec, subject: int) -> cortex.Anatomy:
     k = (subject - 1) % len(_SHAPE_OFFSETS)
     shape = tuple(int(s + o) for s, o in zip(spec.volume_shape, _SHAPE_OFFSETS[k]))
     origin = (float(k) * 1.3, -4.0 + k, 2.0 - 0.5 * k)
-    return cortex.build_anatomy(shape, _rng(spec, 4, subject), keep=0.66 - 0.03 * k, origin_mm=origin)
+    keep = spec.nsdgeneral_keep * (0.66 - 0.03 * k) / 0.66
+    return cortex.build_anatomy(shape, _rng(spec, 4, subject), keep=keep, origin_mm=origin)
+
+
+def _zyx(flat_xyz: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Flat C-order (X, Y, Z) voxel indices → flat indices into a C-order (Z, Y, X) volume."""
+    x, y, z = np.unravel_index(flat_xyz, shape)
+    return (z * shape[1] + y) * shape[0] + x
+
+
+def _session_betas(spec: MiniNSDSpec, anat: cortex.Anatomy, subject: int, session: int, trials: np.ndarray,
+                   drive: np.ndarray, tuning: tuple[np.ndarray, np.ndarray], nan: tuple[list[int], np.ndarray]
+                   ) -> np.ndarray:
+    """One session's betas as stored, shape (trials, Z, Y, X): NSD's h5py order, and NIfTI's bytes.
+
+    Brain voxels outside nsdgeneral get noise only; nsdgeneral voxels get
+    baseline + session offset + amplitude × drive[image] + noise, in percent signal change × 300.
+    """
+    baseline, amp = tuning
+    shape = anat.shape
+    n_t = len(trials)
+    srng = _rng(spec, 6, subject, session)
+    dtype = np.float32 if spec.nan_voxels else np.int16
+    out = np.zeros((n_t, int(np.prod(shape))), dtype)
+    brain = _zyx(np.flatnonzero(anat.brain), shape)
+    step = max(1, _NOISE_BLOCK // (4 * max(len(brain), 1)))
+    for t0 in range(0, n_t, step):
+        t1 = min(n_t, t0 + step)
+        noise = srng.standard_normal((t1 - t0, len(brain)), dtype=np.float32)
+        noise *= np.float32(0.6 * spec.noise * BETA_SCALE)
+        out[t0:t1, brain] = _stored(noise, dtype)
+    offset = srng.normal(0.0, 0.3, len(anat.voxels))
+    signal = baseline + offset + amp * drive[trials]
+    signal += srng.normal(0.0, spec.noise, signal.shape)
+    values = _stored(signal * BETA_SCALE, dtype)
+    if spec.nan_voxels and session in nan[0]:
+        values[:, np.isin(anat.voxels, nan[1])] = np.nan
+    out[:, _zyx(anat.voxels, shape)] = values
+    return out.reshape(n_t, *shape[::-1])
+
+
+def _stored(values: np.ndarray, dtype: Any) -> np.ndarray:
+    rounded = np.round(values)
+    if dtype == np.int16:
+        return np.clip(rounded, -32768, 32767).astype(np.int16)
+    return rounded.astype(np.float32)
+
+
+def _write_betas_hdf5(path: Path, betas: np.ndarray, layout: str) -> None:
+    """Dataset ``betas`` (trials, Z, Y, X): NSD's chunks of one voxel's trials, written a z-slab at a time."""
+    chunks = (betas.shape[0], 1, 1, 1) if layout == "chunked" else None
+    with h5py.File(path, "w") as h5:
+        ds = h5.create_dataset("betas", shape=betas.shape, dtype=betas.dtype, chunks=chunks, track_times=False)
+        for z in range(betas.shape[1]):
+            ds[:, z] = betas[:, z]
 
 
 def _write_subject(root: Path, layout: NSDLayout, spec: MiniNSDSpec, subject: int, design: dict[str, np.ndarray],
-                   drive_in: tuple[np.ndarray, np.ndarray], truth: h5py.File) -> dict[str, Any]:
+                   drive_in: tuple[np.ndarray, np.ndarray], truth: h5py.File,
+                   progress: Callable[[str], None]) -> dict[str, Any]:
     anat = _subject_anatomy(spec, subject)
     drive = cortex.voxel_drive(anat, *drive_in)
     for name in ROI_FILES:
@@ -318,31 +481,21 @@ def _write_subject(root: Path, layout: NSDLayout, spec: MiniNSDSpec, subject: in
     n_vox = len(anat.voxels)
     baseline = rng.normal(0.5, 0.5, n_vox)
     amp = rng.uniform(1.0, 3.0, n_vox)
-    brain_idx = np.flatnonzero(anat.brain)
     nan_vox = np.sort(rng.choice(anat.voxels, min(spec.nan_voxels, n_vox), replace=False))
     n_nan_sess = max(1, spec.n_sessions // 3) if spec.nan_voxels else 0
     nan_sessions = sorted(int(s) + 1 for s in rng.choice(spec.n_sessions, n_nan_sess, replace=False))
     images = design["subjectim"][subject - 1].astype(np.int64)[design["masterordering"][0].astype(np.int64) - 1] - 1
     for session in range(1, spec.n_sessions + 1):
+        t0 = time.perf_counter()
         trials = images[(session - 1) * spec.trials_per_session:session * spec.trials_per_session]
-        srng = _rng(spec, 6, subject, session)
-        vol = np.zeros((int(np.prod(anat.shape)), len(trials)), np.float32)
-        vol[brain_idx] = srng.normal(0.0, 0.6 * spec.noise, (len(brain_idx), len(trials)))
-        offset = srng.normal(0.0, 0.3, n_vox)
-        signal = baseline + offset + amp * drive[trials]
-        vol[anat.voxels] = (signal + srng.normal(0.0, spec.noise, signal.shape)).T
-        raw = np.round(vol * BETA_SCALE)
-        if spec.nan_voxels:
-            raw = raw.astype(np.float32)
-            if session in nan_sessions:
-                raw[nan_vox] = np.nan
-        else:
-            raw = np.clip(raw, -32768, 32767).astype(np.int16)
-        raw = raw.reshape(*anat.shape, len(trials))
-        _write(root, layout.betas(subject, session, "nii.gz"), _nifti_gz(raw, anat.affine))
+        betas = _session_betas(spec, anat, subject, session, trials, drive, (baseline, amp), (nan_sessions, nan_vox))
+        _write_nifti_gz(root / layout.betas(subject, session, "nii.gz"), memoryview(betas).cast("B"),
+                        (*anat.shape, len(trials)), betas.dtype, anat.affine)
         if spec.write_hdf5:
-            with h5py.File(root / layout.betas(subject, session, "hdf5"), "w") as h5:
-                h5.create_dataset("betas", data=np.ascontiguousarray(raw.transpose(3, 2, 1, 0)), track_times=False)
+            _write_betas_hdf5(root / layout.betas(subject, session, "hdf5"), betas, spec.hdf5_layout)
+        progress(f"subj{subject:02d} session {session}/{spec.n_sessions}: {betas.nbytes / 1e6:.0f} MB of betas "
+                 f"in {time.perf_counter() - t0:.1f} s")
+        del betas
     grp = truth.create_group(f"subj{subject:02d}")
     for name in ("voxels", "area", "rf_x", "rf_y", "rf_size", "ecc", "weights", "category"):
         grp.create_dataset(name, data=getattr(anat, name), track_times=False)
@@ -361,7 +514,8 @@ def _write(root: Path, rel: str, data: bytes) -> None:
 # --------------------------------------------------------------------------- entry point
 
 
-def generate_mini_nsd(root: str | os.PathLike, spec: MiniNSDSpec = MiniNSDSpec()) -> dict[str, Any]:
+def generate_mini_nsd(root: str | os.PathLike, spec: MiniNSDSpec = MiniNSDSpec(),
+                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write a mini-NSD dataset under ``root`` in the exact NSD layout.
 
     Parameters
@@ -369,6 +523,9 @@ def generate_mini_nsd(root: str | os.PathLike, spec: MiniNSDSpec = MiniNSDSpec()
     root : str or path-like
         Local directory (created if needed; existing mini-NSD files are overwritten).
     spec : MiniNSDSpec
+    progress : callable, optional
+        Called with a line of text after each step (stimuli, each session file); default: the
+        module's logger at INFO.
 
     Returns
     -------
@@ -376,22 +533,27 @@ def generate_mini_nsd(root: str | os.PathLike, spec: MiniNSDSpec = MiniNSDSpec()
         The content of ``root/mini_nsd.json``: spec, per-subject voxel counts, volume shapes
         and affines, train/test counts, NaN placement, ground-truth description, file sizes.
     """
+    progress = progress or logger.info
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     _remove_previous(root)
     layout = NSDLayout("")
     params = _image_params(spec)
     (root / layout.stimuli()).parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
     small = _write_stimuli(root / layout.stimuli(), spec, params)
     np.save(root / layout.captions(), _captions(spec, params), allow_pickle=False)
+    progress(f"stimuli: {spec.n_images} images of {spec.side}×{spec.side} in {time.perf_counter() - t0:.1f} s")
     design = _design(spec)
     _write(root, layout.expdesign(), _mat_bytes(design))
+    _write(root, layout.stim_info(), _stim_info_csv(spec, design))
     feats = cortex.image_features(small, _FEATURE_SIZE)
     cats = np.array([[SOURCES[p["source"]][1] == c for c in cortex.FLOC_CATEGORIES] for p in params], float)
     subjects = {}
     with h5py.File(root / "mini_nsd_truth.hdf5", "w") as truth:
         for subject in spec.subjects:
-            subjects[str(subject)] = _write_subject(root, layout, spec, subject, design, (feats, cats), truth)
+            subjects[str(subject)] = _write_subject(root, layout, spec, subject, design, (feats, cats), truth,
+                                                    progress)
             subjects[str(subject)].update(_split_counts(design, subject, spec))
             logger.info("mini-NSD subject %d: %d nsdgeneral voxels", subject, subjects[str(subject)]["n_voxels"])
     manifest = dict(
