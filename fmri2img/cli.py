@@ -4,7 +4,8 @@
     fmri2img mini-nsd DIR [--seed N] [--subjects 1,2] [--side 425] ...
     fmri2img ingest --source URL --store URL --subject N [--sessions 1-37]
     fmri2img run CONFIG.toml [--stages ingest,...] [--cluster SPEC]
-    fmri2img status STORE
+    fmri2img status STORE [--verify [--repair]]
+    fmri2img unlock STORE
 """
 from __future__ import annotations
 
@@ -133,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repair", action="store_true",
                    help="with --verify: clear the completion records of the bad chunks' regions, so that "
                         "rerunning their stage rewrites them")
+
+    p = sub.add_parser("unlock", help="remove the lock a killed run left in a store (after checking it is dead)")
+    p.add_argument("store")
+    p.add_argument("--store-option", type=_kv, action="append", default=[], metavar="KEY=VALUE")
     return parser
 
 
@@ -275,7 +280,11 @@ def _verify(store, rows, args) -> int:
         return 0
     stages = sorted({verify.stage_of(b.group) for b in bad})
     if args.repair:
-        for group, what in verify.forget_bad(store, bad).items():
+        from fmri2img.storage import lock
+
+        with lock.held(store):
+            cleared = verify.forget_bad(store, bad)
+        for group, what in cleared.items():
             print(f"cleared {group}: {', '.join(what)}", file=sys.stderr)
         print(f"{len(bad)} bad chunk(s); their records are cleared: rerun the {', '.join(stages)} stage(s) "
               f"(the same `fmri2img run CONFIG` or `fmri2img ingest ...` command as before) to rewrite them",
@@ -332,8 +341,22 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_unlock(args) -> int:
+    from fmri2img.storage import identity, lock
+    from fmri2img.storage.store import Store
+
+    store = Store(args.store, dict(args.store_option))
+    identity.check(store)
+    holder = lock.unlock(store)
+    if holder is None:
+        print(f"{store.describe()} was not locked")
+    else:
+        print(f"removed the lock of {store.describe()} held by {lock.describe_holder(holder)}")
+    return 0
+
+
 COMMANDS = {"demo": cmd_demo, "mini-nsd": cmd_mini_nsd, "ingest": cmd_ingest, "run": cmd_run,
-            "status": cmd_status, "report": cmd_report, "weights": cmd_weights}
+            "status": cmd_status, "report": cmd_report, "weights": cmd_weights, "unlock": cmd_unlock}
 
 
 def _secrets_of_args(args) -> list[str]:

@@ -25,7 +25,7 @@ from fmri2img.pipeline.ingest import ingest
 from fmri2img.pipeline.reconstruct import reconstruct_run
 from fmri2img.pipeline.regress import regress
 from fmri2img.pipeline.roi import roi_analysis
-from fmri2img.storage import schema
+from fmri2img.storage import identity, lock, schema, verify
 from fmri2img.storage.outputs import Outputs
 from fmri2img.storage.source import Source
 from fmri2img.storage.store import Store
@@ -138,18 +138,20 @@ def run(config: Config, *, stages: list[str] | None = None, client=None, progres
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)}")
     store = Store(config.store.url, dict(config.store.storage_options))
+    identity.claim(store)  # a foreign or Zarr v2 target is refused before anything is written
     ctx = RunContext(config, store, client, progress)
-    for name in STAGES:
-        if name not in wanted:
-            continue
-        t0 = time.perf_counter()
-        logger.info("stage %s: start", name)
-        result = STAGES[name](ctx)
-        seconds = time.perf_counter() - t0
-        ctx.results[name] = result
-        append_runlog(store, {"stage": name, "seconds": round(seconds, 3), "result": result,
-                              "config_hash": schema.config_hash(config.redacted())})
-        logger.info("stage %s: done in %.1f s", name, seconds)
+    with lock.held(store):  # one run per store: a second is refused, naming this one
+        for name in STAGES:
+            if name not in wanted:
+                continue
+            t0 = time.perf_counter()
+            logger.info("stage %s: start", name)
+            result = STAGES[name](ctx)
+            seconds = time.perf_counter() - t0
+            ctx.results[name] = result
+            append_runlog(store, {"stage": name, "seconds": round(seconds, 3), "result": result,
+                                  "config_hash": schema.config_hash(config.redacted())})
+            logger.info("stage %s: done in %.1f s", name, seconds)
     return ctx.results
 
 
@@ -164,7 +166,8 @@ def append_runlog(store: Store, record: dict) -> None:
         log.resize((log.shape[0] + 1,))
         log[-1] = line
     except KeyError:
-        log = root.create_array(RUNLOG, shape=(1,), chunks=(1024,), dtype=str, dimension_names=("entry",))
+        log = root.create_array(RUNLOG, shape=(1,), chunks=(1024,), dtype=str, dimension_names=("entry",),
+                                compressors=verify.checksum_codecs())
         log[0] = line
 
 
