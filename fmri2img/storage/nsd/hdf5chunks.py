@@ -109,9 +109,8 @@ def chunk_index(f: Any, ds: h5py.Dataset) -> ChunkIndex | None:
     if sb[:8] != _SIGNATURE or sb[8] not in (0, 1) or sb[13] != 8 or sb[14] != 8:
         return None  # superblock v2/v3 (layout v4 indexes) or 4-byte addresses: h5py reads it
     k = _u16(sb, 24) if sb[8] == 1 else 32
-    try:
-        addr = int(h5py.h5o.get_info(ds.id).addr)
-    except (AttributeError, ValueError, RuntimeError):
+    addr = _header_address(ds)
+    if addr is None:
         return None
     layout = _layout_message(f, addr)
     if layout is None:
@@ -121,6 +120,17 @@ def chunk_index(f: Any, ds: h5py.Dataset) -> ChunkIndex | None:
         return None
     return ChunkIndex(root=root, shape=tuple(int(s) for s in ds.shape), chunks=tuple(int(c) for c in ds.chunks),
                       itemsize=int(ds.dtype.itemsize), k=k)
+
+
+def _header_address(ds: h5py.Dataset) -> int | None:
+    """Object header address from the parent group's link (``H5Oget_info`` would walk the whole B-tree)."""
+    try:
+        info = ds.file.id.links.get_info(ds.name.encode())
+    except (KeyError, ValueError, RuntimeError, AttributeError):
+        return None
+    if info.type != h5py.h5l.TYPE_HARD:
+        return None
+    return int(info.u)
 
 
 def _layout_message(f: Any, addr: int) -> tuple[int, list[int]] | None:
