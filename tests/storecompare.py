@@ -35,7 +35,11 @@ def records(store) -> dict[str, np.ndarray]:
 
 def assert_same_arrays(a, b, ignore: Iterable[str] = ("_runlog",)) -> None:
     """Same array paths, equal values (NaN equal to NaN), records included."""
-    got, want = arrays(a, ignore), arrays(b, ignore)
+    assert_same_values(arrays(a, ignore), arrays(b, ignore))
+
+
+def assert_same_values(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    """Two results of :func:`arrays` (e.g. before and after a step) are equal."""
     assert sorted(got) == sorted(want), (sorted(set(got) ^ set(want)))
     for path in want:
         x, y = got[path], want[path]

@@ -102,3 +102,28 @@ def test_across_subjects_table(evaluated, tmp_path):
     pix = first["px/stage1"]["PixCorr"]
     assert f"{pix:.3f} ± 0.000" in out["table"]  # the mean of two identical subjects, sem 0
     assert (tmp_path / "report/subjects.md").exists()
+
+
+def test_rerun_of_a_finished_evaluation_loads_no_network(evaluated, monkeypatch):
+    """Issue 12 item 6: nothing is recomputed, not even the feature sizes (which load every net)."""
+    from fmri2img.pipeline import evaluate as ev
+
+    store, first = evaluated
+    before = {g: dict(store.group(g).attrs) for g in store.list_groups("metrics/")}
+    for name in ("_features", "eval_block", "gt_block", "get_net"):
+        monkeypatch.setattr(ev, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} called on a finished evaluation"))
+    again = evaluate(store, 1, ["px"], parts=["stage1", "final"], nets=NETS, images_per_task=6, progress=False)
+    assert again == first
+    assert {g: dict(store.group(g).attrs) for g in store.list_groups("metrics/")} == before
+
+
+def test_changed_nets_are_scored_again(evaluated, monkeypatch):
+    from fmri2img.pipeline import evaluate as ev
+
+    store, _ = evaluated
+    calls = []
+    real = ev._features
+    monkeypatch.setattr(ev, "_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = evaluate(store, 1, ["px"], parts=["stage1"], nets=["alexnet2"], images_per_task=6, progress=False)
+    assert calls and set(out["px/stage1"]) == {"PixCorr", "SSIM (column)", "SSIM-2D", "AlexNet(2)"}
+    evaluate(store, 1, ["px"], parts=["stage1", "final"], nets=NETS, images_per_task=6, progress=False)

@@ -65,3 +65,26 @@ def test_missing_model_is_a_clear_error(predicted_store, tmp_path):
     spec = run_spec("bd", {"stage1": "vdvae", "preset": ""}, extractor_options=EXTRACTORS, weights={}, seed=3)
     with pytest.raises(RegressError, match="models/subj01/vdvae is not in the store.*run the regress stage"):
         roi_analysis(store, 1, spec, progress=False)
+
+
+def test_rerun_of_a_finished_roi_analysis_redoes_nothing(predicted_store, tmp_path, monkeypatch):
+    """Issue 12 item 6: the same run on the same fits is skipped; another run setting is redone."""
+    import shutil
+
+    from fmri2img.pipeline import roi as roi_mod
+    from tests import storecompare
+
+    shutil.copytree(predicted_store.url, tmp_path / "s.zarr")
+    store = Store(str(tmp_path / "s.zarr"))
+    spec = run_spec("px", {"stage1": "pixels", "preset": ""}, extractor_options=EXTRACTORS, weights={}, seed=3)
+    first = roi_analysis(store, 1, spec, progress=False)
+    assert "skipped" not in first
+    before = storecompare.arrays(store)
+    monkeypatch.setattr(roi_mod, "roi_block", lambda *a, **k: pytest.fail("ROI images recomputed"))
+    monkeypatch.setattr(roi_mod, "synthetic_features", lambda *a, **k: pytest.fail("ROI features recomputed"))
+    again = roi_analysis(store, 1, spec, progress=False)
+    assert again["skipped"] is True and again["parts"] == ["stage1"]
+    storecompare.assert_same_values(storecompare.arrays(store), before)
+    monkeypatch.undo()
+    other = run_spec("px", {"stage1": "pixels", "preset": ""}, extractor_options=EXTRACTORS, weights={}, seed=4)
+    assert "skipped" not in roi_analysis(store, 1, other, progress=False)

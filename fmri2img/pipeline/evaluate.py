@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -158,9 +159,14 @@ def evaluate(store: Store, subject: int, runs: Sequence[str], *, parts: Sequence
     test = store.open_dataset(schema.subject_group(subject, "test"))
     ids = test.image.values
     regions = regular_regions("image", len(ids), images_per_task, "images")
-    dims = _dims(nets, weights, device)
     salt = json.dumps({"nets": nets, "weights": {n: weights.get(EVAL_NETS[n].weights_key) for n in nets}},
                       sort_keys=True)
+    keys = _inputs_keys(store, subject, runs, parts, salt, ids, images_per_task)
+    finished = _finished(store, subject, keys)
+    if finished is not None:  # a rerun loads no network and computes nothing (the runner's promise)
+        logger.info("evaluate subj%02d: %d run parts finished with the same inputs, skipped", subject, len(keys))
+        return finished
+    dims = _dims(nets, weights, device)
     attrs = schema.provenance(config=config)
 
     todo = store.ensure_template(gt_features_group(subject), _feature_template(ids, dims, images_per_task, "", False),
@@ -200,10 +206,44 @@ def evaluate(store: Store, subject: int, runs: Sequence[str], *, parts: Sequence
         group = metrics_group(subject, run, part)
         region = [Region(0, "image", 0, len(ids), "all")]
         store.write_template(group, ds, region, attrs={**attrs, "summary": json.dumps(summary, default=_json),
-                                                       "run": run, "part": part, "random_nets": random_nets})
+                                                       "run": run, "part": part, "random_nets": random_nets,
+                                                       INPUTS_ATTR: keys[(run, part)]})
         store.mark_done(group, region[0])
         out[f"{run}/{part}"] = {m: s["mean"] for m, s in summary.items()}
     logger.info("evaluate subj%02d: %s in %.1f s", subject, out, time.perf_counter() - t0)
+    return out
+
+
+#: attribute of each metrics group: the identity of everything its scores depend on
+INPUTS_ATTR = "fmri2img_inputs"
+
+
+def _inputs_keys(store: Store, subject: int, runs, parts, salt: str, ids: np.ndarray,
+                 images_per_task: int) -> dict[tuple[str, str], str]:
+    """(run, part) → a hash of the nets and weights, the test images and the reconstruction's template."""
+    keys = {}
+    for run in runs:
+        for part in parts:
+            rgroup = recon_group(subject, run, part)
+            if not store.is_complete(rgroup):
+                continue
+            h = hashlib.sha256(f"{salt}|{images_per_task}|{store.group(rgroup).attrs.get('fmri2img_template', '')}"
+                               .encode())
+            h.update(np.asarray(ids, dtype=np.int64).tobytes())
+            keys[(run, part)] = h.hexdigest()[:16]
+    return keys
+
+
+def _finished(store: Store, subject: int, keys: Mapping[tuple[str, str], str]) -> dict | None:
+    """The summaries when every (run, part) is scored with the same inputs already; else ``None``."""
+    if not keys:
+        return None
+    out = {}
+    for (run, part), key in keys.items():
+        group = metrics_group(subject, run, part)
+        if not store.is_complete(group) or store.group(group).attrs.get(INPUTS_ATTR) != key:
+            return None
+        out[f"{run}/{part}"] = {m: s["mean"] for m, s in read_summary(store, subject, run, part).items()}
     return out
 
 

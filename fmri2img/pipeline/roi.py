@@ -10,6 +10,8 @@ PNGs ``roi/subjNN/<run>/<part>/<roi>.png`` in the outputs.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -20,10 +22,10 @@ import numpy as np
 import xarray as xr
 
 from fmri2img.pipeline.reconstruct import STAGE1, RunSpec, _stage2
-from fmri2img.pipeline.regress import _aligned_targets, load_model
+from fmri2img.pipeline.regress import _aligned_targets, load_model, model_group
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.ridge.roi import CLIP_SCALES, roi_clip_embeddings, roi_vdvae_latents
-from fmri2img.storage import schema
+from fmri2img.storage import schema, urls
 from fmri2img.storage.outputs import Outputs
 from fmri2img.storage.store import Region, Store
 
@@ -61,7 +63,37 @@ def synthetic_features(store: Store, subject: int, name: str, masks: np.ndarray)
     return (z * std + mean).astype(np.float32).reshape(shape)
 
 
-def roi_block(store: Store, subject: int, run: RunSpec, names: list[str], outputs: Outputs | None) -> dict:
+#: attribute of each ROI group: the identity of everything its content depends on
+INPUTS_ATTR = "fmri2img_inputs"
+
+
+def inputs_key(store: Store, subject: int, run: RunSpec, names: list[str], masks: np.ndarray) -> str:
+    """A hash of what the ROI images of ``run`` depend on: the run's settings, the masks and the fits.
+
+    The fits are identified by the salt regress records with each model (its options, features
+    and train images), so a refit with other settings changes the key and the ROI work is redone.
+    """
+    h = hashlib.sha256(json.dumps(urls.redact(dataclasses.asdict(run)), sort_keys=True, default=str).encode())
+    h.update(json.dumps(names).encode())
+    h.update(np.packbits(np.asarray(masks, dtype=bool)).tobytes())
+    for name in sorted(run.features_needed()):
+        group = model_group(subject, name)
+        h.update(f"{name}={store.group(group).attrs.get('fmri2img_salt', '') if store.has_group(group) else ''}"
+                 .encode())
+    return h.hexdigest()[:16]
+
+
+def _parts(run: RunSpec) -> list[str]:
+    return ["stage1", "final"] if run.preset else ["stage1"]
+
+
+def _finished(store: Store, subject: int, run: RunSpec, key: str) -> bool:
+    groups = [roi_group(subject, run.name, p) for p in _parts(run)]
+    return all(store.is_complete(g) and store.group(g).attrs.get(INPUTS_ATTR) == key for g in groups)
+
+
+def roi_block(store: Store, subject: int, run: RunSpec, names: list[str], outputs: Outputs | None,
+              key: str = "") -> dict:
     """Decode the synthetic ROI features of ``run`` (task)."""
     feats = {n: np.asarray(store.group(roi_group(subject, "features", n))["features"][:]) for n in
              run.features_needed()}
@@ -74,7 +106,8 @@ def roi_block(store: Store, subject: int, run: RunSpec, names: list[str], output
         group = roi_group(subject, run.name, part)
         ds = xr.Dataset({"images": (("roi", "y", "x", "rgb"), images)}, coords={"roi": ("roi", np.array(names, object))})
         region = [Region(0, "roi", 0, len(names), "all")]
-        store.write_template(group, ds, region, attrs={"run": run.name, "random_weights": bool(run.vd.get("tiny"))})
+        store.write_template(group, ds, region, attrs={"run": run.name, "random_weights": bool(run.vd.get("tiny")),
+                                                       INPUTS_ATTR: key})
         store.mark_done(group, region[0])
         if outputs is not None:
             outputs.write_pngs(f"roi/{schema.subject_key(subject)}/{run.name}/{part}", names, images)
@@ -91,6 +124,11 @@ def roi_analysis(store: Store, subject: int, run: RunSpec, *, client=None, outpu
         raise ValueError(f"subjects/{schema.subject_key(subject)}/rois has no masks: the ROI files were missing at "
                          f"ingest (see its warnings); add them and re-run ingest")
     masks = np.asarray(rois.masks.values, dtype=bool)
+    key = inputs_key(store, subject, run, names, masks)
+    if _finished(store, subject, run, key):  # a rerun redoes nothing (the runner's promise)
+        logger.info("ROI analysis of %s for subj%02d: finished with the same inputs, skipped", run.name, subject)
+        return {"subject": int(subject), "run": run.name, "rois": len(names), "parts": _parts(run), "skipped": True,
+                "seconds": round(time.perf_counter() - t0, 3)}
     attrs = {**schema.provenance(config=config), "rois": json.dumps(names)}
     for name in run.features_needed():
         values = synthetic_features(store, subject, name, masks)
@@ -99,7 +137,7 @@ def roi_analysis(store: Store, subject: int, run: RunSpec, *, client=None, outpu
         region = [Region(0, "roi", 0, len(names), "all")]
         store.write_template(roi_group(subject, "features", name), ds, region, attrs=attrs)
         store.mark_done(roi_group(subject, "features", name), region[0])
-    task = Task(f"{run.name}", roi_block, (store, subject, run, names, outputs))
+    task = Task(f"{run.name}", roi_block, (store, subject, run, names, outputs, key))
     [result] = run_tasks([task], stage=f"roi-{schema.subject_key(subject)}", client=client, progress=progress)
     summary = {"subject": int(subject), "run": run.name, **result, "seconds": round(time.perf_counter() - t0, 3)}
     logger.info("ROI analysis: %s", summary)
