@@ -49,8 +49,11 @@ def _add_cluster(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", default=None,
                    help="'local' (default: one worker per core), 'slurm', 'pbs', 'kubernetes', or a scheduler "
                         "address tcp://HOST:PORT / tls://HOST:PORT")
+    from fmri2img.cluster.connect import options_help
+
     p.add_argument("--cluster-option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of the cluster kind, e.g. cores=8 gpus=1 maximum=20 (overrides [cluster.options])")
+                   help="an option of the cluster kind, e.g. cores=8 gpus=1 maximum=20 (overrides [cluster.options]; "
+                        "README 'From laptop to cluster' says what each means). " + options_help())
     p.add_argument("--workers", type=int, default=None, help="local cluster: number of worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -142,10 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextmanager
-def cluster_from(args, config_cluster=None) -> Iterator:
+def cluster_from(args, config_cluster=None, outputs: str | None = None) -> Iterator:
+    """The configured cluster's client; batch-job logs go to ``<outputs>/cluster-logs``; a failure the
+    cluster's watch reports replaces the cancellation it caused."""
     import dataclasses
 
-    from fmri2img.cluster import connect_section, dashboard_link
+    from fmri2img.cluster import cluster_failure, connect_section, dashboard_link, logs_under
     from fmri2img.cluster.faults import close_quietly
 
     section = dataclasses.asdict(config_cluster) if config_cluster else {}
@@ -154,12 +159,17 @@ def cluster_from(args, config_cluster=None) -> Iterator:
     if args.workers:
         section["n_workers"] = args.workers
     section["options"] = {**(section.get("options") or {}), **dict(args.cluster_option)}
-    client = connect_section(section)
+    client = connect_section(section, logs=logs_under(outputs) if outputs else None)
     link = dashboard_link(client)
     if link:
         print(f"Dask dashboard: {link}", file=sys.stderr)
     try:
         yield client
+    except BaseException:
+        failure = cluster_failure(client)
+        if failure is None:
+            raise
+        raise failure from None
     finally:
         close_quietly(client)
 
@@ -176,8 +186,9 @@ def _betas_scale(text: str) -> str | float:
     return value
 
 
-def cmd_mini_nsd(args) -> int:
-    from fmri2img.storage.mininsd import MiniNSDSpec, generate_mini_nsd
+def mini_nsd_spec(args):
+    """The MiniNSDSpec that ``fmri2img mini-nsd`` builds from its arguments."""
+    from fmri2img.storage.mininsd import MiniNSDSpec
 
     fields = {"seed": args.seed, "subjects": tuple(args.subjects) if args.subjects else None, "side": args.side,
               "n_images": args.n_images, "n_shared": args.n_shared, "n_per_subject": args.n_per_subject,
@@ -185,8 +196,14 @@ def cmd_mini_nsd(args) -> int:
               "trials_per_session": args.trials_per_session,
               "volume_shape": tuple(args.volume) if args.volume else None, "hdf5_layout": args.hdf5_layout,
               "nsdgeneral_keep": args.nsdgeneral_keep}
-    spec = MiniNSDSpec.sized(**{k: v for k, v in fields.items() if v is not None},
+    return MiniNSDSpec.sized(**{k: v for k, v in fields.items() if v is not None},
                              **({"write_hdf5": False} if args.no_hdf5 else {}))
+
+
+def cmd_mini_nsd(args) -> int:
+    from fmri2img.storage.mininsd import generate_mini_nsd
+
+    spec = mini_nsd_spec(args)
     manifest = generate_mini_nsd(args.dir, spec, progress=lambda line: print(f"mini-NSD: {line}", file=sys.stderr,
                                                                               flush=True))
     print(f"mini-NSD written to {args.dir}")
@@ -211,7 +228,9 @@ def cmd_ingest(args) -> int:
         ingest=IngestConfig(subjects=list(args.subject), sessions=args.sessions, prefer=args.prefer,
                             nan_policy=args.nan_policy, stimuli=not args.no_stimuli, betas_scale=args.betas_scale),
     ))
-    with cluster_from(args, config.cluster) as client:
+    from fmri2img.storage.outputs import Outputs
+
+    with cluster_from(args, config.cluster, Outputs.beside(args.store).url) as client:
         results = run(config, client=client, progress=not args.no_progress)
     for subject, summary in results["ingest"].items():
         print(f"{subject}: {summary['n_train']} train / {summary['n_test']} test images, "
@@ -230,7 +249,7 @@ def cmd_run(args) -> int:
     logredact.add_secrets(sum((logredact.secrets_of(section.storage_options) for section in
                                (config.store, config.source, config.outputs, config.weights)), []))
     stages = [s for s in args.stages.split(",") if s] if args.stages else None
-    with cluster_from(args, config.cluster) as client:
+    with cluster_from(args, config.cluster, config.outputs.url) as client:
         results = run(config, stages=stages, client=client, progress=not args.no_progress)
     print(json.dumps(results, indent=1, default=str))
     return 0
@@ -336,7 +355,7 @@ def cmd_weights(args) -> int:
 def cmd_demo(args) -> int:
     from fmri2img.demo import run_demo
 
-    with cluster_from(args) as client:
+    with cluster_from(args, outputs=str(Path(args.workdir) / "outputs")) as client:
         run_demo(args.workdir, client=client, fresh=args.fresh, progress=not args.no_progress)
     return 0
 

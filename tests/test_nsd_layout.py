@@ -259,3 +259,19 @@ def test_float_betas_need_their_scale(tmp_path):
     betas = store2.open_dataset("subjects/subj01/betas")
     assert betas.attrs["betas_scale"] == "300"
     assert 0.3 < float(np.nanstd(betas["betas"].values)) < 30  # percent signal change, not 300× too small
+
+
+def test_readme_nsd_sized_mini_nsd_command_is_accepted():
+    """The README's NSD-sized command builds a valid spec (it is measured, not run, here: 9 GB, ~3 min)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from fmri2img import cli
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = re.search(r"`(fmri2img mini-nsd DIR --volume 81,104,83 [^`]*)`", readme).group(1)
+    args = cli.build_parser().parse_args(shlex.split(line)[1:])
+    spec = cli.mini_nsd_spec(args)
+    assert spec.volume_shape == (81, 104, 83) and spec.trials_per_session == 750 and spec.n_sessions == 3
+    assert spec.n_trials <= 3 * spec.n_per_subject and spec.hdf5_layout == "chunked"

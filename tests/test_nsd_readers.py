@@ -505,3 +505,20 @@ def test_read_volume_rejects_non_nifti(fs_root):
     put(fs, path, gzip.compress(b"not a NIfTI header " * 40, mtime=0))
     with pytest.raises(NSDFormatError, match="prf-eccrois.nii.gz at .* is not a readable NIfTI-1 file"):
         read_mask(fs, path)
+
+
+def test_merge_ranges_covers_every_range_within_the_byte_budget():
+    from fmri2img.storage.nsd.hdf5chunks import merge_ranges
+
+    rng = np.random.default_rng(9)
+    length = 1500
+    starts = np.sort(rng.choice(4000, 300, replace=False)) * length + rng.integers(0, 3, 300) * 3656
+    counts = []
+    for extra in (0, 10_000, 100_000, 450_000, 10**9):
+        m_starts, m_ends = merge_ranges(starts, length, extra, max_block=2**20)
+        covered = [(np.searchsorted(m_starts, s, side="right") - 1) for s in starts]
+        assert all(m_starts[k] <= s and s + length <= m_ends[k] for k, s in zip(covered, starts))
+        assert (m_ends - m_starts).sum() - len(np.unique(starts)) * length <= extra
+        assert (m_ends - m_starts).max() <= 2**20 and (m_starts[1:] >= m_ends[:-1]).all()
+        counts.append(len(m_starts))
+    assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]

@@ -246,3 +246,43 @@ def _group(keys: np.ndarray, members: np.ndarray) -> list[tuple[int, np.ndarray]
     uniq, starts = np.unique(keys[order], return_index=True)
     bounds = list(starts) + [len(order)]
     return [(int(u), members[order[bounds[i]:bounds[i + 1]]]) for i, u in enumerate(uniq)]
+
+
+def merge_ranges(starts: np.ndarray, length: int, extra: int, max_block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge equal-length byte ranges into fewer requests, reading at most ``extra`` unwanted bytes.
+
+    The smallest gaps are bridged first: every gap up to the largest threshold whose gaps sum to
+    at most ``extra`` bytes is read through, so the request count falls as far as the byte budget
+    allows. No merged range exceeds ``max_block`` bytes (unless a single range does).
+
+    Parameters
+    ----------
+    starts : array of int
+        Start offsets (any order; duplicates are read once).
+    length : int
+        Bytes of every range.
+    extra : int
+        Most bytes outside the ranges that may be read in all.
+    max_block : int
+
+    Returns
+    -------
+    merged_starts, merged_ends : arrays of int64
+    """
+    starts = np.unique(np.asarray(starts, np.int64))
+    if not len(starts):
+        return starts, starts
+    ends = starts + length
+    gaps = np.maximum(starts[1:] - ends[:-1], 0)
+    order = np.sort(gaps)
+    within = np.cumsum(order) <= extra
+    threshold = int(order[within][-1]) if within.any() else -1
+    bridge = gaps <= threshold
+    m_starts, m_ends = [int(starts[0])], [int(ends[0])]
+    for i in range(1, len(starts)):
+        if bridge[i - 1] and ends[i] - m_starts[-1] <= max_block:
+            m_ends[-1] = int(ends[i])
+        else:
+            m_starts.append(int(starts[i]))
+            m_ends.append(int(ends[i]))
+    return np.asarray(m_starts, np.int64), np.asarray(m_ends, np.int64)

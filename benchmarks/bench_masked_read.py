@@ -1,0 +1,201 @@
+"""Benchmark: ingest of an NSD-sized subject in NSD's real layout, fetching only the masked voxels.
+
+    python benchmarks/bench_masked_read.py [--data DIR] [--sessions 3] [--workers 2]
+        [--server s3rver --s3rver-bin node_modules/.bin/s3rver | --server moto]
+
+1. Generates (or reuses, ``--data``) a mini-NSD subject in NSD's layout and size: the
+   func1pt8mm volume 81×104×83, 750 trials per session, int16 betas in ``.hdf5`` files chunked
+   one voxel's trials per chunk, and an nsdgeneral-sized mask (``nsdgeneral_keep=0.22``, about
+   2.3 % of the volume like subject 1's 15,724 of 699,192 voxels); uploads it to a loopback S3
+   server started as a separate process on 127.0.0.1.
+2. Bytes: reads one session through the same reader ingest uses, over s3fs with every range
+   counted on the client, and reports the bytes fetched (data chunks, B-tree nodes, header)
+   over the masked voxels' bytes (goal ≤ 3).
+3. Baseline: a plain byte copy (s3fs ``get``) of the subject's session ``.hdf5`` files to local disk.
+4. fmri2img ingest of the subject's betas (no stimuli) from S3 into a local store on a
+   LocalCluster; wall time, each worker's peak RSS, and the bytes every process wrote to local
+   disk outside the store (``/proc/PID/io`` write_bytes minus the store's size).
+
+Prints a JSON line; copy the results into benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ingest import _free_port, _io_write_bytes, _worker_stats  # noqa: E402
+
+NSD_SUBJ01_NSDGENERAL = 15_724  # voxels (MindEye's num_voxels for subject 1)
+NSD_SESSION_BYTES = 81 * 104 * 83 * 750 * 2
+
+
+class _Counted:
+    """s3fs with every range fetched by ``cat_ranges`` and every file read counted, by kind."""
+
+    def __init__(self, fs):
+        self.fs = fs
+        self.bytes = {"index": 0, "data": 0, "header": 0}
+        self.requests = {"index": 0, "data": 0, "header": 0}
+
+    def exists(self, path):
+        return self.fs.exists(path)
+
+    def cat_ranges(self, paths, starts, ends, **kw):
+        parts = self.fs.cat_ranges(paths, starts, ends, **kw)
+        for p in parts:
+            kind = "index" if p[:4] == b"TREE" else "data"
+            self.bytes[kind] += len(p)
+            self.requests[kind] += 1
+        return parts
+
+    def open(self, path, mode="rb", **kw):
+        f = self.fs.open(path, mode, **kw)
+        fetch, outer = f._fetch_range, self
+
+        def counted(start, end):
+            out = fetch(start, end)
+            outer.bytes["header"] += len(out)
+            outer.requests["header"] += 1
+            return out
+
+        f._fetch_range = counted
+        f.cache.fetcher = counted
+        return f
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None, help="reuse a mini-NSD directory generated earlier by this script")
+    parser.add_argument("--sessions", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--server", default="s3rver", choices=["moto", "s3rver"],
+                        help="s3rver (npm; serves a range from disk) or moto (copies the whole object per range "
+                             "request: thousands of range requests on a 1 GB object take minutes of server CPU)")
+    parser.add_argument("--s3rver-bin", default=shutil.which("s3rver") or "s3rver")
+    parser.add_argument("--prefer", default="hdf5", choices=["hdf5", "nii.gz"],
+                        help="the betas format ingest reads (the copy baseline copies the same format)")
+    parser.add_argument("--store", default="local", choices=["local", "s3"],
+                        help="where ingest writes: local disk, or the same S3 server (then nothing may touch local disk)")
+    args = parser.parse_args()
+
+    import numpy as np
+    import s3fs
+    from distributed import Client, LocalCluster
+
+    from fmri2img.pipeline.ingest import ingest
+    from fmri2img.storage.mininsd import MiniNSDSpec, generate_mini_nsd
+    from fmri2img.storage.nsd import NSDLayout, read_mask, read_session_betas
+    from fmri2img.storage.source import Source
+    from fmri2img.storage.store import Store
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-masked-"))
+    spec = MiniNSDSpec.sized(subjects=(1,), volume_shape=(81, 104, 83), trials_per_session=750,
+                             n_sessions=args.sessions, side=64, nsdgeneral_keep=0.22)
+    data = Path(args.data) if args.data else tmp / "mini"
+    t = time.perf_counter()
+    if not (data / "mini_nsd.json").exists():
+        generate_mini_nsd(data, spec)
+    gen_s = time.perf_counter() - t
+    port = _free_port()
+    if args.server == "moto":
+        cmd = [shutil.which("moto_server") or "moto_server", "-H", "127.0.0.1", "-p", str(port)]
+        opts = {"key": "bench", "secret": "bench-secret"}
+    else:
+        (tmp / "s3rver").mkdir()
+        cmd = [args.s3rver_bin, "-d", str(tmp / "s3rver"), "-a", "127.0.0.1", "-p", str(port), "--silent"]
+        opts = {"key": "S3RVER", "secret": "S3RVER"}  # s3rver's fixed credentials
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    opts["endpoint_url"] = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
+        fs.mkdir("nsd-source")
+        fs.put(str(data) + "/", "nsd-source/root/", recursive=True)
+        layout = NSDLayout("nsd-source/root")
+        local = NSDLayout(str(data))
+        import fsspec
+
+        mask = read_mask(fsspec.filesystem("file"), local.roi(1, "nsdgeneral"))
+        voxels = np.flatnonzero(mask)
+        masked = len(voxels) * 750 * 2
+        sessions = list(range(1, args.sessions + 1))
+        session_files = [layout.betas(1, s, args.prefer) for s in sessions]
+        file_bytes = sum(fs.size(p) for p in session_files)
+
+        counted = _Counted(s3fs.S3FileSystem(skip_instance_cache=True, **opts))
+        t = time.perf_counter()
+        read_session_betas(counted, layout, 1, 1, voxels, mask.shape, 750)
+        one_session_s = time.perf_counter() - t
+
+        copy_dir = tmp / "copy"
+        copy_dir.mkdir()
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
+        t = time.perf_counter()
+        fs.get(session_files, [str(copy_dir / Path(p).name) for p in session_files])
+        copy_s = time.perf_counter() - t
+        shutil.rmtree(copy_dir)
+
+        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            before = client.run(_worker_stats)
+            driver_before = _io_write_bytes()
+            store_path = tmp / "store.zarr"
+            if args.store == "s3":
+                fs.mkdir("nsd-store")
+            store = Store("s3://nsd-store/nsd.zarr", opts) if args.store == "s3" else Store(str(store_path))
+            t = time.perf_counter()
+            ingest(store, Source("s3://nsd-source/root", opts), 1, sessions, client=client,
+                   stimuli=False, captions=False, prefer=args.prefer, progress=False)
+            ingest_s = time.perf_counter() - t
+            after = client.run(_worker_stats)
+            driver_written = _io_write_bytes() - driver_before
+        os.sync()
+        worker_written = sum(after[w]["write_bytes"] - before[w]["write_bytes"] for w in after)
+        store_bytes = sum(p.stat().st_size for p in store_path.rglob("*") if p.is_file()) if args.store == "local" \
+            else 0
+        fetched = sum(counted.bytes.values())
+        per_voxel_session = fetched / len(voxels)  # bytes per masked voxel and session, all costs included
+        real_session = per_voxel_session * NSD_SUBJ01_NSDGENERAL
+        result = {
+            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "load_1min": round(os.getloadavg()[0], 2), "server": args.server, "store": args.store, "prefer": args.prefer, "workers": args.workers,
+            "volume": [81, 104, 83], "trials": 750, "sessions": args.sessions, "generate_s": round(gen_s, 1),
+            "mask_voxels": int(len(voxels)), "mask_fraction": round(len(voxels) / mask.size, 4),
+            "masked_bytes_per_session": masked, "session_file_bytes": file_bytes // args.sessions,
+            "one_session": {"seconds": round(one_session_s, 2), "bytes": counted.bytes,
+                            "requests": counted.requests, "fetched_over_masked": round(fetched / masked, 3)},
+            "copy_s": round(copy_s, 2), "ingest_s": round(ingest_s, 2), "copy_over_ingest": round(copy_s / ingest_s, 2),
+            "worker_peak_rss_mb": [round(after[w]["peak_rss_mb"]) for w in sorted(after)],
+            "local_disk_bytes_outside_store": max(0, worker_written + driver_written - store_bytes),
+            "store_bytes": store_bytes,
+            "nsd_subject1_estimate": {
+                "bytes_per_session": round(real_session), "bytes_37_sessions": round(37 * real_session),
+                "seconds_37_at_100Mbit": round(37 * real_session * 8 / 100e6, 1),
+                "seconds_37_at_1Gbit": round(37 * real_session * 8 / 1e9, 1),
+                "whole_files_37_bytes": 37 * NSD_SESSION_BYTES,
+            },
+        }
+        print(json.dumps(result))
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
