@@ -81,8 +81,9 @@ def test_extend_template_keeps_finished_regions(store):
     for r in regions:
         store.write_region("stimuli", r, {"images": imgs[r.slice], "captions": caps[r.slice]})
     new = store.extend_template("stimuli", "image", np.array([40, 41]), 2, "images")
-    assert [(r.start, r.stop) for r in new] == [(0, 2), (2, 4), (4, 6), (6, 7)]
-    assert store.done_regions("stimuli") == {0, 1}  # the partial last region (4, 5) grew to (4, 6): redone
+    # finished regions keep their bounds and records (issue 12); the new ones realign with the chunks
+    assert [(r.start, r.stop) for r in new] == [(0, 2), (2, 4), (4, 5), (5, 6), (6, 7)]
+    assert store.done_regions("stimuli") == {0, 1, 2}
     ds = store.open_dataset("stimuli")
     np.testing.assert_array_equal(ds.image.values, [5, 1, 9, 12, 30, 40, 41])
     np.testing.assert_array_equal(ds.images.values[:4], imgs[:4])

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from fmri2img.pipeline import ingest_resume
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.storage import nsd, schema
 from fmri2img.storage.source import Source
@@ -267,8 +268,17 @@ def ingest(
     btemplate = schema.betas_template(split.trial_session, split.trial_image, split.trial_index, tps,
                                       plan.voxels, plan.volume_shape)
     bregions = [Region(k, "trial", k * tps, (k + 1) * tps, f"session-{s:02d}") for k, s in enumerate(split.sessions)]
+    current = ingest_resume.identity(source, subject, split.sessions, prefer=prefer, nan_policy=nan_policy,
+                                     betas_scale=betas_scale)
+    if store.has_group(bgroup):  # a resume: refused before any write when its inputs differ (issue 12)
+        done = store.done_regions(bgroup)
+        ingest_resume.check_resume(store, subject, current, [r.label for r in bregions if r.index in done],
+                                   reuse=store.template_matches(bgroup, btemplate, bregions))
+    if stimuli:
+        ingest_resume.check_stimuli(store, source)
     btodo = store.ensure_template(bgroup, btemplate, bregions, attrs={**attrs, "trials_per_session": tps,
-                                                                          "betas_scale": str(betas_scale)})
+                                                                          "betas_scale": str(betas_scale),
+                                                                          **ingest_resume.record(current)})
 
     vregions = regular_regions("voxel", len(plan.voxels), schema.VOXEL_CHUNK, "voxels")
     names, sources_, masks = read_roi_masks(source, plan)
@@ -361,8 +371,8 @@ def _stimuli_plan(store: Store, source: Source, split: nsd.TrialSplit, attrs: di
         regions = regular_regions("image", len(wanted), schema.STIMULUS_CHUNK, "images")
         store.write_template(schema.STIMULI, template, regions, attrs=attrs)
         return regions, wanted, layout
-    present = store.group(schema.STIMULI)["image"][:]
-    new = np.setdiff1d(wanted, present)
+    present = store.group(schema.STIMULI)["image"][:store.regions(schema.STIMULI)[-1].stop]  # an extension
+    new = np.setdiff1d(wanted, present)  # cut short before its region list was written is redone
     if len(new):
         regions = store.extend_template(schema.STIMULI, "image", new, schema.STIMULUS_CHUNK, "images")
     else:

@@ -204,10 +204,12 @@ class Store:
     def extend_template(self, group: str, dim: str, new_values: np.ndarray, step: int, prefix: str) -> list[Region]:
         """Append ``new_values`` to the coordinate ``dim`` of an existing group.
 
-        Every array with dimension ``dim`` is resized (metadata only; finished
-        data is kept).  Regions are recomputed as consecutive blocks of ``step``;
-        records of regions whose bounds did not change are kept, the record of a
-        partial last region that grows is cleared (it will be rewritten whole).
+        Every array with dimension ``dim`` is resized (metadata only).  Finished work is never
+        touched: the existing regions keep their bounds and their records, and the new values
+        get new regions (the first one ends at the next multiple of ``step``, so regions stay
+        aligned with chunks; it shares the old partial chunk but only its own rows change).
+        The region list in the group's attributes is written last: it is what makes the new
+        regions exist, so an extension cut short is redone from the same state by the next run.
 
         Returns
         -------
@@ -215,11 +217,10 @@ class Store:
             The full new region list.
         """
         g = self.group(group, mode="a")
-        coord = g[dim]
-        old_values = coord[:]
         old_regions = self.regions(group)
-        new_values = np.asarray(new_values, dtype=old_values.dtype)
-        size = len(old_values) + len(new_values)
+        old_size = old_regions[-1].stop if old_regions else 0
+        new_values = np.asarray(new_values, dtype=g[dim].dtype)
+        size = old_size + len(new_values)
         for name in g.array_keys():
             arr = g[name]
             dims = tuple(arr.metadata.dimension_names or ())
@@ -228,19 +229,15 @@ class Store:
                 shape[dims.index(dim)] = size
                 arr.resize(tuple(shape))
         coord = g[dim]  # reopen: the resized metadata
-        coord[len(old_values):] = new_values
-        regions = regular_regions(dim, size, step, prefix)
-        done = self.done_regions(group)
-        keep = {r.index for r in old_regions if r.index in done and r.index < len(regions)
-                and (regions[r.index].start, regions[r.index].stop) == (r.start, r.stop)}
-        self._reset_progress(group, len(regions))
-        progress = self._progress_array(group)
-        for index in keep:
-            progress[index] = 1
-        g.attrs["fmri2img_regions"] = json.dumps(_regions_to_json(regions))
-        g.attrs["fmri2img_template"] = "extended-" + hashlib.sha256(
-            np.asarray(coord[:]).tobytes()).hexdigest()[:16]
-        logger.info("%s extended by %d along %s (%d regions kept)", group, len(new_values), dim, len(keep))
+        coord[old_size:] = new_values
+        regions = list(old_regions) + _appended_regions(dim, old_size, size, step, prefix, len(old_regions))
+        progress = self._progress_array(group, mode="r+")
+        if progress.shape[0] < len(regions):
+            progress.resize((len(regions),))  # new records are 0; the old ones are kept as they are
+        extended = "extended-" + hashlib.sha256(np.asarray(coord[:]).tobytes()).hexdigest()[:16]
+        g.attrs.update({"fmri2img_regions": json.dumps(_regions_to_json(regions)), "fmri2img_template": extended})
+        logger.info("%s extended by %d along %s (%d finished regions untouched)", group, len(new_values), dim,
+                    len(self.done_regions(group)))
         return regions
 
     # -- regions -------------------------------------------------------------------
@@ -352,6 +349,16 @@ class Store:
             if path.startswith(prefix) and any(True for _ in node.array_keys()):
                 out.append(path)
         return sorted(out)
+
+
+def _appended_regions(dim: str, start: int, stop: int, step: int, prefix: str, first_index: int) -> list[Region]:
+    """Regions covering ``[start, stop)``: up to the next multiple of ``step``, then every ``step``."""
+    bounds, at = [], start
+    while at < stop:
+        end = min((at // step + 1) * step, stop)
+        bounds.append((at, end))
+        at = end
+    return [Region(first_index + i, dim, a, b, f"{prefix}-{first_index + i:04d}") for i, (a, b) in enumerate(bounds)]
 
 
 def _create_progress(zstore: Any, path: str, n_regions: int) -> None:
