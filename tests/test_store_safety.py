@@ -25,7 +25,6 @@ def _plant_lock(store: Store, pid: int, host: str | None = None, command: str = 
     holder = {**lock.this_holder(command), "pid": pid, "pid_started": lock._process_started(pid)}
     if host:
         holder["host"] = host
-    store.zarr_store()  # local: the directory may not exist yet
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
