@@ -140,16 +140,34 @@ def _kubernetes(spec: str = "kubernetes", **options: Any):
     return connect_kubernetes(spec, **options)
 
 
-def _jobqueue_names() -> set:
-    from fmri2img.cluster.jobqueue import JOB_OPTIONS, OWN_OPTIONS, _QUEUE_ALIASES
+def _jobqueue_names(kind: str) -> Callable[[], set]:
+    def names() -> set:
+        from fmri2img.cluster.jobqueue import option_names
 
-    return set(JOB_OPTIONS) | set(OWN_OPTIONS) | set(_QUEUE_ALIASES)
+        return option_names(kind)
+
+    return names
+
+
+def _jobqueue_check(kind: str) -> Callable[[Mapping[str, Any]], Any]:
+    def check(options: Mapping[str, Any]) -> Any:
+        from fmri2img.cluster.jobqueue import job_options
+
+        return job_options(kind, options)
+
+    return check
 
 
 def _kubernetes_names() -> set:
     from fmri2img.cluster.kubernetes import OPTIONS
 
     return set(OPTIONS)
+
+
+def _kubernetes_check(options: Mapping[str, Any]) -> Any:
+    from fmri2img.cluster.kubernetes import _check
+
+    return _check(options)
 
 
 @dataclass(frozen=True)
@@ -159,6 +177,12 @@ class ClusterKind:
     factory: Callable[..., Any]
     #: option names; ``None``: the factory's keyword-only parameters
     names: Callable[[], set] | None = None
+    #: checks the options' values (raises ValueError naming the option); ``None``: the factory checks
+    check: Callable[[Mapping[str, Any]], Any] | None = None
+    #: the flat ``[cluster]`` keys (:data:`FLAT_KEYS`) this kind takes; ``None``: those among its options
+    flat: tuple | None = None
+    #: the option that says where worker job logs go (``connect(logs=...)`` fills it in)
+    log_option: str | None = None
 
     def option_names(self) -> set:
         if self.names is not None:
@@ -172,9 +196,11 @@ CLUSTER_KINDS: dict[str, ClusterKind] = {
     "local": ClusterKind(_local),
     "tcp": ClusterKind(_address),
     "tls": ClusterKind(_address),
-    "slurm": ClusterKind(_slurm, _jobqueue_names),
-    "pbs": ClusterKind(_pbs, _jobqueue_names),
-    "kubernetes": ClusterKind(_kubernetes, _kubernetes_names),
+    "slurm": ClusterKind(_slurm, _jobqueue_names("slurm"), _jobqueue_check("slurm"), ("n_workers", "dashboard_address"),
+                         "log_directory"),
+    "pbs": ClusterKind(_pbs, _jobqueue_names("pbs"), _jobqueue_check("pbs"), ("n_workers", "dashboard_address"),
+                       "log_directory"),
+    "kubernetes": ClusterKind(_kubernetes, _kubernetes_names, _kubernetes_check),
 }
 
 
@@ -211,7 +237,7 @@ def check_options(spec: str, options: Mapping[str, Any]) -> ClusterKind:
     return entry
 
 
-def connect(spec: str = "local", **options: Any):
+def connect(spec: str = "local", *, logs: str | None = None, **options: Any):
     """Start or reach a Dask cluster and return a Client.
 
     Parameters
@@ -219,6 +245,10 @@ def connect(spec: str = "local", **options: Any):
     spec : str
         ``"local"``, ``"slurm"``, ``"pbs"``, ``"kubernetes"``, or a scheduler
         address ``"tcp://host:port"`` / ``"tls://host:port"``.
+    logs : str, optional
+        A local directory for the worker jobs' logs of kinds that write them
+        (slurm, pbs), unless the options name one; the command line passes
+        ``<outputs>/cluster-logs``.
     **options
         The options of that kind (see :data:`CLUSTER_KINDS` and the kind's module);
         unknown ones are refused by name.  ``security`` (a table of TLS files or a
@@ -227,18 +257,34 @@ def connect(spec: str = "local", **options: Any):
     Returns
     -------
     distributed.Client
+
+    Raises
+    ------
+    ClusterError
+        A bad spec or option, or a cluster that cannot start (the message says what to check).
     """
     entry = check_options(spec, options)
+    if logs and entry.log_option and entry.log_option not in options:
+        options = {**options, entry.log_option: os.path.abspath(logs)}
     client = entry.factory(spec or "local", **options)
     logger.info("connected to %s cluster (%s), dashboard %s", kind_of(spec or "local"),
                 redact_options(options), dashboard_link(client))
     return client
 
 
-def connect_section(section: Mapping[str, Any]):
+def connect_section(section: Mapping[str, Any], *, logs: str | None = None):
     """Connect from the ``[cluster]`` configuration table (see :func:`section_options`)."""
     spec, options = section_options(section)
-    return connect(spec, **options)
+    return connect(spec, logs=logs, **options)
+
+
+def logs_under(outputs_url: str) -> str | None:
+    """``<outputs>/cluster-logs`` when the outputs are a local directory (batch jobs write their logs
+    there); ``None`` for remote outputs (the jobs then write them where they were submitted)."""
+    scheme, rest = urls.split_url(outputs_url)
+    if scheme not in ("", "file"):
+        return None
+    return os.path.join(os.path.abspath(os.path.expanduser(rest)), "cluster-logs")
 
 
 #: flat ``[cluster]`` keys: the local cluster's settings, also understood by the kinds that take them
@@ -254,15 +300,31 @@ def section_options(section: Mapping[str, Any]) -> tuple[str, dict]:
     """
     spec = str(section.get("spec") or "local")
     entry = check_options(spec, {})
-    valid = entry.option_names()
-    options = {k: section[k] for k in FLAT_KEYS if k in section and k in valid and section[k] is not None}
+    flat = entry.option_names() if entry.flat is None else set(entry.flat)
+    options = {k: section[k] for k in FLAT_KEYS if k in section and k in flat and section[k] is not None}
     if options.get("n_workers") == 0:  # 0 means "the kind's default" (local: one per core)
         del options["n_workers"]
     options.update(dict(section.get("options") or {}))
     if section.get("security"):
         options["security"] = section["security"]
     check_options(spec, options)
+    if entry.check is not None:
+        try:
+            entry.check(options)
+        except ValueError as exc:
+            raise ClusterError(str(exc)) from None
     return spec, options
+
+
+def options_help() -> str:
+    """Each kind's option names, for ``--help`` (from the registry, so it never goes stale)."""
+    groups: dict[tuple, list] = {}
+    for kind, entry in CLUSTER_KINDS.items():
+        if kind == "tls":
+            continue
+        names = tuple(sorted(entry.option_names() - {"security"}))
+        groups.setdefault(names, []).append("tcp://, tls://" if kind == "tcp" else kind)
+    return "; ".join(f"{'/'.join(kinds)}: {', '.join(names) or '(none)'}" for names, kinds in groups.items())
 
 
 def dashboard_link(client) -> str:

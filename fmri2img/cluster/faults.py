@@ -36,8 +36,11 @@ def _scheduler_gone(client: Any) -> bool:
     return comm is None or (inner is not None and inner.closed())
 
 
-def scheduler_lost(client: Any, exc: BaseException, *, stage: str, done: int, total: int) -> SchedulerLost | None:
+def scheduler_lost(client: Any, exc: BaseException, *, stage: str, done: int, total: int) -> RuntimeError | None:
     """A :class:`SchedulerLost` explaining ``exc`` when it comes from a vanished scheduler, else ``None``.
+
+    When the cluster's watch (:mod:`fmri2img.cluster.watch`) ended the cluster, its
+    :class:`~fmri2img.cluster.connect.ClusterError` is returned instead: it says why.
 
     Parameters
     ----------
@@ -50,6 +53,12 @@ def scheduler_lost(client: Any, exc: BaseException, *, stage: str, done: int, to
     done, total : int
         Regions finished (and recorded) in this run, and regions submitted.
     """
+    from fmri2img.cluster.watch import cluster_failure
+
+    failure = cluster_failure(client)
+    if failure is not None:
+        _silence_reconnect_noise()
+        return failure
     if not isinstance(exc, _LOST) or not _scheduler_gone(client):
         return None
     _silence_reconnect_noise()

@@ -88,6 +88,7 @@ def _run_distributed(tasks, stage, client, bar, resources, retries):
                 exc = fut.exception()
                 raise exc
             results[index[fut.key]] = fut.result()
+            fut.release()  # the result is here: a worker job that ends later must not take it (and its rerun) along
             done += 1
             bar.update(1)
     except BaseException as exc:
