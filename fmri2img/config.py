@@ -105,8 +105,10 @@ class ClusterConfig:
     processes: bool = True
     #: local: extra workers advertising the GPU resource ("auto": one per visible GPU)
     gpu_workers: int = 0
-    #: the kind's options (slurm/pbs: cores, memory, walltime, queue, account, gpus, minimum, maximum, ...;
-    #: kubernetes: image, namespace, cpu, memory, gpus, env, ...)
+    #: the kind's options, each checked when the configuration loads (slurm/pbs: cores, memory, processes,
+    #: walltime, queue, account, qos, gpus, job_extra_directives, job_script_prologue, interface, local_directory,
+    #: python, log_directory, worker_timeout, n_workers or minimum/maximum, ...; kubernetes: image, namespace,
+    #: cpu, memory, gpus, env, ...; `fmri2img run --help` lists them all)
     options: dict = field(default_factory=dict)
     #: TLS for tls:// addresses: ca_file, cert_file, key_file (paths; never logged or stored)
     security: dict = field(default_factory=dict)
