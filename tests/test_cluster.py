@@ -282,3 +282,177 @@ def test_redact_options_hides_secrets():
     assert "abc" not in text and "pw'" not in text and "ghp_x" not in text
     assert out["env"]["AWS_PROFILE"] == "lab" and out["queue"] == "gpu"
     assert out["job_script_prologue"] == ["export GITHUB_TOKEN=***", "module load cuda"]
+
+
+# -- job-queue options (issue 13): what a SLURM/PBS user expects, checked before anything starts -----------
+
+def test_jobqueue_options_reach_the_job_script():
+    script = job_script("slurm", cores=4, memory="16GB", processes=2, qos="long", account="lab", interface="lo",
+                        local_directory="$TMPDIR", python="/shared/env/bin/python", walltime="1-00:00:00",
+                        job_script_prologue=["module load cuda"], job_extra_directives="--exclusive")
+    lines = script.splitlines()
+    for directive in ["#SBATCH --qos=long", "#SBATCH -A lab", "#SBATCH --exclusive", "#SBATCH -t 1-00:00:00",
+                      "#SBATCH --cpus-per-task=4"]:
+        assert directive in lines, directive
+    assert "module load cuda" in lines
+    command = lines[-1]
+    assert command.startswith("/shared/env/bin/python -m distributed.cli.dask_worker")
+    assert "--nworkers 2" in command and "--nthreads 2" in command
+    assert "--interface lo" in command and "--local-directory $TMPDIR" in command
+
+
+@pytest.mark.parametrize("kind, options, message", [
+    ("slurm", {"processes": 0}, "processes: expected a number of worker processes per job ≥ 1"),
+    ("slurm", {"cores": 2, "processes": 4}, r"processes=4 > cores=2"),
+    ("slurm", {"walltime": "4h"}, r"walltime: expected 'HH:MM:SS', 'D-HH:MM:SS' or minutes, got '4h'"),
+    ("pbs", {"walltime": "1-00:00:00"}, r"walltime: expected 'HH:MM:SS' or seconds"),
+    ("slurm", {"memory": "lots"}, "memory: expected an amount of memory per job"),
+    ("slurm", {"queue": "gpu long"}, "queue: expected a partition/queue name"),
+    ("pbs", {"qos": "long"}, "qos is a SLURM option"),
+    ("slurm", {"job_extra_directives": ["#SBATCH --exclusive"]}, "without its '#SBATCH'/'#PBS' prefix"),
+    ("slurm", {"job_extra_directives": [3]}, "job_extra_directives: expected a list of directives"),
+    ("slurm", {"gpus": 1, "cores": 2, "processes": 2}, "use processes = 1 for GPU jobs"),
+    ("slurm", {"n_workers": 2, "minimum": 0, "maximum": 2}, "not both"),
+    ("slurm", {"worker_timeout": "soon"}, "worker_timeout: expected a duration"),
+    ("slurm", {"python": ""}, "python: expected the path of Python on the nodes"),
+])
+def test_jobqueue_option_values_are_checked(kind, options, message):
+    with pytest.raises(JobQueueError, match=message):
+        job_script(kind, **options)
+
+
+def test_interface_must_exist_here():
+    from fmri2img.cluster.jobqueue import check_interface
+
+    check_interface("lo")
+    with pytest.raises(JobQueueError, match=r"no interface 'ib9' \(it has \[.*'lo'"):
+        check_interface("ib9")
+
+
+def test_config_load_checks_cluster_option_values_and_keeps_local_keys_local():
+    from fmri2img import config as cfg
+
+    with pytest.raises(cfg.ConfigError, match=r"^cluster: cluster option walltime: expected .* got '4h'"):
+        cfg.loads('[cluster]\nspec = "slurm"\n[cluster.options]\nwalltime = "4h"\n')
+    # the flat `processes = true` is the local cluster's switch, never slurm's workers per job
+    spec, options = section_options({"spec": "slurm", "processes": True, "options": {"processes": 2, "cores": 2}})
+    assert options["processes"] == 2
+    spec, options = section_options({"spec": "slurm", "processes": True})
+    assert "processes" not in options
+
+
+def test_help_lists_each_kinds_options(capsys):
+    from fmri2img.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in ["qos", "worker_timeout", "job_extra_directives", "interface", "local_directory", "python",
+                 "processes", "image", "namespace"]:
+        assert name in text, name
+
+
+def test_job_logs_go_under_the_outputs(tmp_path):
+    from fmri2img.cluster import logs_under
+
+    assert logs_under("s3://bucket/run/outputs") is None
+    assert logs_under(str(tmp_path / "outputs")) == str(tmp_path / "outputs" / "cluster-logs")
+    client = connect("slurm", logs=str(tmp_path / "outputs" / "cluster-logs"), minimum=0, maximum=1,
+                     dashboard_address="127.0.0.1:0")
+    try:
+        script = client.cluster.job_script().splitlines()
+        assert f"#SBATCH -e {tmp_path}/outputs/cluster-logs/fmri2img-%J.err" in script
+        assert (tmp_path / "outputs" / "cluster-logs").is_dir()
+    finally:
+        _close(client)
+
+
+def test_a_watch_failure_replaces_the_cancellation_it_caused():
+    """When the cluster's watch ended it, the runner raises the watch's error, not a CancelledError."""
+    from types import SimpleNamespace
+
+    from fmri2img.cluster.faults import scheduler_lost
+
+    failure = ClusterError("slurm cluster: worker job 7 ended ...")
+    client = SimpleNamespace(cluster=SimpleNamespace(_fmri2img_watch=SimpleNamespace(failure=failure)))
+    assert scheduler_lost(client, RuntimeError("cancelled"), stage="s", done=0, total=1) is failure
+
+
+# -- Kubernetes: the manifest against the DaskCluster resource schema dask-kubernetes ships -------------------
+
+def _daskcluster_schema() -> tuple[dict, dict]:
+    """(the DaskCluster CRD, its v1 schema as strict JSON Schema: unknown fields are errors, as the API server
+    would silently drop them)."""
+    from pathlib import Path
+
+    import dask_kubernetes
+    import yaml
+
+    path = Path(dask_kubernetes.__file__).parent / "operator/deployment/helm/dask-kubernetes-operator/crds/daskcluster.yaml"
+    crd = yaml.safe_load(path.read_text())
+
+    def strict(node):
+        if isinstance(node, dict):
+            node = {k: strict(v) for k, v in node.items() if k != "format"}
+            if "properties" in node and "additionalProperties" not in node \
+                    and not node.get("x-kubernetes-preserve-unknown-fields"):
+                node["additionalProperties"] = False
+            return node
+        return [strict(x) for x in node] if isinstance(node, list) else node
+
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return crd, strict(version["schema"]["openAPIV3Schema"])
+
+
+def _manifest_errors(manifest: dict) -> list[str]:
+    import jsonschema
+
+    crd, schema = _daskcluster_schema()
+    group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in jsonschema.Draft7Validator(schema).iter_errors({"spec": manifest["spec"]})]
+    if manifest.get("apiVersion") != f"{group}/v1" or manifest.get("kind") != kind:
+        errors.append(f"apiVersion/kind {manifest.get('apiVersion')}/{manifest.get('kind')}")
+    if set(manifest.get("metadata", {})) - {"name", "namespace"} or not manifest["metadata"].get("name"):
+        errors.append(f"metadata {manifest.get('metadata')}")
+    return errors
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"name": "nsd", "image": "ghcr.io/lab/fmri2img:0.1", "namespace": "lab", "n_workers": 4, "cpu": "4",
+     "memory": "16Gi", "gpus": 1, "threads_per_worker": 2, "env": {"AWS_PROFILE": "lab"}, "idle_timeout": 600},
+    {"cpu": "500m", "memory": "2G", "scheduler_cpu": "250m", "scheduler_memory": "1Gi", "minimum": 0, "maximum": 8},
+])
+def test_kubernetes_manifest_matches_the_daskcluster_schema(options):
+    pytest.importorskip("jsonschema")
+    manifest = kubernetes_spec(**options)
+    assert _manifest_errors(manifest) == []
+
+
+def test_the_schema_check_catches_bad_manifests():
+    import copy
+
+    pytest.importorskip("jsonschema")
+    good = kubernetes_spec(gpus=1)
+    bad = copy.deepcopy(good)
+    bad["spec"]["worker"]["replicas"] = "2"
+    bad["spec"]["worker"]["spec"]["containers"][0]["resourcez"] = {}
+    del bad["spec"]["scheduler"]["spec"]["containers"][0]["name"]
+    errors = " | ".join(_manifest_errors(bad))
+    assert "worker/replicas: '2' is not of type 'integer'" in errors
+    assert "'resourcez' was unexpected" in errors
+    assert "'name' is a required property" in errors
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"name": "NSD_1"}, "name: expected a Kubernetes name"),
+    ({"namespace": "-lab"}, "namespace: expected a Kubernetes name"),
+    ({"cpu": "four"}, "cpu: expected a Kubernetes quantity"),
+    ({"memory": "16 GB"}, "memory: expected a Kubernetes quantity"),
+    ({"minimum": 4, "maximum": 2}, "minimum ≤ maximum"),
+    ({"image": ""}, "image: expected an image reference"),
+])
+def test_kubernetes_option_values_are_checked(options, message):
+    with pytest.raises(KubernetesError, match=message):
+        kubernetes_spec(**options)

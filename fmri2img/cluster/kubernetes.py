@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from typing import Any, Mapping
 
 from fmri2img.cluster.security import redact_options
@@ -47,6 +48,11 @@ OPTIONS: dict[str, Any] = {
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
+#: a DNS-1123 label (names of the DaskCluster and its namespace) and a resource quantity
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY = re.compile(r"^\+?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
+
+
 class KubernetesError(ValueError):
     """A Kubernetes option is unknown or invalid; the message names it."""
 
@@ -65,6 +71,25 @@ def _check(options: Mapping[str, Any]) -> dict:
         raise KubernetesError("cluster options minimum/maximum: give both (adaptive scaling between them) or neither")
     if opts["env"] is not None and not isinstance(opts["env"], Mapping):
         raise KubernetesError(f"cluster option env: expected a table NAME = value, got {opts['env']!r}")
+    for key in ("name", "namespace"):
+        value = opts[key]
+        if value is not None and not (isinstance(value, str) and len(value) <= 63 and _DNS_LABEL.match(value)):
+            raise KubernetesError(f"cluster option {key}: expected a Kubernetes name (lower-case letters, digits and "
+                                  f"'-', starting and ending with a letter or digit, at most 63), got {value!r}")
+    for key in ("cpu", "memory", "scheduler_cpu", "scheduler_memory"):
+        if not _QUANTITY.match(str(opts[key])):
+            raise KubernetesError(f"cluster option {key}: expected a Kubernetes quantity like '4', '500m' or "
+                                  f"'16Gi', got {opts[key]!r}")
+    for key in ("minimum", "maximum", "idle_timeout"):
+        value = opts[key]
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise KubernetesError(f"cluster option {key}: expected a non-negative integer, got {value!r}")
+    if opts["minimum"] is not None and opts["minimum"] > opts["maximum"]:
+        raise KubernetesError(f"cluster options minimum/maximum: expected minimum ≤ maximum, got "
+                              f"minimum={opts['minimum']}, maximum={opts['maximum']}")
+    if not isinstance(opts["image"], str) or not opts["image"].strip():
+        raise KubernetesError(f"cluster option image: expected an image reference like "
+                              f"'ghcr.io/my-lab/fmri2img:0.1', got {opts['image']!r}")
     return opts
 
 
