@@ -62,7 +62,12 @@ def _node_line() -> str:
     """``slurmd -C``'s description of this machine, addressed on loopback."""
     out = subprocess.run([_prog("slurmd"), "-C"], capture_output=True, text=True, timeout=60, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("NodeName="))
-    return f"{line} NodeAddr=127.0.0.1 NodeHostname={socket.gethostname()} State=UNKNOWN"
+    return f"{line} NodeAddr=127.0.0.1 NodeHostname={_host()} State=UNKNOWN"
+
+
+def _host() -> str:
+    """This machine's short host name (what slurmctld compares SlurmctldHost with)."""
+    return socket.gethostname().split(".")[0]
 
 
 def _prog(name: str) -> str:
@@ -113,7 +118,7 @@ class SlurmLab:
         r = self.root
         conf = f"""\
 ClusterName=fmri2img-test
-SlurmctldHost={socket.gethostname()}(127.0.0.1)
+SlurmctldHost={_host()}(127.0.0.1)
 SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
 SlurmUser=root

@@ -201,3 +201,31 @@ def test_a_lost_job_is_replaced_and_the_run_completes(slurm, tmp_path):
 def _slow_square(i: int) -> int:
     time.sleep(1.5)
     return i * i
+
+
+def test_adaptive_cluster_scales_from_zero_and_its_refused_jobs_end_the_stage(slurm, tmp_path):
+    """minimum = 0: no job until work arrives; then jobs come and the work is done.  A job the scaler submits
+    later and sbatch refuses ends the running stage with the same one-line error (not a wait forever)."""
+    from fmri2img.cluster import ClusterError, connect
+    from fmri2img.cluster.faults import close_quietly
+    from fmri2img.pipeline.tasks import Task, run_tasks
+
+    client = connect("slurm", **JOB, minimum=0, maximum=1, walltime="00:10:00", worker_timeout=120,
+                     log_directory=str(tmp_path / "logs"))
+    try:
+        assert slurm.jobs() == []
+        assert run_tasks([Task(f"t{i}", abs, (-i,)) for i in range(3)], stage="adaptive", client=client,
+                         progress=False) == [0, 1, 2]
+    finally:
+        close_quietly(client)
+    client = connect("slurm", **JOB, minimum=0, maximum=1, gpus=1, worker_timeout=120)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ClusterError, match=r"^slurm cluster: sbatch refused the worker job: .*gres.*gpus=1"):
+            run_tasks([Task("t", abs, (-1,))], stage="adaptive-gpu", client=client, progress=False)
+        seconds = time.monotonic() - t0
+    finally:
+        close_quietly(client)
+    print(f"adaptive refused job: {seconds:.1f} s")
+    assert seconds < 60
+    assert _no_jobs_left(slurm) == []
