@@ -41,15 +41,17 @@ def install_reason(timeout: float = 900) -> str | None:
     if shutil.which("apt-get") is None:
         return f"SLURM is not installed ({', '.join(missing_programs())} missing) and there is no apt-get"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "install", "-y", "-qq", *PACKAGES],
-                ["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
-        if cmd[1] == "install" and not missing_programs():
-            break
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]
+    said = ""
+    # package lists may be missing on a fresh machine: update only when the first try leaves programs
+    # missing; a post-install script that fails (no init system) does not matter, the programs do
+    for cmd in (install, ["apt-get", "update", "-qq"], install):
+        if not missing_programs():
+            return None
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        if done.returncode != 0 and cmd[1] == "update":
-            return f"apt-get update failed: {done.stderr.strip()[-300:]}"
+        said = done.stderr.strip()[-300:] or said
     missing = missing_programs()
-    return f"apt-get install {' '.join(PACKAGES)} left {missing} missing" if missing else None
+    return f"apt-get install {' '.join(PACKAGES)} left {missing} missing: {said}" if missing else None
 
 
 def _free_port() -> int:
