@@ -6,6 +6,7 @@
     fmri2img run CONFIG.toml [--stages ingest,...] [--cluster SPEC]
     fmri2img status STORE [--verify [--repair]]
     fmri2img unlock STORE
+    fmri2img decode STORE --subject N --betas URL [--trials 1-750 | --trials-file CSV] [--runs ...] [--out URL]
 """
 from __future__ import annotations
 
@@ -137,6 +138,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repair", action="store_true",
                    help="with --verify: clear the completion records of the bad chunks' regions, so that "
                         "rerunning their stage rewrites them")
+
+    p = sub.add_parser("decode", help="apply a fitted subject's models to new betas (a session file or masked "
+                                      "voxels): reconstructions, metrics when the images are known, a page")
+    p.add_argument("store", nargs="?", default=None, help="project store URL (default: [store] of --config)")
+    p.add_argument("--subject", type=int, default=None, help="the fitted subject whose models decode the betas")
+    p.add_argument("--betas", default=None,
+                   help="a session file in the subject's func1pt8mm space (.nii.gz/.nii/.hdf5/.h5, NSD's layout) "
+                        "or its masked voxels, trials × voxels (.npy/.zarr)")
+    p.add_argument("--trials", default=None, help="1-based trials to decode, e.g. 1-750 or 1,3,5-7 (default: all)")
+    p.add_argument("--trials-file", default=None,
+                   help="CSV with columns trial (1-based) and optionally image (0-based NSD-73k id: metrics)")
+    p.add_argument("--runs", default=None,
+                   help="comma-separated runs, e.g. brain-diffuser,pixels (default: every run reconstructed for "
+                        "the subject, with the settings the store recorded; with --config: [reconstruct.runs])")
+    p.add_argument("--out", default=None, help="outputs URL for PNGs and the page (default: 'outputs' beside "
+                                              "the store)")
+    p.add_argument("--name", default=None, help="name of decoded/<name> (default: the input's file name)")
+    p.add_argument("--betas-scale", type=_betas_scale, default=None,
+                   help="'nsd' (NSD's int16 × 300; default) or a number the values are divided by (arrays: "
+                        "default 1, percent signal change)")
+    p.add_argument("--mask", default=None, help="the subject's nsdgeneral.nii.gz (default: from the ingest source)")
+    p.add_argument("--calibration", choices=("loo", "none"), default=None,
+                   help="'loo' (non-transductive, default) or 'none'")
+    p.add_argument("--nets", default=None, help="evaluation networks, comma-separated (default: all)")
+    p.add_argument("--config", default=None, help="a TOML configuration with a [decode] section")
+    p.add_argument("--betas-option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="fsspec option of the betas, trials and mask URLs")
+    p.add_argument("--store-option", type=_kv, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--cluster", default=None, help="run the tasks on a cluster ('local', 'slurm', an address ...: "
+                                                  "as for ingest); default: in this process")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(cluster_option=[], workers=None)
 
     p = sub.add_parser("unlock", help="remove the lock a killed run left in a store (after checking it is dead)")
     p.add_argument("store")
@@ -360,6 +393,43 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_decode(args) -> int:
+    from fmri2img import config as cfgmod
+    from fmri2img.pipeline.decode import decode, decode_config
+    from fmri2img.storage import identity, lock
+    from fmri2img.storage.outputs import Outputs
+
+    config = cfgmod.load(args.config) if args.config else None
+    if args.store is None and config is None:
+        raise ValueError("give the store (fmri2img decode STORE ...) or --config with a [store] section")
+    kwargs = decode_config(config, args.store, subject=args.subject, betas=args.betas, trials=args.trials,
+                           trials_file=args.trials_file, runs=args.runs.split(",") if args.runs else None,
+                           name=args.name, betas_scale=args.betas_scale, mask=args.mask,
+                           calibration=args.calibration, nets=args.nets.split(",") if args.nets else None,
+                           storage_options=dict(args.betas_option) or None)
+    store = kwargs.pop("store")
+    if args.store_option:
+        store = type(store)(store.url, dict(args.store_option))
+    out = args.out or (config.outputs.url if config else None)
+    outputs = Outputs(out) if out else Outputs.beside(store.url, dict(store.storage_options))
+    identity.claim(store)
+    with lock.held(store):
+        if args.cluster:
+            with cluster_from(args, config.cluster if config else None, outputs.url) as client:
+                summary = decode(store, outputs=outputs, client=client, progress=not args.no_progress, **kwargs)
+        else:
+            summary = decode(store, outputs=outputs, progress=not args.no_progress, **kwargs)
+    print(f"decoded {summary['trials']} trials of {summary['input']} with subject {summary['subject']}'s models "
+          f"(calibration: {summary['calibration']}) into {summary['group']}")
+    if summary["random_weights"]:
+        print("random-weight models: these pictures test the pipeline; they are not decoded images")
+    for key, means in summary["metrics"].items():
+        print(f"  {key}: " + ", ".join(f"{m} {v:.3f}" for m, v in means.items() if v is not None))
+    if summary["page"]:
+        print(f"page: {summary['page']}")
+    return 0
+
+
 def cmd_unlock(args) -> int:
     from fmri2img.storage import identity, lock
     from fmri2img.storage.store import Store
@@ -375,7 +445,8 @@ def cmd_unlock(args) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "mini-nsd": cmd_mini_nsd, "ingest": cmd_ingest, "run": cmd_run,
-            "status": cmd_status, "report": cmd_report, "weights": cmd_weights, "unlock": cmd_unlock}
+            "status": cmd_status, "report": cmd_report, "weights": cmd_weights, "unlock": cmd_unlock,
+            "decode": cmd_decode}
 
 
 def _secrets_of_args(args) -> list[str]:

@@ -197,6 +197,34 @@ class RoiConfig:
 
 
 @dataclass
+class DecodeConfig:
+    """``fmri2img decode --config``: a fitted subject's models applied to new betas (the clinician's path)."""
+
+    subject: int = 1
+    #: a session file in the subject's func1pt8mm space (.nii.gz/.nii/.hdf5/.h5) or its masked voxels (.npy/.zarr)
+    betas: str = ""
+    #: name of the decoded group (decoded/<name>); default: the input's file name
+    name: str = ""
+    #: 1-based trials, e.g. "1-750"; or a CSV with columns trial[,image] (image: 0-based NSD-73k id)
+    trials: str = ""
+    trials_file: str = ""
+    #: runs to decode with ([reconstruct.runs] names); empty: every [reconstruct] run
+    runs: list = field(default_factory=list)
+    #: "nsd" (NSD's int16 × 300; arrays: percent signal change) or a number the values are divided by
+    betas_scale: str | float = "nsd"
+    #: the subject's nsdgeneral.nii.gz; default: the one of the source it was ingested from
+    mask: str = ""
+    #: "loo" (non-transductive, default) or "none"; the transductive "test_batch" is refused
+    calibration: str = "loo"
+    #: evaluation networks when the images shown are known; empty: all
+    nets: list = field(default_factory=list)
+    images_per_task: int = 8
+    device: str = "auto"
+    #: fsspec options of the betas, trials and mask URLs (credentials never stored)
+    storage_options: dict = field(default_factory=dict)
+
+
+@dataclass
 class OutputsConfig:
     """Where PNG files and reports are written (a local path or URL outside the store)."""
 
@@ -238,6 +266,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     roi: RoiConfig = field(default_factory=RoiConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
 
     def stage_subjects(self, section: str) -> list:
         return list(getattr(self, section).subjects or self.ingest.subjects)
@@ -298,6 +327,8 @@ _CHOICES = {
     "ingest.nan_policy": ("error", "zero"),
     "reconstruct.device": ("auto", "cpu", "cuda", "mps"),
     "evaluate.device": ("auto", "cpu", "cuda", "mps"),
+    "decode.calibration": ("loo", "none"),
+    "decode.device": ("auto", "cpu", "cuda", "mps"),
 }
 
 

@@ -101,3 +101,102 @@ def test_decoded_test_trials_averaged_equal_regress_and_reconstruct(loo_store, m
         want = _open(store, f"recon/subj01/bd/{part}").images.values.astype(int)
         # float32 predictions averaged in another order; batched convolutions: at most one level, rarely
         assert np.abs(got.astype(int) - want).max() <= 1 and np.mean(got != want) < 1e-2, part
+
+
+def test_cli_decodes_a_session_file_resumes_and_scores(loo_store, mini_nsd, tmp_path, capsys, monkeypatch):
+    from fmri2img.cli import main
+    from fmri2img.pipeline import decode_metrics, decode_page
+
+    out = tmp_path / "out"
+    argv = ["decode", loo_store.url, "--subject", "1", "--betas", _betas_file(mini_nsd, 1, "nii.gz"), "--trials",
+            "1-6", "--runs", "bd,px", "--out", str(out), "--nets", "alexnet2", "--name", "s1", "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "calibration: loo" in printed and "random-weight models" in printed
+    shown = _open(loo_store, "subjects/subj01/betas").image.values[:6]
+    final = _open(loo_store, "decoded/s1/recon/bd/final")
+    assert final.images.shape == (6, 16, 16, 3) and final.trial.values.tolist() == [1, 2, 3, 4, 5, 6]
+    assert final.image.values.tolist() == shown.tolist()  # from the NSD design of session 1
+    assert final.attrs["calibration"] == "loo" and final.attrs["random_weights"]
+    assert final.seed_id.values.tolist() == shown.tolist()  # seeded like the reconstruct stage: by image id
+    metrics = _open(loo_store, "decoded/s1/metrics/bd/final")
+    summary = decode_metrics.read_summary(loo_store, "s1", "bd", "final")
+    assert metrics.sizes["trial"] == 6 and summary["AlexNet(2)"]["random_weights"]
+    assert {"PixCorr", "SSIM (column)", "AlexNet(2)"} <= set(summary)
+    page = (out / "decoded/s1/index.html").read_text()
+    assert "leave-one-out" in page and decode_page.RANDOM_NOTE in page and "PixCorr" in page
+    for rel in ("recon/bd/final/trial0001.png", "recon/px/stage1/trial0006.png", f"truth/{shown[0]}.png"):
+        assert (out / "decoded/s1" / rel).exists(), rel
+
+    def fail(*args, **kwargs):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(dec, "reconstruct_rows", fail)
+    monkeypatch.setattr(decode_metrics, "score_block", fail)
+    assert main(argv) == 0  # a rerun finds every region and the metrics done
+
+
+def test_masked_voxel_array_decodes_like_the_model(loo_store, tmp_path, capsys):
+    from fmri2img.cli import main
+    from fmri2img.pipeline.regress import load_model
+
+    betas = _open(loo_store, "subjects/subj01/betas").betas.values[40:45]
+    np.save(tmp_path / "patient.npy", betas)
+    argv = ["decode", loo_store.url, "--subject", "1", "--betas", str(tmp_path / "patient.npy"), "--runs", "px",
+            "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 0
+    got = _open(loo_store, "decoded/patient/predictions/pixels")
+    assert got.trial.values.tolist() == [1, 2, 3, 4, 5] and (got.image.values == dec.UNKNOWN_IMAGE).all()
+    est = load_model(loo_store, 1, "pixels")
+    est.calibration = "loo"
+    np.testing.assert_allclose(got.features.values, np.asarray(est.predict(betas)), rtol=1e-5, atol=1e-5)
+    assert "No metrics" in (tmp_path / "out/decoded/patient/index.html").read_text()
+
+
+def _npy(tmp_path, values, name="x.npy"):
+    np.save(tmp_path / name, values)
+    return str(tmp_path / name)
+
+
+def test_bad_inputs_each_get_one_clear_error(loo_store, mini_nsd, tmp_path, capsys):
+    import nibabel as nib
+
+    from fmri2img.cli import main
+
+    n_vox = _open(loo_store, "subjects/subj01/betas").sizes["voxel"]
+    _, px = _runs()
+
+    def refused(error, match, betas, **kwargs):
+        with pytest.raises(error, match=match):
+            dec.decode(loo_store, kwargs.pop("subject", 1), betas, [px], progress=False, **kwargs)
+
+    wrong = nib.Nifti1Image(np.zeros((17, 20, 16, 40), np.int16), np.eye(4))
+    nib.save(wrong, tmp_path / "betas_session01.nii.gz")
+    refused(nsd.NSDFormatError, r"betas_session01.nii.gz has 17×20×16 voxels but the nsdgeneral mask is 16×20×16",
+            str(tmp_path / "betas_session01.nii.gz"))
+    other_mask = nsd.NSDLayout(str(mini_nsd)).roi(2, "nsdgeneral")
+    refused(DecodeInputError, r"selects \d+ voxels, but subject 1 was fitted on \d+ other voxel positions.*--mask",
+            _betas_file(mini_nsd, 1), mask=other_mask)
+    refused(DecodeInputError, rf"has {n_vox + 1} voxels per trial but subject 1 was fitted on {n_vox}",
+            _npy(tmp_path, np.zeros((3, n_vox + 1), np.float32)))
+    nan = np.zeros((3, n_vox), np.float32)
+    nan[1, 5] = np.nan
+    refused(DecodeInputError, r"1 NaN/inf values in 1 voxels of 1 trials \(first trial 2, voxel 5\)",
+            _npy(tmp_path, nan, "nan.npy"))
+    refused(dec.DecodeError, r"subject 2 is not in the store", _npy(tmp_path, nan, "nan.npy"), subject=2)
+    refused(dec.DecodeError, r"'test_batch' rescales by the batch", _npy(tmp_path, nan), calibration="test_batch")
+    refused(DecodeInputError, r"trials 1\.\.9 are outside the input's 1\.\.3",
+            _npy(tmp_path, np.zeros((3, n_vox), np.float32)), trials="1-9")
+    refused(DecodeInputError, r"cannot tell what it holds from its name", str(tmp_path / "scan.mat"))
+
+    unfitted = Store(str(tmp_path / "unfitted.zarr"))
+    shutil.copytree(loo_store.url, unfitted.url)
+    shutil.rmtree(tmp_path / "unfitted.zarr/models/subj01/pixels")
+    with pytest.raises(dec.DecodeError, match=r"subject 1 has no fitted model for \['pixels'\].*regress"):
+        dec.decode(unfitted, 1, _npy(tmp_path, np.zeros((3, n_vox), np.float32)), [px], progress=False)
+
+    capsys.readouterr()
+    assert main(["decode", loo_store.url, "--subject", "1", "--betas", str(tmp_path / "nan.npy"), "--runs", "px",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --betas") and "NaN/inf" in err[0]

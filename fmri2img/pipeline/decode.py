@@ -23,6 +23,7 @@ values and the models', so a rerun redoes only what is missing or changed.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -362,3 +363,40 @@ def decode(store: Store, subject: int, betas: str, runs: Sequence[RunSpec], *, f
                "seconds": round(time.perf_counter() - t0, 3)}
     logger.info("decode %s: %s", data.name, summary)
     return summary
+
+
+def decode_config(config, store_url: str | None = None, **overrides: Any) -> dict:
+    """Keyword arguments of :func:`decode` from a :class:`fmri2img.config.Config` (``[decode]``), with overrides.
+
+    Runs come from ``[reconstruct.runs]`` (named by ``decode.runs``, default all); without a
+    configuration file (``config=None``) from what the reconstruct stage recorded in the store.
+    """
+    from fmri2img.config import Config
+
+    given = config is not None
+    config = config or Config()
+    section = dataclasses.asdict(config.decode)
+    section.update({k: v for k, v in overrides.items() if v not in (None, "", [], ())})
+    store = Store(store_url or config.store.url, dict(config.store.storage_options))
+    subject, names = int(section["subject"]), list(section["runs"])
+    if given:
+        specs = {s.name: s for s in config.run_specs()}
+        unknown = sorted(set(names) - set(specs))
+        if unknown:
+            raise DecodeError(f"decode.runs: {unknown} are not [reconstruct.runs] of the configuration; it has "
+                              f"{sorted(specs)}")
+        runs = [specs[n] for n in (names or specs)]
+    else:
+        prefix = f"recon/{schema.subject_key(subject)}/"
+        names = names or sorted({g[len(prefix):].rsplit("/", 1)[0] for g in store.list_groups(prefix)})
+        runs = [stored_run(store, subject, n) for n in names]
+    if not section["betas"]:
+        raise DecodeError("no betas to decode: give --betas URL (or [decode] betas in the configuration)")
+    options = dict(section["storage_options"])
+    return {"store": store, "subject": subject, "betas": section["betas"], "runs": runs,
+            "name": section["name"] or None, "trials": section["trials"] or None,
+            "trials_file": section["trials_file"] or None, "betas_scale": section["betas_scale"],
+            "storage_options": options, "mask": section["mask"] or None, "mask_options": options,
+            "calibration": section["calibration"], "nets": section["nets"] or None,
+            "weights": dataclasses.asdict(config.weights), "device": section["device"],
+            "images_per_task": int(section["images_per_task"]), "config": config.redacted() if given else None}
