@@ -19,7 +19,6 @@ from fmri2img.pipeline.reconstruct import reconstruct_run, run_spec
 from fmri2img.pipeline.regress import regress
 from fmri2img.storage import nsd
 from fmri2img.storage.decoded import DecodeInputError
-from fmri2img.storage.outputs import Outputs
 from fmri2img.storage.store import Store
 from tests.minifixtures import EXTRACTORS, SESSIONS, VD_SETTINGS, mini_nsd, predicted_store  # noqa: F401
 
@@ -188,6 +187,8 @@ def test_bad_inputs_each_get_one_clear_error(loo_store, mini_nsd, tmp_path, caps
     refused(DecodeInputError, r"trials 1\.\.9 are outside the input's 1\.\.3",
             _npy(tmp_path, np.zeros((3, n_vox), np.float32)), trials="1-9")
     refused(DecodeInputError, r"cannot tell what it holds from its name", str(tmp_path / "scan.mat"))
+    refused(DecodeInputError, r"is subject 2's \(subj02 in its path\) but the models are subject 1's",
+            nsd.NSDLayout(str(mini_nsd)).betas(2, 1, "hdf5"))
 
     unfitted = Store(str(tmp_path / "unfitted.zarr"))
     shutil.copytree(loo_store.url, unfitted.url)
@@ -200,3 +201,36 @@ def test_bad_inputs_each_get_one_clear_error(loo_store, mini_nsd, tmp_path, caps
                  "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --betas") and "NaN/inf" in err[0]
+
+
+def test_config_section_decodes_with_reconstruct_runs(loo_store, tmp_path):
+    from fmri2img import config as cfgmod
+
+    betas = _open(loo_store, "subjects/subj01/betas").betas.values[:4]
+    path = _npy(tmp_path, betas, "scan.npy")
+    (tmp_path / "trials.csv").write_text("trial\n2\n4\n")
+    config = cfgmod.loads(f"""
+[store]
+url = "{loo_store.url}"
+[features.extractors.pixels]
+side = 8
+[reconstruct.runs.px]
+stage1 = "pixels"
+preset = ""
+[decode]
+subject = 1
+betas = "{path}"
+trials_file = "{tmp_path / 'trials.csv'}"
+name = "from-config"
+""")
+    kwargs = dec.decode_config(config)
+    assert [r.name for r in kwargs["runs"]] == ["px"] and kwargs["calibration"] == "loo"
+    store = kwargs.pop("store")
+    out = dec.decode(store, progress=False, **kwargs)
+    assert out["trials"] == 2 and out["metrics"] == {} and out["page"] is None
+    got = _open(store, "decoded/from-config/recon/px/stage1")
+    assert got.trial.values.tolist() == [2, 4] and got.attrs["calibration"] == "loo"
+    with pytest.raises(dec.DecodeError, match=r"decode.runs: \['bd'\] are not \[reconstruct.runs\]"):
+        dec.decode_config(config, runs=["bd"])
+    with pytest.raises(cfgmod.ConfigError, match="decode.calibration"):
+        cfgmod.loads('[decode]\ncalibration = "test_batch"\n')

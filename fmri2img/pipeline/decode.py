@@ -128,6 +128,7 @@ def read_input(store: Store, space: inputs.SubjectSpace, url: str, *, name: str 
     if trials and trials_file:
         raise DecodeError("give --trials or --trials-file, not both")
     kind = inputs.input_kind(url)
+    inputs.check_subject(url, space.subject)
     if kind in ("npy", "zarr"):
         fmri = inputs.read_array(url, storage_options, space, scale=1.0 if betas_scale == "nsd" else betas_scale)
     else:

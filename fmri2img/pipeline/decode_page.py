@@ -68,7 +68,8 @@ def write_page(store: Store, outputs: Outputs, data, runs: Sequence, metrics: Ma
         body.append(f"<tr><td>{int(trial)}</td><td>{image_text}</td><td>{shown}</td>{cells}</tr>")
     warn = f'<p class="warn">{html.escape(RANDOM_NOTE)}</p>' if any(random_weights(r) for r in runs) else ""
     text = f"""<!doctype html><html><head><meta charset="utf-8"><title>fmri2img decode: {html.escape(data.name)}</title>
-<style>body{{font-family:sans-serif}} td,th{{padding:2px 6px;text-align:center}} .warn{{color:#a00;font-weight:bold}}</style>
+<style>body{{font-family:sans-serif}} td,th{{padding:2px 6px;text-align:center}}
+.warn{{color:#a00;font-weight:bold}}</style>
 </head><body><h1>Decoded: {html.escape(data.name)}</h1>{warn}
 <p>Subject {int(attrs['subject'])}, input {html.escape(str(data.url))}, {len(data.trials)} trials;
 images shown: {html.escape(data.images_from)}.<br>Calibration: {html.escape(str(attrs['calibration_note']))}.</p>

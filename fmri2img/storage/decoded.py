@@ -91,6 +91,15 @@ def input_name(url: str) -> str:
     return name
 
 
+def check_subject(url: str, subject: int) -> None:
+    """A path in NSD's layout names its subject (``.../subj02/...``): it must be the fitted one."""
+    found = re.findall(r"(?:^|/)subj(\d{2})(?=/)", str(url))
+    if found and int(found[-1]) != int(subject):
+        raise DecodeInputError(
+            f"--betas {urls.redact(url)} is subject {int(found[-1])}'s (subj{found[-1]} in its path) but the models "
+            f"are subject {subject}'s: decode it with --subject {int(found[-1])}, or give that subject's own scans")
+
+
 def session_of(url: str) -> int | None:
     """The session number of an NSD-named session file (``betas_session07.hdf5`` → 7), else None."""
     m = _SESSION.search(str(url).rstrip("/").rsplit("/", 1)[-1])
