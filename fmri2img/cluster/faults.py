@@ -25,6 +25,9 @@ class SchedulerLost(RuntimeError):
 
 #: exceptions a client raises when its scheduler vanishes
 _LOST = (OSError, TimeoutError, asyncio.CancelledError, concurrent.futures.CancelledError)
+#: their names (and those of the subclasses distributed and tornado raise), as a formatted traceback ends
+_LOST_NAMES = {"OSError", "TimeoutError", "CancelledError", "CommClosedError", "StreamClosedError", "ConnectionError",
+               "ConnectionRefusedError", "ConnectionResetError", "ConnectionAbortedError", "BrokenPipeError"}
 
 
 def _scheduler_gone(client: Any) -> bool:
@@ -77,7 +80,11 @@ class _ConnectionNoise(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, _LOST)
+        if exc is not None:
+            return not isinstance(exc, _LOST)
+        # a record factory may have formatted the traceback already (fmri2img.storage.logredact does)
+        last = (record.exc_text or "").strip().rsplit("\n", 1)[-1]
+        return last.split(":", 1)[0].rsplit(".", 1)[-1] not in _LOST_NAMES
 
 
 _NOISE = _ConnectionNoise()
