@@ -456,3 +456,29 @@ def test_the_schema_check_catches_bad_manifests():
 def test_kubernetes_option_values_are_checked(options, message):
     with pytest.raises(KubernetesError, match=message):
         kubernetes_spec(**options)
+
+
+def test_the_command_line_reports_the_watch_failure_instead_of_a_cancellation(monkeypatch):
+    """A stage waiting outside the task runner (dask.compute, wait) sees only a CancelledError when the watch
+    closes the cluster; the command's cluster context raises the watch's error instead."""
+    import argparse
+    import concurrent.futures
+    from types import SimpleNamespace
+
+    import fmri2img.cluster as cluster_pkg
+    from fmri2img import cli
+
+    failure = ClusterError("slurm cluster: no Dask worker connected within 15 s ...")
+    client = SimpleNamespace(cluster=SimpleNamespace(_fmri2img_watch=SimpleNamespace(failure=failure)),
+                             dashboard_link="", close=lambda **kw: None)
+    seen = {}
+    monkeypatch.setattr(cluster_pkg, "connect_section", lambda section, logs=None: seen.update(logs=logs) or client)
+    args = argparse.Namespace(cluster="slurm", workers=None, cluster_option=[])
+    with pytest.raises(ClusterError, match="no Dask worker connected"):
+        with cli.cluster_from(args, outputs="/tmp/run/outputs"):
+            raise concurrent.futures.CancelledError()
+    assert seen["logs"] == "/tmp/run/outputs/cluster-logs"
+    client.cluster._fmri2img_watch.failure = None
+    with pytest.raises(KeyError):  # anything else passes through unchanged
+        with cli.cluster_from(args):
+            raise KeyError("x")
