@@ -1,7 +1,7 @@
 """Benchmark: ingest of an NSD-sized subject in NSD's real layout, fetching only the masked voxels.
 
-    python benchmarks/bench_masked_read.py [--data DIR] [--sessions 3] [--workers 2]
-        [--server s3rver --s3rver-bin node_modules/.bin/s3rver | --server moto]
+    python benchmarks/bench_masked_read.py [--data DIR] [--sessions 3] [--workers 2] [--formats hdf5,nii.gz]
+        [--server s3rver --s3rver-bin node_modules/.bin/s3rver | --server moto] [--link-mbit 100]
 
 1. Generates (or reuses, ``--data``) a mini-NSD subject in NSD's layout and size: the
    func1pt8mm volume 81×104×83, 750 trials per session, int16 betas in ``.hdf5`` files chunked
@@ -12,9 +12,14 @@
    counted on the client, and reports the bytes fetched (data chunks, B-tree nodes, header)
    over the masked voxels' bytes (goal ≤ 3).
 3. Baseline: a plain byte copy (s3fs ``get``) of the subject's session ``.hdf5`` files to local disk.
-4. fmri2img ingest of the subject's betas (no stimuli) from S3 into a local store on a
-   LocalCluster; wall time, each worker's peak RSS, and the bytes every process wrote to local
-   disk outside the store (``/proc/PID/io`` write_bytes minus the store's size).
+4. fmri2img ingest of the subject's betas (no stimuli) from S3 into a store on a LocalCluster,
+   once per betas format in ``--formats``; wall time, each worker's peak RSS, and the bytes every
+   process wrote to local disk outside the store (``/proc/PID/io`` write_bytes minus the store's
+   size).
+
+``--link-mbit N`` (root, iproute2) puts the S3 server in a network namespace of its own behind a
+veth pair whose server side sends at most N Mbit/s (a ``tbf`` queue): a lab's link to the bucket
+instead of loopback. The namespace is removed at the end.
 
 Prints a JSON line; copy the results into benchmarks/README.md.
 """
@@ -82,21 +87,19 @@ def main() -> None:
                         help="s3rver (npm; serves a range from disk) or moto (copies the whole object per range "
                              "request: thousands of range requests on a 1 GB object take minutes of server CPU)")
     parser.add_argument("--s3rver-bin", default=shutil.which("s3rver") or "s3rver")
-    parser.add_argument("--prefer", default="hdf5", choices=["hdf5", "nii.gz"],
-                        help="the betas format ingest reads (the copy baseline copies the same format)")
+    parser.add_argument("--formats", default="hdf5",
+                        help="betas formats ingest reads, one ingest each, e.g. hdf5,nii.gz")
+    parser.add_argument("--link-mbit", type=float, default=0,
+                        help="serve from a network namespace behind a link of this many Mbit/s (0: loopback)")
     parser.add_argument("--store", default="local", choices=["local", "s3"],
                         help="where ingest writes: local disk, or the same S3 server (then nothing may touch local disk)")
     args = parser.parse_args()
 
     import numpy as np
     import s3fs
-    from distributed import Client, LocalCluster
 
-    from fmri2img.pipeline.ingest import ingest
     from fmri2img.storage.mininsd import MiniNSDSpec, generate_mini_nsd
     from fmri2img.storage.nsd import NSDLayout, read_mask, read_session_betas
-    from fmri2img.storage.source import Source
-    from fmri2img.storage.store import Store
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-masked-"))
     spec = MiniNSDSpec.sized(subjects=(1,), volume_shape=(81, 104, 83), trials_per_session=750,
@@ -107,34 +110,42 @@ def main() -> None:
         generate_mini_nsd(data, spec)
     gen_s = time.perf_counter() - t
     port = _free_port()
+    host, prefix = "127.0.0.1", []
+    if args.link_mbit:
+        host, prefix = _link_up(args.link_mbit), ["ip", "netns", "exec", _NETNS]
     if args.server == "moto":
-        cmd = [shutil.which("moto_server") or "moto_server", "-H", "127.0.0.1", "-p", str(port)]
+        cmd = [shutil.which("moto_server") or "moto_server", "-H", host, "-p", str(port)]
         opts = {"key": "bench", "secret": "bench-secret"}
     else:
         (tmp / "s3rver").mkdir()
-        cmd = [args.s3rver_bin, "-d", str(tmp / "s3rver"), "-a", "127.0.0.1", "-p", str(port), "--silent"]
+        cmd = [args.s3rver_bin, "-d", str(tmp / "s3rver"), "-a", host, "-p", str(port), "--silent"]
         opts = {"key": "S3RVER", "secret": "S3RVER"}  # s3rver's fixed credentials
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    opts["endpoint_url"] = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(prefix + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    opts["endpoint_url"] = f"http://{host}:{port}"
     try:
         for _ in range(100):
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                socket.create_connection((host, port), timeout=0.2).close()
                 break
             except OSError:
                 time.sleep(0.1)
         fs = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
         fs.mkdir("nsd-source")
-        fs.put(str(data) + "/", "nsd-source/root/", recursive=True)
+        formats = args.formats.split(",")
         layout = NSDLayout("nsd-source/root")
         local = NSDLayout(str(data))
+        wanted = [local.expdesign()] + [local.roi(1, name) for name in ("nsdgeneral", "prf-visualrois", "floc-faces",
+                                                                          "floc-words", "floc-places", "floc-bodies",
+                                                                          "prf-eccrois")]
+        wanted += [local.betas(1, s, fmt) for s in range(1, args.sessions + 1) for fmt in set(formats) | {"hdf5"}]
+        fs.put(wanted, [f"nsd-source/root/{Path(w).relative_to(data).as_posix()}" for w in wanted])
         import fsspec
 
         mask = read_mask(fsspec.filesystem("file"), local.roi(1, "nsdgeneral"))
         voxels = np.flatnonzero(mask)
         masked = len(voxels) * 750 * 2
         sessions = list(range(1, args.sessions + 1))
-        session_files = [layout.betas(1, s, args.prefer) for s in sessions]
+        session_files = [layout.betas(1, s, "hdf5") for s in sessions]
         file_bytes = sum(fs.size(p) for p in session_files)
 
         counted = _Counted(s3fs.S3FileSystem(skip_instance_cache=True, **opts))
@@ -150,39 +161,22 @@ def main() -> None:
         copy_s = time.perf_counter() - t
         shutil.rmtree(copy_dir)
 
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None) as cluster, Client(cluster) as client:
-            before = client.run(_worker_stats)
-            driver_before = _io_write_bytes()
-            store_path = tmp / "store.zarr"
-            if args.store == "s3":
-                fs.mkdir("nsd-store")
-            store = Store("s3://nsd-store/nsd.zarr", opts) if args.store == "s3" else Store(str(store_path))
-            t = time.perf_counter()
-            ingest(store, Source("s3://nsd-source/root", opts), 1, sessions, client=client,
-                   stimuli=False, captions=False, prefer=args.prefer, progress=False)
-            ingest_s = time.perf_counter() - t
-            after = client.run(_worker_stats)
-            driver_written = _io_write_bytes() - driver_before
-        os.sync()
-        worker_written = sum(after[w]["write_bytes"] - before[w]["write_bytes"] for w in after)
-        store_bytes = sum(p.stat().st_size for p in store_path.rglob("*") if p.is_file()) if args.store == "local" \
-            else 0
+        runs = {}
+        for fmt in formats:
+            runs[fmt] = _ingest_run(args, fmt, fs, opts, sessions, tmp / f"store-{fmt.replace('.', '')}.zarr")
+            runs[fmt]["copy_over_ingest"] = round(copy_s / runs[fmt]["ingest_s"], 2)
         fetched = sum(counted.bytes.values())
         per_voxel_session = fetched / len(voxels)  # bytes per masked voxel and session, all costs included
         real_session = per_voxel_session * NSD_SUBJ01_NSDGENERAL
         result = {
             "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "load_1min": round(os.getloadavg()[0], 2), "server": args.server, "store": args.store, "prefer": args.prefer, "workers": args.workers,
+            "load_1min": round(os.getloadavg()[0], 2), "server": args.server, "store": args.store, "workers": args.workers,
             "volume": [81, 104, 83], "trials": 750, "sessions": args.sessions, "generate_s": round(gen_s, 1),
             "mask_voxels": int(len(voxels)), "mask_fraction": round(len(voxels) / mask.size, 4),
             "masked_bytes_per_session": masked, "session_file_bytes": file_bytes // args.sessions,
             "one_session": {"seconds": round(one_session_s, 2), "bytes": counted.bytes,
                             "requests": counted.requests, "fetched_over_masked": round(fetched / masked, 3)},
-            "copy_s": round(copy_s, 2), "ingest_s": round(ingest_s, 2), "copy_over_ingest": round(copy_s / ingest_s, 2),
-            "worker_peak_rss_mb": [round(after[w]["peak_rss_mb"]) for w in sorted(after)],
-            "local_disk_bytes_outside_store": max(0, worker_written + driver_written - store_bytes),
-            "store_bytes": store_bytes,
+            "link_mbit": args.link_mbit or "loopback", "copy_hdf5_s": round(copy_s, 2), "ingest": runs,
             "nsd_subject1_estimate": {
                 "bytes_per_session": round(real_session), "bytes_37_sessions": round(37 * real_session),
                 "seconds_37_at_100Mbit": round(37 * real_session * 8 / 100e6, 1),
@@ -194,7 +188,54 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait()
+        if args.link_mbit:
+            subprocess.run(["ip", "netns", "del", _NETNS], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_NETNS = "fmri2img-bench"
+
+
+def _link_up(mbit: float) -> str:
+    """A namespace with the server's end of a veth pair, its sending rate capped; returns the server address."""
+    subprocess.run(["ip", "netns", "del", _NETNS], check=False, stderr=subprocess.DEVNULL)
+    for cmd in (f"ip netns add {_NETNS}", "ip link add fib0 type veth peer name fib1",
+                f"ip link set fib1 netns {_NETNS}", "ip addr add 10.231.7.1/24 dev fib0", "ip link set fib0 up",
+                f"ip netns exec {_NETNS} ip addr add 10.231.7.2/24 dev fib1",
+                f"ip netns exec {_NETNS} ip link set fib1 up", f"ip netns exec {_NETNS} ip link set lo up",
+                f"ip netns exec {_NETNS} tc qdisc add dev fib1 root tbf rate {mbit}mbit burst 64kb latency 50ms"):
+        subprocess.run(cmd.split(), check=True)
+    return "10.231.7.2"
+
+
+def _ingest_run(args, fmt: str, fs, opts: dict, sessions: list, store_path: Path) -> dict:
+    """One ingest of the subject's betas in format ``fmt``: seconds, peak RSS per worker, local disk written."""
+    from distributed import Client, LocalCluster
+
+    from fmri2img.pipeline.ingest import ingest
+    from fmri2img.storage.source import Source
+    from fmri2img.storage.store import Store
+
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        before = client.run(_worker_stats)
+        driver_before = _io_write_bytes()
+        if args.store == "s3":
+            fs.mkdir(f"nsd-store-{fmt.replace('.', '')}")
+        store = Store(f"s3://nsd-store-{fmt.replace('.', '')}/nsd.zarr", opts) if args.store == "s3" \
+            else Store(str(store_path))
+        t = time.perf_counter()
+        ingest(store, Source("s3://nsd-source/root", opts), 1, sessions, client=client, stimuli=False,
+               captions=False, prefer=fmt, progress=False)
+        ingest_s = time.perf_counter() - t
+        after = client.run(_worker_stats)
+        driver_written = _io_write_bytes() - driver_before
+    os.sync()
+    worker_written = sum(after[w]["write_bytes"] - before[w]["write_bytes"] for w in after)
+    store_bytes = sum(p.stat().st_size for p in store_path.rglob("*") if p.is_file()) if args.store == "local" else 0
+    return {"ingest_s": round(ingest_s, 2),
+            "worker_peak_rss_mb": [round(after[w]["peak_rss_mb"]) for w in sorted(after)],
+            "local_disk_bytes_outside_store": max(0, worker_written + driver_written - store_bytes)}
 
 
 if __name__ == "__main__":
