@@ -275,3 +275,69 @@ def test_readme_nsd_sized_mini_nsd_command_is_accepted():
     spec = cli.mini_nsd_spec(args)
     assert spec.volume_shape == (81, 104, 83) and spec.trials_per_session == 750 and spec.n_sessions == 3
     assert spec.n_trials <= 3 * spec.n_per_subject and spec.hdf5_layout == "chunked"
+
+
+# --------------------------------------------------------------------------- one walk per subject
+
+
+class _TreeCounter:
+    """Local files, counting the B-tree node bytes fetched by range."""
+
+    def __init__(self):
+        self.fs, self.tree = fsspec.filesystem("file"), 0
+
+    def exists(self, path):
+        return self.fs.exists(path)
+
+    def open(self, path, mode="rb", **kw):
+        return self.fs.open(path, mode, **kw)
+
+    def cat_ranges(self, paths, starts, ends, **kw):
+        parts = self.fs.cat_ranges(paths, starts, ends, **kw)
+        self.tree += sum(len(p) for p in parts if p[:4] == b"TREE")
+        return parts
+
+
+def _subject_voxels(lay: NSDLayout) -> tuple[np.ndarray, tuple]:
+    mask = read_mask(fsspec.filesystem("file"), lay.roi(1, "nsdgeneral"))
+    return np.flatnonzero(mask), mask.shape
+
+
+def test_a_subjects_sessions_reuse_one_chunk_map(nsd_like):
+    from fmri2img.storage.nsd import session_chunk_map
+
+    lay = NSDLayout(str(nsd_like["chunked"]))
+    voxels, shape = _subject_voxels(lay)
+    walked = _TreeCounter()
+    plain = read_session_betas(walked, lay, 1, 2, voxels, shape, 750)
+    cmap = session_chunk_map(fsspec.filesystem("file"), lay, 1, 1, voxels, shape)
+    assert cmap is not None and len(cmap.witnesses) < walked.tree // cmap.index.node_bytes
+    reused = _TreeCounter()
+    np.testing.assert_array_equal(read_session_betas(reused, lay, 1, 2, voxels, shape, 750, chunk_map=cmap), plain)
+    assert reused.tree == sum(len(w) for _, w in cmap.witnesses) < walked.tree
+
+
+def test_a_file_with_another_b_tree_is_walked_not_trusted(nsd_like, tmp_path):
+    """Session 2 rewritten with its chunks allocated in another order: the map is refused, values stay right."""
+    import shutil
+
+    from fmri2img.storage.nsd import session_chunk_map
+
+    root = tmp_path / "other"
+    shutil.copytree(nsd_like["chunked"], root)
+    lay = NSDLayout(str(root))
+    path = root / NSDLayout("").betas(1, 2, "hdf5")
+    with h5py.File(path, "r") as h5:
+        data = h5["betas"][:]
+    path.unlink()
+    with h5py.File(path, "w") as h5:
+        ds = h5.create_dataset("betas", shape=data.shape, dtype=data.dtype, chunks=(750, 1, 1, 1), track_times=False)
+        for z in reversed(range(data.shape[1])):  # same values, chunks written in another order
+            ds[:, z] = data[:, z]
+    voxels, shape = _subject_voxels(lay)
+    cmap = session_chunk_map(fsspec.filesystem("file"), lay, 1, 1, voxels, shape)
+    counter = _TreeCounter()
+    out = read_session_betas(counter, lay, 1, 2, voxels, shape, 750, chunk_map=cmap)
+    reference = read_session_betas(fsspec.filesystem("file"), lay, 1, 2, voxels, shape, 750, prefer="nii.gz")
+    np.testing.assert_array_equal(out, reference)
+    assert counter.tree > sum(len(w) for _, w in cmap.witnesses)  # it walked its own B-tree

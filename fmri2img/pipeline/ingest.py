@@ -136,13 +136,13 @@ def schema_shape(shape: Sequence[int]) -> str:
 
 def ingest_session(store: Store, source: Source, subject: int, session: int, region: Region,
                    voxels: np.ndarray, volume_shape: tuple, trials: int, prefer: str, nan_policy: str,
-                   betas_scale: str | float = nsd.NSD_SCALE) -> dict:
+                   betas_scale: str | float = nsd.NSD_SCALE, chunk_map: Any = None) -> dict:
     """Stream one session file, mask it, write its betas row; return a summary."""
     t0 = time.perf_counter()
     fs, root = source.filesystem()
     layout = nsd.NSDLayout(root)
     betas = nsd.read_session_betas(fs, layout, subject, session, voxels, volume_shape, trials, prefer=prefer,
-                                   scale=betas_scale)
+                                   scale=betas_scale, chunk_map=chunk_map)
     bad = ~np.isfinite(betas)
     n_bad = int(bad.sum())
     if n_bad:
@@ -305,9 +305,11 @@ def ingest(
         todo_avg = {part: futures[part].result() for part in ("train", "test")}
         futures["rois"].result()
 
+    chunk_map = _subject_chunk_map(source, subject, [split.sessions[r.index] for r in btodo], plan) \
+        if prefer == "hdf5" else None
     tasks = [
         Task(r.label, ingest_session, (store, source, subject, split.sessions[r.index], r, plan.voxels,
-                                       plan.volume_shape, tps, prefer, nan_policy, betas_scale))
+                                       plan.volume_shape, tps, prefer, nan_policy, betas_scale, chunk_map))
         for r in btodo
     ]
     stim_todo, stim_ids, stim_layout = (_stimuli_plan(store, source, split, attrs, captions) if stimuli
@@ -342,6 +344,22 @@ def ingest(
         g.attrs["nan_betas_zeroed"] = int(g.attrs.get("nan_betas_zeroed", 0)) + summary["nan_betas_zeroed"]
     logger.info("ingest subject %d done: %s", subject, summary)
     return summary
+
+
+def _subject_chunk_map(source: Source, subject: int, sessions: list[int], plan: SubjectPlan):
+    """The first session's chunk map, for the others to reuse once verified (NSD's chunked .hdf5 only).
+
+    With two or more sessions to read, walking one session's chunk index here lets every task
+    skip its own walk (thousands of B-tree leaf reads) when its file's B-tree is the same.
+    """
+    if len(sessions) < 2:
+        return None
+    fs, root = source.filesystem()
+    try:
+        return nsd.session_chunk_map(fs, nsd.NSDLayout(root), subject, sessions[0], plan.voxels, plan.volume_shape)
+    except nsd.NSDError as exc:  # the session's own task reports it with its file and fix
+        logger.debug("no chunk map from session %d: %s", sessions[0], exc)
+        return None
 
 
 def _rows_of(split: nsd.TrialSplit) -> dict[str, list[np.ndarray]]:

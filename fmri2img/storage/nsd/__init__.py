@@ -15,7 +15,7 @@ message names the file, what was expected and the fix.
 
 from fmri2img.storage.nsd._common import (BETA_SCALE, BETAS_FORMATS, ECC_ROI_LABELS, PUBLIC_SESSIONS, ROI_FILES,
                                           VISUAL_ROI_LABELS, NSDError, NSDFileMissing, NSDFormatError, NSDLayout)
-from fmri2img.storage.nsd.betas import NSD_SCALE, read_session_betas
+from fmri2img.storage.nsd.betas import NSD_SCALE, read_session_betas, session_chunk_map
 from fmri2img.storage.nsd.captions import read_captions
 from fmri2img.storage.nsd.design import ExpDesign, TrialSplit, read_expdesign, read_stim_info, split_trials
 from fmri2img.storage.nsd.stimuli import StimuliLayout, read_stimuli, stimuli_layout
@@ -25,5 +25,5 @@ __all__ = [
     "BETA_SCALE", "BETAS_FORMATS", "ECC_ROI_LABELS", "NSD_SCALE", "PUBLIC_SESSIONS", "ROI_FILES", "VISUAL_ROI_LABELS",
     "ExpDesign", "NSDError", "NSDFileMissing", "NSDFormatError", "NSDLayout", "StimuliLayout", "TrialSplit",
     "read_captions", "read_expdesign", "read_mask", "read_session_betas", "read_stim_info", "read_stimuli",
-    "read_volume", "split_trials", "stimuli_layout",
+    "read_volume", "session_chunk_map", "split_trials", "stimuli_layout",
 ]

@@ -42,7 +42,8 @@ _HEADER_BLOCK = 64 * 2**10  # read-ahead of the HDF5 file object: superblock, gr
 
 def read_session_betas(fs: Any, layout: NSDLayout, subject: int, session: int, voxels: np.ndarray,
                        volume_shape: tuple[int, int, int], expected_trials: int, prefer: str = "hdf5",
-                       *, scale: str | float = NSD_SCALE, block_bytes: int = _BLOCK_BYTES) -> np.ndarray:
+                       *, scale: str | float = NSD_SCALE, block_bytes: int = _BLOCK_BYTES,
+                       chunk_map: hdf5chunks.ChunkMap | None = None) -> np.ndarray:
     """Read one session's single-trial betas at the given voxels.
 
     Uses the uncompressed HDF5 twin when it exists and ``prefer == "hdf5"``. NSD's chunked
@@ -69,6 +70,10 @@ def read_session_betas(fs: Any, layout: NSDLayout, subject: int, session: int, v
         ``"nsd"``: the file must hold NSD's int16 (percent signal change × 300) and is divided
         by 300; a float file is refused. A number: values are divided by it, whatever the
         dtype (``1`` for floats already in percent signal change, ``300`` for float × 300).
+    chunk_map : hdf5chunks.ChunkMap, optional
+        From :func:`session_chunk_map` on another session file of the subject: when this file's
+        B-tree is verified to be the same, its walk is skipped (one batch of requests instead of
+        one per B-tree level and thousands of leaf reads).
     block_bytes : int
         Raw bytes of betas held in memory per block of trials (gzip, chunked HDF5); a contiguous
         HDF5 is read by ranges of up to ``2 × block_bytes``, two in flight at a time.
@@ -96,7 +101,7 @@ def read_session_betas(fs: Any, layout: NSDLayout, subject: int, session: int, v
     block = _HEADER_BLOCK if fmt == "hdf5" else _RANGE_BLOCK * 8
     with _open(fs, path, what="single-trial betas", fix=fix, ranged=True, block_size=block) as f:
         out = _BETA_READERS[fmt](f, path, voxels, volume_shape, int(expected_trials), block_bytes, fs=fs,
-                                 scale=(scale, divisor))
+                                 scale=(scale, divisor), **({"chunk_map": chunk_map} if fmt == "hdf5" else {}))
     return out
 
 
@@ -199,7 +204,8 @@ def _betas_dataset(h5: h5py.File, path: str, volume_shape: tuple[int, ...], expe
 
 
 def _read_betas_hdf5(f: Any, path: str, voxels: np.ndarray, volume_shape: tuple[int, ...], expected_trials: int,
-                     block_bytes: int, fs: Any = None, scale: tuple = (NSD_SCALE, BETA_SCALE)) -> np.ndarray:
+                     block_bytes: int, fs: Any = None, scale: tuple = (NSD_SCALE, BETA_SCALE),
+                     chunk_map: hdf5chunks.ChunkMap | None = None) -> np.ndarray:
     """Read dataset ``betas`` of shape (T, Z, Y, X) at the voxels: by chunk, by z-range, or through h5py."""
     try:
         h5 = h5py.File(f, "r")
@@ -214,7 +220,8 @@ def _read_betas_hdf5(f: Any, path: str, voxels: np.ndarray, volume_shape: tuple[
             return out
         index = hdf5chunks.chunk_index(f, ds) if fs is not None else None
         if index is not None:
-            _read_chunks_by_range(fs, path, index, np.asarray(ds.fillvalue, ds.dtype), (z, y, x), out, scale)
+            _read_chunks_by_range(fs, path, index, np.asarray(ds.fillvalue, ds.dtype), (z, y, x), out, scale,
+                                  chunk_map, _file_size(f))
             return out
         # The bounding box's z-range is one contiguous byte run per trial: a few large reads
         # instead of one tiny read per x-row of the box (what an exact box hyperslab costs).
@@ -249,8 +256,65 @@ def _fetch_ranges(fs: Any, path: str, starts: list[int], ends: list[int]) -> lis
     return got
 
 
+def _file_size(f: Any) -> int:
+    size = getattr(f, "size", None)
+    if size is None:
+        pos = f.tell()
+        size = f.seek(0, 2)
+        f.seek(pos)
+    return int(size)
+
+
+def _wanted_chunks(index: hdf5chunks.ChunkIndex, zyx: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear numbers of the chunks holding the voxels (all trial chunks), their spatial ids, and each voxel's."""
+    z, y, x = (np.asarray(a, np.int64) for a in zyx)
+    _, cz, cy, cx = index.chunks
+    grid = index.grid
+    spatial = np.ravel_multi_index((z // cz, y // cy, x // cx), grid[1:])
+    uniq, inverse = np.unique(spatial, return_inverse=True)
+    n_spatial = int(np.prod(grid[1:]))
+    wanted = (np.arange(grid[0], dtype=np.int64)[:, None] * n_spatial + uniq[None, :]).ravel()
+    return wanted, uniq, inverse
+
+
+def session_chunk_map(fs: Any, layout: NSDLayout, subject: int, session: int, voxels: np.ndarray,
+                      volume_shape: tuple[int, int, int]) -> hdf5chunks.ChunkMap | None:
+    """Walk one session file's chunk index for the voxels: a map other sessions of the subject can reuse.
+
+    None when the session has no chunked ``.hdf5`` file this reader walks itself.
+    """
+    path = layout.betas(subject, session, "hdf5")
+    if not fs.exists(path):
+        return None
+    volume_shape = tuple(int(s) for s in volume_shape)
+    voxels = _check_voxels(voxels, volume_shape)
+    with _open(fs, path, what="single-trial betas", ranged=True, block_size=_HEADER_BLOCK) as f:
+        try:
+            h5 = h5py.File(f, "r")
+        except OSError as exc:
+            raise _truncated(path, exc) from exc
+        with h5:
+            ds = h5.get("betas")
+            index = hdf5chunks.chunk_index(f, ds) if isinstance(ds, h5py.Dataset) and ds.ndim == 4 else None
+            if index is None or tuple(ds.shape[:0:-1]) != volume_shape:
+                return None
+            x, y, z = np.unravel_index(voxels, volume_shape)
+            wanted, _, _ = _wanted_chunks(index, (z, y, x))
+            try:
+                return hdf5chunks.build_map(index, wanted, _node_fetcher(fs, path), _file_size(f))
+            except hdf5chunks.ChunkIndexError as exc:
+                raise _truncated(path, exc) from exc
+
+
+def _node_fetcher(fs: Any, path: str):
+    def fetch(addresses: list[int], nbytes: int) -> list[bytes]:
+        return _fetch_ranges(fs, path, addresses, [a + nbytes for a in addresses])
+    return fetch
+
+
 def _read_chunks_by_range(fs: Any, path: str, index: hdf5chunks.ChunkIndex, fill: np.ndarray, zyx: tuple,
-                          out: np.ndarray, scale: tuple) -> None:
+                          out: np.ndarray, scale: tuple, chunk_map: hdf5chunks.ChunkMap | None = None,
+                          file_size: int = -1) -> None:
     """``out[:, v] = betas[:, z_v, y_v, x_v] / scale`` from the voxels' chunks alone.
 
     The B-tree is walked one level per batch of range requests; then the chunks are fetched
@@ -261,18 +325,14 @@ def _read_chunks_by_range(fs: Any, path: str, index: hdf5chunks.ChunkIndex, fill
     trials = out.shape[0]
     ct, cz, cy, cx = index.chunks
     grid = index.grid
-    spatial = np.ravel_multi_index((z // cz, y // cy, x // cx), grid[1:])
-    uniq, inverse = np.unique(spatial, return_inverse=True)
-    n_spatial = int(np.prod(grid[1:]))
-    wanted = (np.arange(grid[0], dtype=np.int64)[:, None] * n_spatial + uniq[None, :]).ravel()
-
-    def fetch(addresses: list[int], nbytes: int) -> list[bytes]:
-        return _fetch_ranges(fs, path, addresses, [a + nbytes for a in addresses])
-
+    wanted, uniq, inverse = _wanted_chunks(index, zyx)
+    fetch = _node_fetcher(fs, path)
+    found = hdf5chunks.reuse_map(chunk_map, index, wanted, file_size, fetch) if chunk_map is not None else None
     try:
-        address, size = hdf5chunks.locate_chunks(index, wanted, fetch)
+        address, size = found if found is not None else hdf5chunks.locate_chunks(index, wanted, fetch)
     except hdf5chunks.ChunkIndexError as exc:
         raise _truncated(path, exc) from exc
+    logger.debug("%s: %d chunks located %s", path, len(wanted), "by the subject's chunk map" if found else "by walk")
     cb = index.chunk_bytes
     present = address >= 0
     if np.any(size[present] != cb):

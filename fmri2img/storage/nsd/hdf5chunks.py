@@ -184,8 +184,8 @@ def _linear(index: ChunkIndex, offsets: np.ndarray) -> np.ndarray:
     return np.ravel_multi_index(tuple(coords.T.astype(np.int64)), index.grid)
 
 
-def locate_chunks(index: ChunkIndex, wanted: np.ndarray,
-                  fetch: Callable[[list[int], int], list[bytes]]) -> tuple[np.ndarray, np.ndarray]:
+def locate_chunks(index: ChunkIndex, wanted: np.ndarray, fetch: Callable[[list[int], int], list[bytes]],
+                  nodes: dict[int, tuple[int, bytes]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Addresses and stored sizes of chunks, by a level-by-level walk of the B-tree.
 
     Parameters
@@ -196,6 +196,8 @@ def locate_chunks(index: ChunkIndex, wanted: np.ndarray,
     fetch : callable
         ``fetch(addresses, nbytes)`` returns the ``nbytes`` bytes at each address (fewer at
         the end of the file), all fetched in one concurrent batch.
+    nodes : dict, optional
+        Filled with ``{address: (level, node bytes)}`` of every node walked.
 
     Returns
     -------
@@ -210,13 +212,15 @@ def locate_chunks(index: ChunkIndex, wanted: np.ndarray,
     for _ in range(64):  # a B-tree deeper than 64 levels is a cycle in a damaged file
         if not todo:
             return address, size
-        nodes = list(todo)
-        bufs = fetch(nodes, index.node_bytes)
+        level_nodes = list(todo)
+        bufs = fetch(level_nodes, index.node_bytes)
         nxt: dict[int, list[np.ndarray]] = {}
-        for node, buf in zip(nodes, bufs):
+        for node, buf in zip(level_nodes, bufs):
             if len(buf) < _NODE_HEADER or buf[:4] != b"TREE" or buf[4] != 1:
                 raise ChunkIndexError(f"no chunk B-tree node at byte {node}")
             level, used = buf[5], _u16(buf, 6)
+            if nodes is not None:
+                nodes[node] = (int(level), bytes(buf))
             if used == 0:
                 continue
             if len(buf) < _NODE_HEADER + used * dtype.itemsize:
@@ -286,3 +290,54 @@ def merge_ranges(starts: np.ndarray, length: int, extra: int, max_block: int) ->
             m_starts.append(int(starts[i]))
             m_ends.append(int(ends[i]))
     return np.asarray(m_starts, np.int64), np.asarray(m_ends, np.int64)
+
+
+#: leaves kept as witnesses of a :class:`ChunkMap` besides every internal node
+WITNESS_LEAVES = 32
+
+
+@dataclass(frozen=True)
+class ChunkMap:
+    """The addresses of some chunks in one file, with the B-tree nodes that located them.
+
+    A file written by the same code with the same shapes (NSD's session files of one subject)
+    has the same B-tree at the same addresses. :func:`reuse_map` checks that another file does
+    (same size, byte-identical root and internal nodes, and a spread of leaves) before using
+    these addresses for it: identical internal nodes put every leaf at the same address with
+    the same key range, and uncompressed chunks never move once written.
+    """
+
+    index: ChunkIndex
+    wanted: np.ndarray
+    address: np.ndarray
+    size: np.ndarray
+    file_size: int
+    witnesses: tuple[tuple[int, bytes], ...]
+
+
+def build_map(index: ChunkIndex, wanted: np.ndarray, fetch: Callable[[list[int], int], list[bytes]],
+              file_size: int) -> ChunkMap:
+    """Walk the B-tree for ``wanted`` and keep the nodes that prove the result."""
+    nodes: dict[int, tuple[int, bytes]] = {}
+    address, size = locate_chunks(index, wanted, fetch, nodes)
+    inner = sorted(a for a, (level, _) in nodes.items() if level > 0)
+    leaves = sorted(a for a, (level, _) in nodes.items() if level == 0)
+    pick = sorted({leaves[int(i)] for i in np.linspace(0, len(leaves) - 1, min(WITNESS_LEAVES, len(leaves)))}) \
+        if leaves else []
+    witnesses = tuple((a, nodes[a][1]) for a in inner + pick)
+    return ChunkMap(index, np.asarray(wanted, np.int64), address, size, int(file_size), witnesses)
+
+
+def reuse_map(ref: ChunkMap, index: ChunkIndex, wanted: np.ndarray, file_size: int,
+              fetch: Callable[[list[int], int], list[bytes]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``ref``'s addresses for another file when its B-tree is ``ref``'s, else None (walk it instead).
+
+    One batch of requests: the witness nodes at their recorded addresses, compared byte for byte.
+    """
+    if ref.index != index or ref.file_size != file_size or not np.array_equal(ref.wanted, wanted):
+        return None
+    addresses = [a for a, _ in ref.witnesses]
+    got = fetch(addresses, index.node_bytes)
+    if any(bytes(g[:len(w)]) != w for g, (_, w) in zip(got, ref.witnesses)):
+        return None
+    return ref.address, ref.size
