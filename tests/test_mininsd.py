@@ -273,3 +273,13 @@ def test_regenerating_replaces_a_previous_mini_nsd(tmp_path):
     assert not Path(lay.betas(2, 4)).exists() and not Path(lay.roi(1, "nsdgeneral")).exists()
     assert Path(lay.betas(2, 3)).exists() and keep.read_text() == "not mini-NSD"
     assert not any("session04" in f or "subj01" in f for f in manifest["files"])
+
+
+def test_captions_use_only_the_tiny_tokenizers_words(demo):
+    """models/tokenizer.py keeps its own word list (models never import the generator): it must cover mini-NSD."""
+    from fmri2img.models.tokenizer import CAPTION_WORDS, caption_words
+
+    root, spec, _ = demo
+    caps = np.load(Path(root) / "COCO_73k_annots_curated.npy")
+    words = set(caption_words(caps.ravel().tolist()))
+    assert words and words <= set(CAPTION_WORDS), sorted(words - set(CAPTION_WORDS))
