@@ -62,8 +62,10 @@ def inspect(store: "Store") -> Found:
             return Found("empty")
     zstore = store.zarr_store(read_only=True)
     try:
-        entries = sorted(sync(_list_root(zstore)))
         root_doc = sync(zstore.get("zarr.json", prototype=default_buffer_prototype()))
+        if root_doc is not None and MARKER in (_parse(root_doc).get("attributes") or {}):
+            return Found("fmri2img")  # the common case: one small read, no listing
+        entries = sorted(sync(_list_root(zstore)))
     except FileNotFoundError:
         return Found("empty")
     except NotADirectoryError:
@@ -75,9 +77,8 @@ def inspect(store: "Store") -> Found:
         return Found("zarr-v2", shown)
     if root_doc is None:
         return Found("foreign", shown)
-    try:
-        doc = json.loads(root_doc.to_bytes())
-    except ValueError:
+    doc = _parse(root_doc)
+    if not doc:
         return Found("foreign", shown)
     if doc.get("node_type") != "group":
         return Found("zarr-v3-array", shown)
@@ -86,6 +87,14 @@ def inspect(store: "Store") -> Found:
     if "_progress" in entries:
         return Found("fmri2img-unmarked")
     return Found("foreign", shown)
+
+
+def _parse(doc) -> dict:
+    try:
+        parsed = json.loads(doc.to_bytes())
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 async def _list_root(zstore) -> list[str]:
