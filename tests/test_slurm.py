@@ -203,9 +203,10 @@ def _slow_square(i: int) -> int:
     return i * i
 
 
-def test_adaptive_cluster_scales_from_zero_and_its_refused_jobs_end_the_stage(slurm, tmp_path):
+def test_adaptive_cluster_scales_from_zero_and_its_failures_end_the_stage(slurm, tmp_path):
     """minimum = 0: no job until work arrives; then jobs come and the work is done.  A job the scaler submits
-    later and sbatch refuses ends the running stage with the same one-line error (not a wait forever)."""
+    and sbatch refuses, or one that never starts, ends the running stage with a one-line error (not a wait
+    forever)."""
     from fmri2img.cluster import ClusterError, connect
     from fmri2img.cluster.faults import close_quietly
     from fmri2img.pipeline.tasks import Task, run_tasks
@@ -228,4 +229,16 @@ def test_adaptive_cluster_scales_from_zero_and_its_refused_jobs_end_the_stage(sl
         close_quietly(client)
     print(f"adaptive refused job: {seconds:.1f} s")
     assert seconds < 60
+    client = connect("slurm", **JOB, minimum=0, maximum=1, job_extra_directives=["--begin=now+1hour"],
+                     worker_timeout=10)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ClusterError, match=r"^slurm cluster: no Dask worker connected within 1\d s .*"
+                                               r"PENDING \(BeginTime\)"):
+            run_tasks([Task("t", abs, (-1,))], stage="adaptive-wait", client=client, progress=False)
+        seconds = time.monotonic() - t0
+    finally:
+        close_quietly(client)
+    print(f"adaptive, no worker: {seconds:.1f} s")
+    assert 10 <= seconds < 60
     assert _no_jobs_left(slurm) == []
