@@ -13,7 +13,10 @@ refuses the others by name):
     a lab's own tooling); ``security`` gives the TLS files for ``tls://``.
 ``"slurm"`` / ``"pbs"``
     Workers as batch jobs through dask-jobqueue (:mod:`fmri2img.cluster.jobqueue`),
-    fixed or adaptive.
+    fixed or adaptive, watched by :mod:`fmri2img.cluster.watch`: a refused job, work
+    waiting ``worker_timeout`` for a worker, or a job that ends before any task
+    finished ends the run with one :class:`ClusterError`; other ended jobs are replaced.
+    Job logs go to ``logs`` (the command line: ``<outputs>/cluster-logs``).
 ``"kubernetes"``
     A ``DaskCluster`` through the dask-kubernetes operator
     (:mod:`fmri2img.cluster.kubernetes`).
