@@ -134,6 +134,9 @@ class MiniNSDSpec:
     nsdgeneral_keep : float
         Fraction of the simulated posterior cap kept as nsdgeneral: 0.66 covers about 7 % of the
         volume, 0.22 about 2.3 % (NSD subject 1: 15,724 of 699,192 voxels).
+    sessions_per_subject : mapping of subject to int
+        Subjects scanned for fewer sessions (their first k of the design; NSD's subjects 3, 4, 6 and 8
+        have 32, 30, 32 and 30 of 40), e.g. ``{3: 1}``: a new person with one session.
     """
 
     seed: int = 0
@@ -150,9 +153,12 @@ class MiniNSDSpec:
     write_hdf5: bool = True
     hdf5_layout: str = "chunked"
     nsdgeneral_keep: float = 0.66
+    sessions_per_subject: Any = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "subjects", tuple(int(s) for s in self.subjects))
+        few = dict(self.sessions_per_subject or {})  # a mapping, stored as sorted pairs (hashable, JSON-able)
+        object.__setattr__(self, "sessions_per_subject", tuple(sorted((int(s), int(k)) for s, k in few.items())))
         object.__setattr__(self, "volume_shape", tuple(int(s) for s in self.volume_shape))
         n_trials = self.n_sessions * self.trials_per_session
         min_trials = 3 * self.n_shared + (self.n_per_subject - self.n_shared)
@@ -178,6 +184,9 @@ class MiniNSDSpec:
             (self.hdf5_layout in ("chunked", "contiguous"),
              f"hdf5_layout={self.hdf5_layout!r} must be 'chunked' (NSD's) or 'contiguous'"),
             (0.05 <= self.nsdgeneral_keep <= 1.0, f"nsdgeneral_keep={self.nsdgeneral_keep} must be in 0.05..1"),
+            (all(s in self.subjects and 1 <= k <= self.n_sessions for s, k in self.sessions_per_subject),
+             f"sessions_per_subject={dict(self.sessions_per_subject)} must map subjects of {self.subjects} to "
+             f"1..n_sessions={self.n_sessions} sessions"),
         )
         for ok, message in checks:
             if not ok:
@@ -203,6 +212,10 @@ class MiniNSDSpec:
     def n_trials(self) -> int:
         """Trials per subject over all sessions."""
         return self.n_sessions * self.trials_per_session
+
+    def sessions_of(self, subject: int) -> int:
+        """Sessions written for ``subject`` (its first ones in the design)."""
+        return dict(self.sessions_per_subject).get(int(subject), self.n_sessions)
 
 
 def _rng(spec: MiniNSDSpec, *key: int) -> np.random.Generator:
@@ -482,10 +495,11 @@ def _write_subject(root: Path, layout: NSDLayout, spec: MiniNSDSpec, subject: in
     baseline = rng.normal(0.5, 0.5, n_vox)
     amp = rng.uniform(1.0, 3.0, n_vox)
     nan_vox = np.sort(rng.choice(anat.voxels, min(spec.nan_voxels, n_vox), replace=False))
-    n_nan_sess = max(1, spec.n_sessions // 3) if spec.nan_voxels else 0
-    nan_sessions = sorted(int(s) + 1 for s in rng.choice(spec.n_sessions, n_nan_sess, replace=False))
+    n_sessions = spec.sessions_of(subject)
+    n_nan_sess = max(1, n_sessions // 3) if spec.nan_voxels else 0
+    nan_sessions = sorted(int(s) + 1 for s in rng.choice(n_sessions, n_nan_sess, replace=False))
     images = design["subjectim"][subject - 1].astype(np.int64)[design["masterordering"][0].astype(np.int64) - 1] - 1
-    for session in range(1, spec.n_sessions + 1):
+    for session in range(1, n_sessions + 1):
         t0 = time.perf_counter()
         trials = images[(session - 1) * spec.trials_per_session:session * spec.trials_per_session]
         betas = _session_betas(spec, anat, subject, session, trials, drive, (baseline, amp), (nan_sessions, nan_vox))
@@ -493,7 +507,7 @@ def _write_subject(root: Path, layout: NSDLayout, spec: MiniNSDSpec, subject: in
                         (*anat.shape, len(trials)), betas.dtype, anat.affine)
         if spec.write_hdf5:
             _write_betas_hdf5(root / layout.betas(subject, session, "hdf5"), betas, spec.hdf5_layout)
-        progress(f"subj{subject:02d} session {session}/{spec.n_sessions}: {betas.nbytes / 1e6:.0f} MB of betas "
+        progress(f"subj{subject:02d} session {session}/{n_sessions}: {betas.nbytes / 1e6:.0f} MB of betas "
                  f"in {time.perf_counter() - t0:.1f} s")
         del betas
     grp = truth.create_group(f"subj{subject:02d}")
@@ -501,7 +515,7 @@ def _write_subject(root: Path, layout: NSDLayout, spec: MiniNSDSpec, subject: in
         grp.create_dataset(name, data=getattr(anat, name), track_times=False)
     grp.create_dataset("amplitude", data=amp, track_times=False)
     grp.create_dataset("drive", data=drive.astype(np.float32), track_times=False)
-    return dict(volume_shape=list(anat.shape), affine=anat.affine.tolist(), n_voxels=n_vox,
+    return dict(volume_shape=list(anat.shape), affine=anat.affine.tolist(), n_voxels=n_vox, n_sessions=n_sessions,
                 nan_sessions=nan_sessions, nan_voxels=nan_vox.tolist())
 
 
@@ -586,6 +600,7 @@ def _remove_previous(root: Path) -> None:
 
 def _split_counts(design: dict[str, np.ndarray], subject: int, spec: MiniNSDSpec) -> dict[str, int]:
     master = design["masterordering"][0].astype(np.int64)
+    master = master[:spec.sessions_of(subject) * spec.trials_per_session]  # the sessions written
     ids = design["subjectim"][subject - 1].astype(np.int64)[master - 1]
     test = master <= spec.n_shared
     return dict(n_train_images=int(len(np.unique(ids[~test]))), n_test_images=int(len(np.unique(ids[test]))),
