@@ -137,6 +137,10 @@ class MiniNSDSpec:
     sessions_per_subject : mapping of subject to int
         Subjects scanned for fewer sessions (their first k of the design; NSD's subjects 3, 4, 6 and 8
         have 32, 30, 32 and 30 of 40), e.g. ``{3: 1}``: a new person with one session.
+    imagery : bool
+        Also write NSD-Imagery's files (:mod:`fmri2img.storage.mininsd_imagery`).
+    imagery_repeats : int
+        Trials per condition in each imagery-session run (NSD-Imagery: 8, so 720 betas).
     """
 
     seed: int = 0
@@ -154,6 +158,8 @@ class MiniNSDSpec:
     hdf5_layout: str = "chunked"
     nsdgeneral_keep: float = 0.66
     sessions_per_subject: Any = ()
+    imagery: bool = False
+    imagery_repeats: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "subjects", tuple(int(s) for s in self.subjects))
@@ -187,6 +193,7 @@ class MiniNSDSpec:
             (all(s in self.subjects and 1 <= k <= self.n_sessions for s, k in self.sessions_per_subject),
              f"sessions_per_subject={dict(self.sessions_per_subject)} must map subjects of {self.subjects} to "
              f"1..n_sessions={self.n_sessions} sessions"),
+            (1 <= self.imagery_repeats <= 8, f"imagery_repeats={self.imagery_repeats} must be in 1..8"),
         )
         for ok, message in checks:
             if not ok:
@@ -510,13 +517,17 @@ def _write_subject(root: Path, layout: NSDLayout, spec: MiniNSDSpec, subject: in
         progress(f"subj{subject:02d} session {session}/{n_sessions}: {betas.nbytes / 1e6:.0f} MB of betas "
                  f"in {time.perf_counter() - t0:.1f} s")
         del betas
+    extra = {}
+    if spec.imagery:
+        from fmri2img.storage import mininsd_imagery
+        extra = mininsd_imagery.write_subject(root, spec, subject, anat, drive, drive_in, (baseline, amp), design)
     grp = truth.create_group(f"subj{subject:02d}")
     for name in ("voxels", "area", "rf_x", "rf_y", "rf_size", "ecc", "weights", "category"):
         grp.create_dataset(name, data=getattr(anat, name), track_times=False)
     grp.create_dataset("amplitude", data=amp, track_times=False)
     grp.create_dataset("drive", data=drive.astype(np.float32), track_times=False)
     return dict(volume_shape=list(anat.shape), affine=anat.affine.tolist(), n_voxels=n_vox, n_sessions=n_sessions,
-                nan_sessions=nan_sessions, nan_voxels=nan_vox.tolist())
+                nan_sessions=nan_sessions, nan_voxels=nan_vox.tolist(), **extra)
 
 
 def _write(root: Path, rel: str, data: bytes) -> None:
@@ -581,6 +592,9 @@ def generate_mini_nsd(root: str | os.PathLike, spec: MiniNSDSpec = MiniNSDSpec()
                       "higher), pRF centres/sizes/eccentricities (deg), feature weights, category weights, "
                       "amplitudes and the noiseless drive (n_images x n_voxels)."),
     )
+    if spec.imagery:
+        from fmri2img.storage import mininsd_imagery
+        manifest["imagery"] = mininsd_imagery.write_targets(root, spec, design)
     manifest["files"] = {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()
                          and p.name != "mini_nsd.json"}
     (root / "mini_nsd.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))

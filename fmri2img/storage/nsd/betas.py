@@ -105,6 +105,32 @@ def read_session_betas(fs: Any, layout: NSDLayout, subject: int, session: int, v
     return out
 
 
+def read_betas_file(fs: Any, path: str, voxels: np.ndarray, volume_shape: tuple[int, int, int],
+                    expected_trials: int, *, scale: str | float = NSD_SCALE, block_bytes: int = _BLOCK_BYTES,
+                    what: str = "single-trial betas", fix: str = "") -> np.ndarray:
+    """Read a betas file at any path (``.hdf5`` or ``.nii.gz``, NSD's layouts and units) at the voxels.
+
+    The same readers as :func:`read_session_betas` (chunked HDF5 by range, contiguous HDF5 by
+    z-range, gzip streamed), for files that are not ``betas_sessionNN`` (e.g. NSD-Imagery's
+    ``betas_nsdimagery.hdf5``). ``fix`` is appended to the error of a missing file.
+
+    Returns
+    -------
+    betas : array of shape (expected_trials, n_voxels), float32
+    """
+    divisor = _divisor(scale)
+    fmt = "hdf5" if str(path).endswith((".hdf5", ".h5")) else "nii.gz" if str(path).endswith((".nii.gz", ".nii")) \
+        else None
+    if fmt is None:
+        raise NSDError(f"{_name(path)}: not a betas file this reader knows; expected .hdf5 or .nii.gz")
+    volume_shape = tuple(int(s) for s in volume_shape)
+    voxels = _check_voxels(voxels, volume_shape)
+    block = _HEADER_BLOCK if fmt == "hdf5" else _RANGE_BLOCK * 8
+    with _open(fs, path, what=what, fix=fix, ranged=True, block_size=block) as f:
+        return _BETA_READERS[fmt](f, path, voxels, volume_shape, int(expected_trials), block_bytes, fs=fs,
+                                  scale=(scale, divisor))
+
+
 def _missing_betas_message(layout: NSDLayout, subject: int, session: int, path: str) -> str:
     name = _name(path)
     if session > PUBLIC_SESSIONS:
