@@ -139,6 +139,24 @@ def test_workers_that_never_arrive_time_out(slurm, mini_nsd, tmp_path, capsys): 
     assert _no_jobs_left(slurm) == []
 
 
+def test_a_worker_that_cannot_start_fails_at_once_with_its_log(slurm, tmp_path):
+    """A job whose worker cannot start (here: a wrong python on the nodes) ends at once; the run fails then,
+    not after worker_timeout, quoting the end of the job's log."""
+    from fmri2img.cluster import ClusterError, connect
+
+    t0 = time.monotonic()
+    with pytest.raises(ClusterError) as info:
+        connect("slurm", **JOB, python="/nonexistent/python", worker_timeout=300, log_directory=str(tmp_path))
+    seconds = time.monotonic() - t0
+    message = str(info.value)
+    print(f"worker cannot start: {seconds:.1f} s")
+    assert message.startswith("slurm cluster: worker job ") and "ended before its Dask worker connected" in message
+    assert "/nonexistent/python: No such file or directory" in message and "check python" in message
+    assert str(tmp_path / "fmri2img-") in message
+    assert seconds < 60  # the batch system is asked every 5 s; worker_timeout (300 s) is not waited for
+    assert _no_jobs_left(slurm) == []
+
+
 def test_walltime_shorter_than_a_task_fails_clearly(slurm, tmp_path):
     """A 1-minute walltime and a task that needs longer: the job ends at its limit before any task finished,
     and the run fails naming the walltime and the job's log (which says why it ended)."""

@@ -137,6 +137,10 @@ class QueueKind:
     submit: str
     status: tuple
     status_hint: str
+    #: the states ``status`` lists for a job that has not ended, and the words of its "no such job" error
+    #: (empty: the watch does not ask the batch system whether a job ended)
+    active_states: tuple
+    gone: str
     #: options this kind does not take (with the reason the error gives)
     refused: Mapping[str, str]
     #: directives for gpus=N and qos=Q ({n}/{q} filled in), None where the site decides
@@ -161,11 +165,13 @@ class QueueKind:
 KINDS: dict[str, QueueKind] = {
     "slurm": QueueKind(
         "slurm", "dask_jobqueue.slurm.SLURMJob", "dask_jobqueue.SLURMCluster", "sbatch",
-        ("squeue", "-h", "-o", "%i %T %r", "-j"), "squeue -j {ids}", {}, "--gres=gpu:{n}", "--qos={q}",
+        ("squeue", "-h", "-o", "%i %T %r", "-j"), "squeue -j {ids}",
+        ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "SIGNALING",
+         "STAGE_OUT", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"), "Invalid job id", {}, "--gres=gpu:{n}", "--qos={q}",
         lambda d, name, jid: [f"{d}/{name}-{jid}.err", f"{d}/{name}-{jid}.out"],
         re.compile(r"\*\*\* JOB \S+ ON \S+ CANCELLED")),  # slurmstepd's line: time limit, scancel, preemption
     "pbs": QueueKind(
-        "pbs", "dask_jobqueue.pbs.PBSJob", "dask_jobqueue.PBSCluster", "qsub", ("qstat", "-x"), "qstat -x {ids}",
+        "pbs", "dask_jobqueue.pbs.PBSJob", "dask_jobqueue.PBSCluster", "qsub", ("qstat", "-x"), "qstat -x {ids}", (), "",
         {"qos": "qos is a SLURM option; give your PBS site's directive in job_extra_directives"},
         None, None, lambda d, name, jid: [f"{d}/{name}.o{jid.split('.')[0]}", f"{d}/{name}.e{jid.split('.')[0]}"],
         re.compile(r"PBS: job killed", re.I)),

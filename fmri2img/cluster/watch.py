@@ -8,6 +8,8 @@ its own event loop:
 
 - a refused submission (sbatch/qsub's message, and the options that shaped the
   request) fails the run at once;
+- a job that ends before its worker connects (SLURM is asked every few seconds)
+  fails the run then, quoting the end of the job's log;
 - work that waits ``worker_timeout`` with no worker connected fails the run,
   with each job's state from the batch system and its log file;
 - a job that ends under running work is replaced when tasks finished during
@@ -32,8 +34,9 @@ from fmri2img.cluster.connect import ClusterError
 
 logger = logging.getLogger(__name__)
 
-#: seconds between checks
+#: seconds between checks, and between asking the batch system whether jobs without a worker have ended
 INTERVAL = 1.0
+POLL = 5.0
 #: the attribute of a cluster that holds its watch
 ATTR = "_fmri2img_watch"
 
@@ -128,6 +131,7 @@ class JobWatch:
         self.n_workers = 0
         self._idle_since: float | None = None
         self._connected: set = set()
+        self._polled = 0.0
         self.lost_after = float(parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout")))
         self._progress = _progress_plugin()
         self._cluster = None
@@ -218,6 +222,7 @@ class JobWatch:
             self._observe(cluster)
             self._check_lost(cluster)
             self._check_no_worker(cluster)
+            await self._check_never_connected(cluster)
         except Exception as exc:  # noqa: BLE001 - a watch bug must not take the run down
             logger.debug("cluster watch: %s", exc, exc_info=True)
 
@@ -291,6 +296,58 @@ class JobWatch:
         self._idle_since = self._idle_since or now
         if now - self._idle_since > self.worker_timeout:
             self._fail(self._no_worker_message(now - self._idle_since))
+
+    async def _check_never_connected(self, cluster) -> None:
+        """Fail at once when every job waiting for its worker has ended (the worker could not start: python,
+        interface, prologue), instead of waiting ``worker_timeout`` for workers that cannot come."""
+        now = time.monotonic()
+        if not self.kind.active_states or self.n_workers or now - self._polled < POLL:
+            return
+        waiting = [r for r in self.jobs.values() if r.job_id and r.arrived is None and not r.handled
+                   and r.name in cluster.worker_spec and now - r.submitted > POLL]
+        if not waiting:
+            return
+        self._polled = now
+        active = await self._active_ids([r.job_id for r in waiting])
+        if active is None or any(r.job_id in active for r in waiting):
+            return
+        rec = waiting[-1]
+        self._fail(f"{self.kind.name} cluster: worker job {rec.job_id} ended before its Dask worker connected"
+                   f"{self._log_tail(rec)}: the worker could not start on the node; check python (the Python on "
+                   f"the nodes: {self.job.get('python') or 'the one running fmri2img'}), interface and "
+                   f"job_script_prologue; its log: {self._logs(rec)}")
+
+    async def _active_ids(self, ids: list) -> set | None:
+        """The ids among ``ids`` the batch system lists as not ended; None when it cannot tell."""
+        cmd = list(self.kind.status) + [",".join(ids)]
+        try:
+            proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
+                                                        stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 15)
+        except (OSError, asyncio.TimeoutError):
+            return None
+        if proc.returncode != 0:
+            return set() if self.kind.gone and self.kind.gone in err.decode(errors="replace") else None
+        active = set()
+        for line in out.decode(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[1] in self.kind.active_states:
+                active.add(parts[0])
+        return active
+
+    def _log_tail(self, rec: _Job) -> str:
+        """``"; its log ends: '...'"``: the job log's last line, where the worker's failure is written."""
+        if not self.job.get("log_directory") or not rec.job_id:
+            return ""
+        for path in self.kind.log_files(self._log_dir(), self.job.get("job_name", "worker"), rec.job_id):
+            try:
+                with open(path, errors="replace") as f:
+                    lines = [x.strip() for x in f.read()[-20000:].splitlines() if x.strip()]
+            except OSError:
+                continue
+            if lines:
+                return f"; its log ends: {lines[-1][:300]!r}"
+        return ""
 
     # -- messages ----------------------------------------------------------------------------
 
