@@ -7,6 +7,7 @@
     fmri2img status STORE [--verify [--repair]]
     fmri2img unlock STORE
     fmri2img decode STORE --subject N --betas URL [--trials 1-750 | --trials-file CSV] [--runs ...] [--out URL]
+    fmri2img align STORE --subject NEW --reference REF --sessions 1[-k] [--targets encoding|shared|hybrid]
 """
 from __future__ import annotations
 
@@ -163,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'loo' (non-transductive, default) or 'none'")
     p.add_argument("--nets", default=None, help="evaluation networks, comma-separated (default: all)")
     p.add_argument("--config", default=None, help="a TOML configuration with a [decode] section")
+    p.add_argument("--via", default=None, help="align-to-subjMM: --subject is a new subject aligned to subject MM "
+                                             "(fmri2img align); MM's models and runs decode its scans")
     p.add_argument("--betas-option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="fsspec option of the betas, trials and mask URLs")
     p.add_argument("--store-option", type=_kv, action="append", default=[], metavar="KEY=VALUE")
@@ -170,6 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "as for ingest); default: in this process")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(cluster_option=[], workers=None)
+
+    p = sub.add_parser("align", help="a new subject from a few sessions: ridge alignment of its voxels to a fitted "
+                                     "reference subject's (models/subjNN/align-to-subjMM); decode with --via")
+    p.add_argument("store", help="project store URL (both subjects ingested, the reference fitted)")
+    p.add_argument("--subject", type=int, required=True, help="the new subject")
+    p.add_argument("--reference", type=int, required=True, help="the fitted reference subject")
+    p.add_argument("--sessions", default="1", help="the new subject's sessions to align on, e.g. 1 or 1-3")
+    p.add_argument("--targets", choices=("encoding", "shared", "hybrid"), default=None,
+                   help="alignment targets: the reference's encoding-model pseudo-responses to every image "
+                        "(default), its own responses to the images both saw, or both")
+    p.add_argument("--encoding-features", default=None,
+                   help="feature sets of the reference's encoding model, comma-separated (default: all it has "
+                        "models for)")
+    p.add_argument("--store-option", type=_kv, action="append", default=[], metavar="KEY=VALUE")
 
     p = sub.add_parser("unlock", help="remove the lock a killed run left in a store (after checking it is dead)")
     p.add_argument("store")
@@ -406,7 +423,7 @@ def cmd_decode(args) -> int:
                            trials_file=args.trials_file, runs=args.runs.split(",") if args.runs else None,
                            name=args.name, betas_scale=args.betas_scale, mask=args.mask,
                            calibration=args.calibration, nets=args.nets.split(",") if args.nets else None,
-                           storage_options=dict(args.betas_option) or None)
+                           storage_options=dict(args.betas_option) or None, via=args.via)
     store = kwargs.pop("store")
     if args.store_option:
         store = type(store)(store.url, dict(args.store_option))
@@ -419,7 +436,9 @@ def cmd_decode(args) -> int:
                 summary = decode(store, outputs=outputs, client=client, progress=not args.no_progress, **kwargs)
         else:
             summary = decode(store, outputs=outputs, progress=not args.no_progress, **kwargs)
-    print(f"decoded {summary['trials']} trials of {summary['input']} with subject {summary['subject']}'s models "
+    whose = f"subject {summary['subject']}'s" if not summary.get("via") else \
+        f"subject {summary['subject']} via {summary['via']}:"
+    print(f"decoded {summary['trials']} trials of {summary['input']} with {whose} models "
           f"(calibration: {summary['calibration']}) into {summary['group']}")
     if summary["random_weights"]:
         print("random-weight models: these pictures test the pipeline; they are not decoded images")
@@ -427,6 +446,29 @@ def cmd_decode(args) -> int:
         print(f"  {key}: " + ", ".join(f"{m} {v:.3f}" for m, v in means.items() if v is not None))
     if summary["page"]:
         print(f"page: {summary['page']}")
+    return 0
+
+
+def cmd_align(args) -> int:
+    from fmri2img.pipeline.align import DEFAULT_TARGETS, align
+    from fmri2img.storage import identity, lock
+    from fmri2img.storage.store import Store
+
+    store = Store(args.store, dict(args.store_option))
+    identity.claim(store)
+    features = [f for f in (args.encoding_features or "").split(",") if f]
+    with lock.held(store):
+        s = align(store, args.subject, args.reference, args.sessions, targets=args.targets or DEFAULT_TARGETS,
+                  encoding_features=features or None)
+    print(f"aligned subject {s['subject']} (sessions {s['sessions']}, {s['n_images']} images, {s['n_voxels']} voxels) "
+          f"to subject {s['reference']} ({s['n_ref_voxels']} voxels; targets: {s['targets']}) in {s['seconds']:.1f} s "
+          f"→ {s['group']}")
+    held = s["held_out"]
+    if "voxel_r" in held:
+        print(f"  held out: {held['n_test_images']} test images, aligned vs subject {s['reference']}'s responses: "
+              f"voxel r {held['voxel_r']:.3f}, two-way identification {held['two_way_identification']:.3f}")
+    print(f"  decode its scans: fmri2img decode {store.url} --subject {s['subject']} --via align-to-subj"
+          f"{s['reference']:02d} --betas ...")
     return 0
 
 
@@ -446,7 +488,7 @@ def cmd_unlock(args) -> int:
 
 COMMANDS = {"demo": cmd_demo, "mini-nsd": cmd_mini_nsd, "ingest": cmd_ingest, "run": cmd_run,
             "status": cmd_status, "report": cmd_report, "weights": cmd_weights, "unlock": cmd_unlock,
-            "decode": cmd_decode}
+            "decode": cmd_decode, "align": cmd_align}
 
 
 def _secrets_of_args(args) -> list[str]:

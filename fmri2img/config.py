@@ -216,6 +216,8 @@ class DecodeConfig:
     mask: str = ""
     #: "loo" (non-transductive, default) or "none"; the transductive "test_batch" is refused
     calibration: str = "loo"
+    #: "align-to-subjMM": the subject is a new one aligned to subject MM (fmri2img align), decoded by MM's models
+    via: str = ""
     #: evaluation networks when the images shown are known; empty: all
     nets: list = field(default_factory=list)
     images_per_task: int = 8

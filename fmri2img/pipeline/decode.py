@@ -177,8 +177,9 @@ def predict(store: Store, subject: int, data: DecodeInput, models: Mapping[str, 
     """Write ``decoded/<name>/predictions/<feature>`` (regions = target blocks); return each group's salt."""
     salts = {}
     for feature, est in models.items():
-        salt = hashlib.sha256(json.dumps([data.key, calibration, store.group(model_group(subject, feature)).attrs
-                                          .get("fmri2img_salt", "")]).encode()).hexdigest()[:16]
+        model_salt = getattr(est, "salt", None) or store.group(model_group(subject, feature)).attrs.get(
+            "fmri2img_salt", "")  # an AlignedModel names its own (alignment + reference model)
+        salt = hashlib.sha256(json.dumps([data.key, calibration, model_salt]).encode()).hexdigest()[:16]
         pred = est.predict(data.fmri)
         pred = (pred if isinstance(pred, da.Array) else da.from_array(pred)).astype(np.float32)
         dims = tuple(store.group(f"features/{feature}")["features"].metadata.dimension_names)[1:]
@@ -299,7 +300,7 @@ def decode(store: Store, subject: int, betas: str, runs: Sequence[RunSpec], *, f
            mask_options: Mapping[str, Any] | None = None, calibration: str = "loo",
            nets: Sequence[str] | None = None, weights: Mapping[str, Any] | None = None, device: str = "auto",
            outputs: Outputs | None = None, images_per_task: int = 8, client=None, progress: bool = True,
-           config: Mapping[str, Any] | None = None) -> dict:
+           config: Mapping[str, Any] | None = None, via: str | None = None) -> dict:
     """Decode new betas of a fitted ``subject`` into reconstructions (and metrics when the images are known).
 
     Parameters
@@ -320,6 +321,10 @@ def decode(store: Store, subject: int, betas: str, runs: Sequence[RunSpec], *, f
         See :data:`CALIBRATIONS`; recorded in every group's attributes and on the page.
     nets, weights, device
         Evaluation networks (default all six), their ``[weights]`` and device, as in evaluate.
+    via : str, optional
+        ``"align-to-subjMM"``: ``subject`` is a new subject aligned to subject MM (fmri2img align);
+        its scans are decoded by MM's models through the alignment, and trials showing an image
+        that any of those fits used are decoded but not scored (:mod:`fmri2img.pipeline.align`).
 
     Returns
     -------
@@ -331,12 +336,19 @@ def decode(store: Store, subject: int, betas: str, runs: Sequence[RunSpec], *, f
         raise DecodeError("no reconstruction run to decode with: give --runs (e.g. brain-diffuser,pixels)")
     space = subject_space(store, subject, mask)
     features = sorted({f for run in runs for f in run.features_needed()} | set(features))
-    models = load_models(store, subject, features, calibration)
+    if via:
+        from fmri2img.pipeline import align
+
+        models = align.aligned_models(store, subject, via, features, calibration)
+    else:
+        models = load_models(store, subject, features, calibration)
     data = read_input(store, space, betas, name=name, trials=trials, trials_file=trials_file,
                       betas_scale=betas_scale, storage_options=storage_options, mask_options=mask_options)
+    if via:
+        data = align.hide_fitted(data, align.fitted_images(store, subject, align.reference_of(via), features))
     attrs = {**schema.provenance(config=config), "subject": int(subject), "input": data.url,
              "calibration": calibration, "calibration_note": CALIBRATIONS[calibration],
-             "images_from": data.images_from}
+             "images_from": data.images_from, **({"via": via} if via else {})}
     fgroup = group(data.name, "fmri")
     template = xr.Dataset({"fmri": (("trial", "voxel"), da.from_array(data.fmri, chunks=data.fmri.shape))},
                           coords=_row_coords(data))
@@ -359,7 +371,7 @@ def decode(store: Store, subject: int, betas: str, runs: Sequence[RunSpec], *, f
         page = decode_page.write_page(store, outputs, data, runs, metrics, attrs, random_weights)
     summary = {"subject": int(subject), "name": data.name, "input": data.url, "trials": int(len(data.trials)),
                "images_known": int((data.images >= 0).sum()), "images_from": data.images_from,
-               "calibration": calibration, "group": group(data.name), "runs": [r.name for r in runs],
+               "calibration": calibration, "group": group(data.name), "runs": [r.name for r in runs], "via": via,
                "random_weights": any(random_weights(r) for r in runs), "metrics": metrics, "page": page,
                "seconds": round(time.perf_counter() - t0, 3)}
     logger.info("decode %s: %s", data.name, summary)
@@ -380,6 +392,10 @@ def decode_config(config, store_url: str | None = None, **overrides: Any) -> dic
     section.update({k: v for k, v in overrides.items() if v not in (None, "", [], ())})
     store = Store(store_url or config.store.url, dict(config.store.storage_options))
     subject, names = int(section["subject"]), list(section["runs"])
+    via = section.get("via") or None
+    if via:  # a new subject aligned to a reference: the reference's runs
+        from fmri2img.pipeline.align import reference_of
+    runs_of = reference_of(via) if via else subject
     if given:
         specs = {s.name: s for s in config.run_specs()}
         unknown = sorted(set(names) - set(specs))
@@ -388,9 +404,9 @@ def decode_config(config, store_url: str | None = None, **overrides: Any) -> dic
                               f"{sorted(specs)}")
         runs = [specs[n] for n in (names or specs)]
     else:
-        prefix = f"recon/{schema.subject_key(subject)}/"
+        prefix = f"recon/{schema.subject_key(runs_of)}/"
         names = names or sorted({g[len(prefix):].rsplit("/", 1)[0] for g in store.list_groups(prefix)})
-        runs = [stored_run(store, subject, n) for n in names]
+        runs = [stored_run(store, runs_of, n) for n in names]
     if not section["betas"]:
         raise DecodeError("no betas to decode: give --betas URL (or [decode] betas in the configuration)")
     options = dict(section["storage_options"])
@@ -400,4 +416,5 @@ def decode_config(config, store_url: str | None = None, **overrides: Any) -> dic
             "storage_options": options, "mask": section["mask"] or None, "mask_options": options,
             "calibration": section["calibration"], "nets": section["nets"] or None,
             "weights": dataclasses.asdict(config.weights), "device": section["device"],
-            "images_per_task": int(section["images_per_task"]), "config": config.redacted() if given else None}
+            "images_per_task": int(section["images_per_task"]), "config": config.redacted() if given else None,
+            "via": via}
