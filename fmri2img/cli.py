@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="units of the betas files: 'nsd' (NSD's int16 × 300; default) or a number the values are "
                         "divided by (1: floats in percent signal change, 300: floats × 300)")
     p.add_argument("--nan-policy", choices=["error", "zero"], default="error")
+    p.add_argument("--experiment", choices=["nsd", "nsdimagery"], default="nsd",
+                   help="'nsd' (default) or 'nsdimagery': NSD-Imagery's betas, trial labels and targets "
+                        "→ subjects/subjNN/imagery and imagery/targets (--sessions does not apply)")
     p.add_argument("--no-stimuli", action="store_true", help="skip copying stimuli and captions")
     p.add_argument("--captions-url", default="", help="COCO_73k_annots_curated.npy (default: at the source root)")
     p.add_argument("--anon", action="store_true", help="anonymous access to the source (public buckets)")
@@ -163,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", choices=("loo", "none"), default=None,
                    help="'loo' (non-transductive, default) or 'none'")
     p.add_argument("--nets", default=None, help="evaluation networks, comma-separated (default: all)")
+    p.add_argument("--imagery", action="store_true",
+                   help="decode the subject's ingested NSD-Imagery betas (ingest --experiment nsdimagery) instead "
+                        "of --betas; metrics per task against the imagery targets")
+    p.add_argument("--tasks", default=None, help="with --imagery: tasks to decode, e.g. vision,imagery (default: "
+                                                "vision, imagery, attention)")
     p.add_argument("--config", default=None, help="a TOML configuration with a [decode] section")
     p.add_argument("--via", default=None, help="align-to-subjMM: --subject is a new subject aligned to subject MM "
                                              "(fmri2img align); MM's models and runs decode its scans")
@@ -276,13 +284,19 @@ def cmd_ingest(args) -> int:
         source=SourceConfig(args.source, source_opts, args.captions_url),
         cluster=ClusterConfig(spec=args.cluster or "local"),
         ingest=IngestConfig(subjects=list(args.subject), sessions=args.sessions, prefer=args.prefer,
-                            nan_policy=args.nan_policy, stimuli=not args.no_stimuli, betas_scale=args.betas_scale),
+                            nan_policy=args.nan_policy, stimuli=not args.no_stimuli, betas_scale=args.betas_scale,
+                            experiment=args.experiment),
     ))
     from fmri2img.storage.outputs import Outputs
 
     with cluster_from(args, config.cluster, Outputs.beside(args.store).url) as client:
         results = run(config, client=client, progress=not args.no_progress)
     for subject, summary in results["ingest"].items():
+        if summary.get("experiment") == "nsdimagery":
+            print(f"{subject}: NSD-Imagery, {summary['n_betas']} betas ({summary['betas_per_task']}), "
+                  f"{summary['n_voxels']} voxels, {summary['n_targets']} targets, "
+                  f"{'written' if summary['betas_written'] else 'already done'} ({summary['seconds']:.1f} s)")
+            continue
         print(f"{subject}: {summary['n_train']} train / {summary['n_test']} test images, "
               f"{summary['n_voxels']} voxels, {summary['sessions_written']} sessions written, "
               f"{summary['sessions_skipped']} already done ({summary['seconds']:.1f} s)")
@@ -419,12 +433,19 @@ def cmd_decode(args) -> int:
     config = cfgmod.load(args.config) if args.config else None
     if args.store is None and config is None:
         raise ValueError("give the store (fmri2img decode STORE ...) or --config with a [store] section")
-    kwargs = decode_config(config, args.store, subject=args.subject, betas=args.betas, trials=args.trials,
+    imagery_betas = "imagery" if args.imagery else None  # decode_config needs an input; --imagery names the store's
+    kwargs = decode_config(config, args.store, subject=args.subject, betas=args.betas or imagery_betas,
+                           trials=args.trials,
                            trials_file=args.trials_file, runs=args.runs.split(",") if args.runs else None,
                            name=args.name, betas_scale=args.betas_scale, mask=args.mask,
                            calibration=args.calibration, nets=args.nets.split(",") if args.nets else None,
                            storage_options=dict(args.betas_option) or None, via=args.via)
     store = kwargs.pop("store")
+    run_decode = decode
+    if args.imagery:
+        from fmri2img.pipeline.decode_imagery import imagery_decoder
+        run_decode, kwargs = imagery_decoder(kwargs, args.tasks.split(",") if args.tasks else None,
+                                             (args.betas, args.trials, args.trials_file))
     if args.store_option:
         store = type(store)(store.url, dict(args.store_option))
     out = args.out or (config.outputs.url if config else None)
@@ -433,9 +454,9 @@ def cmd_decode(args) -> int:
     with lock.held(store):
         if args.cluster:
             with cluster_from(args, config.cluster if config else None, outputs.url) as client:
-                summary = decode(store, outputs=outputs, client=client, progress=not args.no_progress, **kwargs)
+                summary = run_decode(store, outputs=outputs, client=client, progress=not args.no_progress, **kwargs)
         else:
-            summary = decode(store, outputs=outputs, progress=not args.no_progress, **kwargs)
+            summary = run_decode(store, outputs=outputs, progress=not args.no_progress, **kwargs)
     whose = f"subject {summary['subject']}'s" if not summary.get("via") else \
         f"subject {summary['subject']} via {summary['via']}:"
     print(f"decoded {summary['trials']} trials of {summary['input']} with {whose} models "

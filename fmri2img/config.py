@@ -130,6 +130,9 @@ class IngestConfig:
     #: what to do with NaN betas: "error" (default) or "zero" (replace by 0 and record the count)
     nan_policy: str = "error"
     stimuli: bool = True
+    #: which NSD experiment: "nsd" (the main one) or "nsdimagery" (NSD-Imagery: subjects/subjNN/imagery and
+    #: imagery/targets; sessions and stimuli do not apply)
+    experiment: str = "nsd"
 
     def session_list(self) -> tuple[int, ...] | None:
         return parse_sessions(self.sessions)
@@ -327,6 +330,7 @@ def _redact_tree(data: Any, key: str = "") -> Any:
 _CHOICES = {
     "ingest.prefer": ("hdf5", "nii.gz"),
     "ingest.nan_policy": ("error", "zero"),
+    "ingest.experiment": ("nsd", "nsdimagery"),
     "reconstruct.device": ("auto", "cpu", "cuda", "mps"),
     "evaluate.device": ("auto", "cpu", "cuda", "mps"),
     "decode.calibration": ("loo", "none"),

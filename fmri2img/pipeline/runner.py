@@ -54,6 +54,12 @@ class RunContext:
 def stage_ingest(ctx: RunContext) -> dict:
     cfg = ctx.config.ingest
     out = {}
+    if cfg.experiment == "nsdimagery":
+        from fmri2img.pipeline.ingest_imagery import ingest_imagery
+        return {f"subj{subject:02d}": ingest_imagery(
+            ctx.store, ctx.source, subject, client=ctx.client, prefer=cfg.prefer, nan_policy=cfg.nan_policy,
+            betas_scale=cfg.betas_scale, config=ctx.config.redacted(), progress=ctx.progress)
+            for subject in cfg.subjects}
     for subject in cfg.subjects:
         out[f"subj{subject:02d}"] = ingest(
             ctx.store, ctx.source, subject, cfg.session_list(), client=ctx.client, prefer=cfg.prefer,
