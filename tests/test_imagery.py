@@ -76,7 +76,8 @@ def test_reader_follows_nsd_imagery_layout(imagery_root):
     assert (design.trial[att[::2]] == design.trial[att[1::2]]).all()
     # the cue matches the target on half the vision trials, always in imagery
     vis, img = design.task == "vision", design.task == "imagery"
-    assert (design.cue[img] == design.condition[img]).all() and 0 < (design.cue[vis] == design.condition[vis]).sum() < 18
+    assert (design.cue[img] == design.condition[img]).all()
+    assert 0 < (design.cue[vis] == design.condition[vis]).sum() < 18
     # targets: the manifest's ground truth, from file names like NSD's shared images
     assert dict(zip(targets.condition.tolist(), targets.nsd_id.tolist())) == manifest["imagery"]["targets"]
     assert targets.stim_set.tolist() == ["A"] * 6 + ["B"] * 6 + ["C"] * 6
@@ -256,8 +257,9 @@ def test_reader_refuses_a_betas_file_of_another_design(imagery_root, tmp_path):
     mask = nsd.read_mask(FS, nsd.NSDLayout(str(root)).roi(1, "nsdgeneral"))
     with pytest.raises(nsd.NSDFormatError, match=r"holds 90 trials .* the run TSVs give 720 betas"):
         nsdi.read_imagery_betas(FS, layout, 1, np.flatnonzero(mask.ravel()), mask.shape, 720)
-    with pytest.raises(nsd.NSDFileMissing, match=r"betas_nsdimagery.nii.gz \(NSD-Imagery single-trial betas\) not found at .*; NSD-Imagery betas "
-                                                  r"are under nsddata_betas/ppdata/subj01/func1pt8mm/"):
+    missing = (r"betas_nsdimagery.nii.gz \(NSD-Imagery single-trial betas\) not found at .*; NSD-Imagery betas are "
+               r"under nsddata_betas/ppdata/subj01/func1pt8mm/")
+    with pytest.raises(nsd.NSDFileMissing, match=missing):
         nsdi.read_imagery_betas(FS, nsdi.ImageryLayout(str(tmp_path)), 1, np.arange(3), mask.shape, 90)
 
 
