@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nsdgeneral-keep", type=float, default=None,
                    help="fraction of the simulated posterior cap kept as nsdgeneral (default 0.66, about 7%% of "
                         "the volume; 0.22 gives NSD's 2.3%%)")
+    p.add_argument("--imagery", action="store_true",
+                   help="also write NSD-Imagery's files (one imagery session per subject, 720 betas; simulated "
+                        "mental images: coarser, weaker, weakest in early visual areas)")
 
     p = sub.add_parser("ingest", help="NSD files (any URL) → the project store, one task per session")
     p.add_argument("--source", required=True, help="NSD root, e.g. s3://natural-scenes-dataset or ./mini-nsd")
@@ -255,7 +258,8 @@ def mini_nsd_spec(args):
               "volume_shape": tuple(args.volume) if args.volume else None, "hdf5_layout": args.hdf5_layout,
               "nsdgeneral_keep": args.nsdgeneral_keep}
     return MiniNSDSpec.sized(**{k: v for k, v in fields.items() if v is not None},
-                             **({"write_hdf5": False} if args.no_hdf5 else {}))
+                             **({"write_hdf5": False} if args.no_hdf5 else {}),
+                             **({"imagery": True} if getattr(args, "imagery", False) else {}))
 
 
 def cmd_mini_nsd(args) -> int:
