@@ -6,7 +6,8 @@
 * :mod:`.betas`: single-trial betas (``betas_sessionNN.hdf5`` by byte range over the masked
   voxels' chunks, or ``.nii.gz`` through gzip), with :mod:`.hdf5chunks` walking the HDF5
   chunk index;
-* :mod:`.stimuli`: ``nsd_stimuli.hdf5``; :mod:`.captions`: ``COCO_73k_annots_curated.npy``.
+* :mod:`.stimuli`: ``nsd_stimuli.hdf5``; :mod:`.captions`: ``COCO_73k_annots_curated.npy``;
+* :mod:`.imagery`: NSD-Imagery's ``betas_nsdimagery``, run TSVs and target pictures.
 
 The same code reads real NSD from its bucket and the locally generated mini-NSD
 (:mod:`fmri2img.storage.mininsd`). Bad input raises one :class:`NSDError` subclass whose
