@@ -482,3 +482,33 @@ def test_the_command_line_reports_the_watch_failure_instead_of_a_cancellation(mo
     with pytest.raises(KeyError):  # anything else passes through unchanged
         with cli.cluster_from(args):
             raise KeyError("x")
+
+
+def test_waiting_for_workers_is_reported_long_before_worker_timeout(caplog, tmp_path):
+    """Work waiting with no worker is reported once (cluster, jobs, what to check), then fails at worker_timeout."""
+    import logging
+    import time as _time
+    from types import SimpleNamespace
+
+    import distributed  # noqa: F401  (registers the distributed.* dask config the watch reads)
+
+    from fmri2img.cluster.jobqueue import KINDS
+    from fmri2img.cluster.watch import JobWatch
+
+    watch = JobWatch(KINDS["slurm"], job={"log_directory": str(tmp_path)}, options={}, worker_timeout=600,
+                     adaptive=False)
+    watch.notice_after_s = 0.05
+    task = SimpleNamespace(state="no-worker")
+    cluster = SimpleNamespace(worker_spec={"0": {}}, scheduler=SimpleNamespace(tasks={"t": task}))
+    with caplog.at_level(logging.WARNING, logger="fmri2img"):
+        watch._check_no_worker(cluster)
+        _time.sleep(0.1)
+        watch._check_no_worker(cluster)
+        watch._check_no_worker(cluster)
+    notices = [r.getMessage() for r in caplog.records if "still waiting" in r.getMessage()]
+    assert len(notices) == 1 and "slurm cluster: no Dask worker has connected for" in notices[0]
+    assert "squeue" in notices[0] and str(tmp_path) in notices[0] and watch.failure is None
+    watch.worker_timeout = 0.01
+    watch._check_no_worker(cluster)
+    assert watch.failure is not None and "no Dask worker connected within" in str(watch.failure)
+    assert JobWatch.notice_after_s < 120

@@ -106,6 +106,10 @@ def cluster_failure(client: Any) -> ClusterError | None:
 class JobWatch:
     """Watches one dask-jobqueue cluster; see the module docstring.
 
+    Work that has waited :attr:`notice_after_s` with no worker connected is reported once as a
+    warning naming the cluster, the jobs' states and what to check, long before ``worker_timeout``
+    (which may be long: a busy queue can hold jobs for hours) ends the run.
+
     Parameters
     ----------
     kind : fmri2img.cluster.jobqueue.QueueKind
@@ -130,6 +134,7 @@ class JobWatch:
         self.jobs: dict[str, _Job] = {}
         self.n_workers = 0
         self._idle_since: float | None = None
+        self._noticed = False
         self._connected: set = set()
         self._polled = 0.0
         self.lost_after = float(parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout")))
@@ -287,15 +292,23 @@ class JobWatch:
             asyncio.ensure_future(job.close())
         asyncio.ensure_future(cluster._correct_state())
 
+    #: seconds of work waiting with no worker before the warning (issue: "says so within 2 minutes")
+    notice_after_s: float = 110.0
+
     def _check_no_worker(self, cluster) -> None:
         waiting = self.n_workers == 0 and bool(cluster.worker_spec) and self._unfinished(cluster)
         if not waiting:
-            self._idle_since = None
+            self._idle_since, self._noticed = None, False
             return
         now = time.monotonic()
         self._idle_since = self._idle_since or now
-        if now - self._idle_since > self.worker_timeout:
-            self._fail(self._no_worker_message(now - self._idle_since))
+        waited = now - self._idle_since
+        if waited > self.worker_timeout:
+            self._fail(self._no_worker_message(waited))
+        elif waited > self.notice_after_s and not self._noticed:
+            self._noticed = True
+            logger.warning("still waiting: %s", self._no_worker_message(waited).replace(
+                "no Dask worker connected within", "no Dask worker has connected for", 1))
 
     async def _check_never_connected(self, cluster) -> None:
         """Fail at once when every job waiting for its worker has ended (the worker could not start: python,
