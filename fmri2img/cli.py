@@ -574,6 +574,16 @@ def main(argv: list[str] | None = None) -> int:
         if argv is None:  # this process's own command line: it ends promptly, whatever still runs
             exit_promptly(2)
         return 2
+    except Exception as exc:  # a storage service out of reach: one line; anything else is a bug, shown whole
+        from fmri2img.storage.neterrors import unreachable_line
+
+        line = unreachable_line(exc)
+        if line is None:
+            raise
+        print(f"error: {logredact.redact_text(line)}", file=sys.stderr)
+        if argv is None:
+            exit_promptly(2)
+        return 2
 
 
 #: seconds the process may take to end after its error line before it is ended regardless
