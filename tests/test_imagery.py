@@ -107,7 +107,7 @@ def test_simulated_imagery_is_weaker_and_most_so_in_early_areas(imagery_root):
         return np.mean([np.corrcoef(betas[i, area == a], drive[image[i], area == a])[0, 1] for i in rows])
 
     ratio = {a: fit("imagery", a) / fit("vision", a) for a in (0, 4)}  # V1, higher areas
-    assert fit("vision", 0) > 0.3 and 0 < ratio[0] < 0.5 < ratio[4] < 1
+    assert fit("vision", 0) > 0.3 and 0 < ratio[0] < ratio[4] / 2 < 0.5
 
 
 def test_ingest_stores_labels_and_resumes(imagery_store, imagery_root, capsys):

@@ -21,7 +21,9 @@ Responses (percent signal change, plus the same trial noise as the main sessions
   blurred by :data:`IMAGERY_BLUR` pixels of 32. Decodable imagery signal is weakest in early
   visual cortex and grows along the hierarchy (Lee, Kravitz & Baker 2012, NeuroImage 59:4064;
   Dijkstra et al. 2019, Trends Cogn. Sci. 23:423): amplitude × :data:`IMAGERY_AREA_GAIN` per
-  area (V1, V2, V3, hV4, higher), so the signal-to-noise ratio is lower too;
+  area (V1, V2, V3, hV4, higher), so the signal-to-noise ratio is lower too. The papers give
+  the direction of these effects, not mini-NSD's numbers: the values are chosen so that imagery
+  stays decodable above chance but well below vision, as in NSD-Imagery (Kneeland et al. 2025);
 * attention: the cue epoch (a letter, no picture) evokes half the imagery response of the
   cued target; the detection epoch (a rapid stream of the set's pictures) 0.4 × the target's
   seen drive + 0.6 × the mean seen drive of the set's targets.
@@ -50,7 +52,7 @@ LETTERS: dict[str, tuple[str, ...]] = {"A": ("L", "V", "H", "P", "R", "E"), "B":
 IMAGERY_PRF_SCALE = 2.0
 IMAGERY_ECC_SCALE = 0.8
 IMAGERY_BLUR = 2.0
-IMAGERY_AREA_GAIN: tuple[float, ...] = (0.25, 0.35, 0.45, 0.6, 0.8)
+IMAGERY_AREA_GAIN: tuple[float, ...] = (0.1, 0.15, 0.2, 0.3, 0.45)
 _SESSION_KEY = 900  # the random stream of the imagery session (main sessions are 1..n_sessions)
 
 
