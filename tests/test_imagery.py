@@ -275,3 +275,14 @@ def test_identification_among_targets_matches_a_plain_loop():
     np.testing.assert_allclose(got, want)
     recs[3] = 1.0  # a constant reconstruction is excluded, not scored
     assert np.isnan(identification_among_targets(targets, recs, which)[3])
+
+
+def test_experiment_is_chosen_by_name_in_config_and_cli():
+    from fmri2img import config as cfgmod
+    from fmri2img.cli import build_parser, mini_nsd_spec
+
+    assert cfgmod.loads('[ingest]\nexperiment = "nsdimagery"\n').ingest.experiment == "nsdimagery"
+    with pytest.raises(cfgmod.ConfigError, match=r"ingest.experiment: expected one of \['nsd', 'nsdimagery'\]"):
+        cfgmod.loads('[ingest]\nexperiment = "imagery"\n')
+    args = build_parser().parse_args(["mini-nsd", "somewhere", "--imagery"])
+    assert mini_nsd_spec(args).imagery and not mini_nsd_spec(build_parser().parse_args(["mini-nsd", "x"])).imagery
