@@ -94,12 +94,14 @@ def test_alignment_and_evaluation_images_are_disjoint(aligned_store, targets):
     if targets == "shared":
         assert used <= set(_open(store, "subjects/subj01/train").image.values.tolist())
     fitted = al.fitted_images(store, 2, 1, ["pixels"])
-    assert set(fitted) == {"alignment", "subject 1's pixels"} | ({"subject 1's clip-text", "subject 1's clip-vision",
-                                                                  "subject 1's vdvae"} if targets == "encoding" else set())
+    encoding = {f"subject 1's {f}" for f in ("clip-text", "clip-vision", "vdvae")} if targets == "encoding" else set()
+    assert set(fitted) == {"alignment", "subject 1's pixels"} | encoding
     check_disjoint(fitted, sorted(test1 | test2))  # nothing any fit used is evaluated on
     with pytest.raises(LeakageError, match=r"used by the alignment fit are among the \d+ images evaluated on"):
         check_disjoint(fitted, [int(model.train_image.values[0])])
     assert out["held_out"]["n_test_images"] == len(test1 & test2) and out["held_out"]["two_way_identification"] > 0.7
+    if targets == "encoding":  # the encoding model on a seeded sample of the reference's training images
+        assert al.align(store, 2, 1, "1", encoding_images=20)["encoding_images"] == 20
 
 
 def test_decoding_a_session_never_scores_an_image_a_fit_used(aligned_store, mini_nsd, tmp_path):  # noqa: F811

@@ -49,6 +49,8 @@ TARGETS = {
 }
 #: chosen by measurement (benchmarks/README.md, "align"): pseudo-responses use every image of the session
 DEFAULT_TARGETS = "encoding"
+#: reference training images the encoding model is fitted on at most (its kernel costs n² × feature columns)
+ENCODING_IMAGES = 2000
 _VIA = re.compile(r"^align-to-subj(\d{2})$")
 
 
@@ -137,8 +139,13 @@ def reference_features(store: Store, reference: int) -> list[str]:
 
 
 def build_targets(store: Store, reference: int, ids: np.ndarray, how: str, features: Sequence[str],
-                  alphas: Sequence[float]) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(rows of ``ids`` kept, targets in the reference's voxel space, facts) per :data:`TARGETS`."""
+                  alphas: Sequence[float], encoding_images: int | None = ENCODING_IMAGES
+                  ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(rows of ``ids`` kept, targets in the reference's voxel space, facts) per :data:`TARGETS`.
+
+    The encoding model is fitted on at most ``encoding_images`` of the reference's training
+    images (a fixed seeded sample; None: all): its cost is that of their feature kernel.
+    """
     train = _subject(store, reference, "train")
     ref_ids, ref_fmri = train.image.values.astype(np.int64), train.fmri.values
     pos = {int(v): i for i, v in enumerate(ref_ids)}
@@ -150,9 +157,13 @@ def build_targets(store: Store, reference: int, ids: np.ndarray, how: str, featu
     if not features:
         raise AlignError(f"no feature set to build the reference's encoding model: subject {reference} has no fitted "
                          f"model; fit it (regress stage) or give --encoding-features")
-    pseudo, model = pseudo_responses([_features(store, f, ref_ids) for f in features], ref_fmri,
+    fit = np.arange(len(ref_ids))
+    if encoding_images is not None and encoding_images < len(fit):
+        fit = np.sort(np.random.default_rng(0).choice(len(fit), encoding_images, replace=False))
+    pseudo, model = pseudo_responses([_features(store, f, ref_ids[fit]) for f in features], ref_fmri[fit],
                                      [_features(store, f, ids) for f in features], alphas)
-    facts.update(encoding_features=list(features), encoding_alphas=[float(a) for a in model.alphas_])
+    facts.update(encoding_features=list(features), encoding_images=int(len(fit)),
+                 encoding_alphas=[float(a) for a in model.alphas_])
     if how == "hybrid":
         pseudo[seen] = ref_fmri[[pos[int(i)] for i in ids[seen]]]
     return np.arange(len(ids)), pseudo, facts
@@ -232,8 +243,8 @@ def held_out_check(store: Store, alignment: BlockRidge, subject: int, reference:
 
 def align(store: Store, subject: int, reference: int, sessions: str | Sequence[int], *,
           targets: str = DEFAULT_TARGETS, encoding_features: Sequence[str] | None = None,
-          alphas: Sequence[float] = ALIGN_ALPHAS, alpha_groups: str = "target",
-          config: Mapping[str, Any] | None = None) -> dict:
+          encoding_images: int | None = ENCODING_IMAGES, alphas: Sequence[float] = ALIGN_ALPHAS,
+          alpha_groups: str = "target", config: Mapping[str, Any] | None = None) -> dict:
     """Fit and store ``models/subjNN/align-to-subjMM``: ``subject``'s voxels → ``reference``'s.
 
     Parameters
@@ -246,6 +257,8 @@ def align(store: Store, subject: int, reference: int, sessions: str | Sequence[i
         See :data:`TARGETS` (default :data:`DEFAULT_TARGETS`, the better one measured).
     encoding_features : sequence of str, optional
         Feature sets of the encoding model; default: every set the reference has a model for.
+    encoding_images : int or None
+        Reference training images the encoding model is fitted on at most (seeded sample).
     alphas, alpha_groups
         Alignment ridge grid (GCV) and whether each reference voxel gets its own alpha.
 
@@ -263,14 +276,14 @@ def align(store: Store, subject: int, reference: int, sessions: str | Sequence[i
     excluded = _evaluation_images(store, subject, reference)
     ids, X = alignment_inputs(store, subject, sessions, excluded)
     features = list(encoding_features) if encoding_features else reference_features(store, reference)
-    rows, Y, facts = build_targets(store, reference, ids, targets, features, alphas)
+    rows, Y, facts = build_targets(store, reference, ids, targets, features, alphas, encoding_images)
     ids, X = ids[rows], X[rows]
     ref_train = _subject(store, reference, "train").image.values
     check_disjoint({"alignment": ids, f"subject {reference}'s models and encoding": ref_train}, excluded,
                    "evaluated on (both subjects' test images)")
     est = fit_alignment(X, Y, alphas, alpha_groups)
     group = model_group(subject, align_name(reference))
-    salt = _salt(ids, X, Y, [targets, list(alphas), alpha_groups, sessions])
+    salt = _salt(ids, X, Y, [targets, list(alphas), alpha_groups, sessions, facts])
     attrs = {**schema.provenance(config=config), "subject": int(subject), "reference": int(reference),
              "sessions": json.dumps(sessions), "targets": targets, "targets_note": TARGETS[targets],
              "encoding_features": json.dumps(facts["encoding_features"]), "fmri2img_salt": salt,

@@ -1,0 +1,163 @@
+"""Benchmark of `fmri2img align` on mini-NSD, where the truth is known (issue 15, part 3).
+
+For subject S (default 2) and a reference R (default 1), both ingested with all sessions, the
+same test scans of S (its test images, repeats of all sessions averaged, never used by any
+fit) are decoded by
+
+  (a) S's own models, fitted on all its sessions (the regress stage);
+  (b) S's own models, fitted on its first session only (same ridge options);
+  (c) R's models (fitted on all R's sessions) through S's alignment fitted on S's first
+      session (`fmri2img align`), once per alignment target (encoding / shared / hybrid).
+
+Each set of predicted features is reconstructed with the pixel decoder (stage 1 "pixels") and
+with the Brain-Diffuser run (tiny VDVAE stage 1 + tiny Versatile Diffusion, seeded random
+weights), and scored with PixCorr and two-way identification on AlexNet(2) and CLIP features:
+the *tiny seeded evaluation nets the tests use* (no weights), so the identification numbers
+measure relative decodability, not Brain-Diffuser's published scale. Two-way identification on
+the predicted features themselves (pixels, CLIP-vision) is also reported.
+`fmri2img align` for the one-session subject is timed as a command (a fresh process).
+
+  python benchmarks/bench_align.py [--workdir DIR] [--seed 0] [--side 64]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fmri2img.metrics.scores import per_image_scores, two_way_identification  # noqa: E402
+from fmri2img.pipeline import align as al  # noqa: E402
+from fmri2img.pipeline.decode import load_models, reconstruct_rows  # noqa: E402
+from fmri2img.pipeline.evaluate import _features, _stimuli_for  # noqa: E402
+from fmri2img.pipeline.features import extract_features  # noqa: E402
+from fmri2img.pipeline.ingest import ingest  # noqa: E402
+from fmri2img.pipeline.reconstruct import run_spec  # noqa: E402
+from fmri2img.pipeline.regress import regress  # noqa: E402
+from fmri2img.ridge import BlockRidge  # noqa: E402
+from fmri2img.storage import schema  # noqa: E402
+from fmri2img.storage.mininsd import MiniNSDSpec, generate_mini_nsd  # noqa: E402
+from fmri2img.storage.source import Source  # noqa: E402
+from fmri2img.storage.store import Store  # noqa: E402
+
+EXTRACTORS = {"pixels": {"side": 16}, "vdvae": {"tiny": True, "n_blocks": 4}, "clip-text": {"tiny": True},
+              "clip-vision": {"tiny": True}}
+VD = {"size": 32, "steps": 6, "strength": 0.6, "dtype": "float32", "guidance": 2.0}
+#: one ridge setting for every fit of the benchmark: an alpha grid chosen by GCV, non-transductive calibration
+RIDGE = {"alpha": [1e0, 1e1, 1e2, 1e3, 3e3, 1e4, 3e4, 1e5, 1e6], "alpha_groups": "all", "calibration": "loo"}
+NETS = ["alexnet2", "clip"]
+
+
+def build(workdir: Path, seed: int, side: int, noise: float, n_sessions: int) -> Store:
+    root, url = workdir / "mini", workdir / "store.zarr"
+    if not (workdir / "built").exists():
+        spec = MiniNSDSpec.sized(seed=seed, subjects=(1, 2), side=side, noise=noise, n_sessions=n_sessions)
+        generate_mini_nsd(root, spec, progress=lambda _: None)
+        store = Store(str(url))
+        for s in (1, 2):
+            ingest(store, Source(str(root)), s, list(range(1, n_sessions + 1)), progress=False)
+        for name, options in EXTRACTORS.items():
+            extract_features(store, name, options, images_per_task=64, progress=False)
+        (workdir / "built").write_text("")
+    store = Store(str(url))
+    for s in (1, 2):
+        for name in EXTRACTORS:
+            regress(store, s, name, RIDGE, progress=False)
+    return store
+
+
+def one_session_models(store: Store, subject: int) -> dict:
+    """(b): the subject's own models fitted on its first session's training images."""
+    excluded = al._evaluation_images(store, subject, 1 if subject != 1 else 2)
+    ids, X = al.alignment_inputs(store, subject, [1], excluded)
+    models = {}
+    for name in EXTRACTORS:
+        g = store.group(f"features/{name}")
+        index = {int(v): i for i, v in enumerate(np.asarray(g["image"][:]))}
+        Y = np.asarray(g["features"].get_orthogonal_selection((np.array([index[int(i)] for i in ids]),)))
+        models[name] = BlockRidge(**RIDGE, fmri_scale=None).fit(X, Y)
+    return models, len(ids)
+
+
+def score(store: Store, ids: np.ndarray, preds: dict, runs) -> dict:
+    truth = _stimuli_for(store, ids)
+    out = {}
+    for name in ("pixels", "clip-vision"):
+        g = store.group(f"features/{name}")
+        index = {int(v): i for i, v in enumerate(np.asarray(g["image"][:]))}
+        true = np.asarray(g["features"].get_orthogonal_selection((np.array([index[int(i)] for i in ids]),)))
+        out[f"features {name} 2-way"] = float(np.nanmean(two_way_identification(
+            true.reshape(len(ids), -1), np.asarray(preds[name]).reshape(len(ids), -1))))
+    gt = _features(truth, NETS, {}, "cpu")
+    for run in runs:
+        stage1, final, _ = reconstruct_rows(preds, ids, run)
+        for part, images in (("", stage1 if final is None else final), (" stage1", None if final is None else stage1)):
+            if images is None:
+                continue
+            values = per_image_scores(gt_images=truth, rec_images=images, gt_features=gt,
+                                      rec_features=_features(images, NETS, {}, "cpu"),
+                                      metrics=["PixCorr", "AlexNet(2)", "CLIP"])
+            out.update({f"{run.name}{part} {m}": float(np.nanmean(v)) for m, v in values.items()})
+    return out
+
+
+def time_cli(store: Store, targets: str) -> float:
+    exe = Path(sys.executable).with_name("fmri2img")
+    t0 = time.perf_counter()
+    subprocess.run([str(exe), "align", store.url, "--subject", "2", "--reference", "1", "--sessions", "1",
+                    "--targets", targets], check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", default="/tmp/bench-align")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--side", type=int, default=64)
+    parser.add_argument("--noise", type=float, default=2.0, help="mini-NSD trial noise (percent signal change)")
+    parser.add_argument("--n-sessions", type=int, default=10, help="sessions per subject (one is aligned on)")
+    args = parser.parse_args()
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    load0, t0 = os.getloadavg(), time.perf_counter()
+    store = build(workdir, args.seed, args.side, args.noise, args.n_sessions)
+    build_s = time.perf_counter() - t0
+    runs = [run_spec("pixels", {"stage1": "pixels", "preset": ""}, extractor_options=EXTRACTORS, weights={}, seed=7),
+            run_spec("bd", {"stage1": "vdvae", "preset": "brain-diffuser", "tiny": True, "settings": dict(VD)},
+                     extractor_options=EXTRACTORS, weights={}, seed=7)]
+    test = store.open_dataset(schema.subject_group(2, "test"))
+    ids, X = test.image.values.astype(np.int64), test.fmri.values
+    results = {}
+    full = load_models(store, 2, list(EXTRACTORS), "loo")
+    results["(a) all sessions"] = score(store, ids, {n: np.asarray(m.predict(X)) for n, m in full.items()}, runs)
+    one, n_one = one_session_models(store, 2)
+    for m in one.values():
+        m.calibration = "loo"
+    results["(b) one session"] = score(store, ids, {n: np.asarray(m.predict(X)) for n, m in one.items()}, runs)
+    facts = {"n_test_images": len(ids), "n_one_session_train_images": n_one}
+    for targets in al.TARGETS:
+        summary = al.align(store, 2, 1, "1", targets=targets)
+        models = al.aligned_models(store, 2, "align-to-subj01", list(EXTRACTORS), "loo")
+        key = f"(c) aligned, {targets}"
+        results[key] = score(store, ids, {n: np.asarray(m.predict(X)) for n, m in models.items()}, runs)
+        results[key]["align_s"] = summary["seconds"]
+        results[key]["held_out"] = summary["held_out"]
+        facts[f"{targets} alignment images"] = summary["n_images"]
+        results[key]["cli_s"] = round(time_cli(store, targets), 1)
+    print(json.dumps({"machine": f"{platform.node()} {os.cpu_count()} CPUs", "python": platform.python_version(),
+                      "args": vars(args), "load_start": load0, "load_end": os.getloadavg(),
+                      "build_s": round(build_s, 1),
+                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "facts": facts,
+                      "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
