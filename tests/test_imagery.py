@@ -156,6 +156,7 @@ def test_decode_scores_each_task_against_its_targets(imagery_store, capsys, monk
     name = "nsdimagery-subj01"
     metrics = xr.open_zarr(store.url, group=f"decoded/{name}/metrics/px/stage1", consolidated=False)
     assert metrics.sizes["trial"] == 54 and set(map(str, metrics.task.values)) == {"vision", "imagery"}
+    assert set(map(str, metrics.stim_set.values)) == {"A", "B", "C"}
     summary = decode_imagery.read_summary(store, name, "px", "stage1")
     for task in ("vision", "imagery"):
         s = summary[task]

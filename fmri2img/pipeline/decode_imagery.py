@@ -13,7 +13,7 @@ against it, and the metrics are summarised per task (vision, imagery, attention)
   other targets of its task (:func:`fmri2img.metrics.targets.identification_among_targets`;
   chance 0.5), because trials repeat their target.
 
-Written to ``decoded/<name>/metrics/<run>/<part>`` (per-trial values with ``task`` and
+Written to ``decoded/<name>/metrics/<run>/<part>`` (per-trial values with ``task``, ``stim_set`` and
 ``target`` coordinates; the per-task summaries in its attributes); a rerun with the same
 reconstructions, targets, nets and weights recomputes nothing.
 """
@@ -136,7 +136,7 @@ def score(store: Store, data: dec.DecodeInput, labels: xr.Dataset, runs, *, nets
              if store.is_complete(dec.group(data.name, "recon", run.name, p))]
     if len(rows) < 2 or not parts:
         return {}
-    task = _text(labels.task.values)[rows]
+    task, stim_set = _text(labels.task.values)[rows], _text(labels.stim_set.values)[rows]
     keys = {p: _key(store, data.name, *p, nets, weights) for p in parts}
     todo = [p for p in parts if not (store.is_complete(dec.group(data.name, "metrics", *p)) and store.group(
         dec.group(data.name, "metrics", *p)).attrs.get(INPUTS_ATTR) == keys[p])]
@@ -150,6 +150,7 @@ def score(store: Store, data: dec.DecodeInput, labels: xr.Dataset, runs, *, nets
             ds = xr.Dataset({METRIC_VARS[m]: ("trial", np.asarray(v, np.float64)) for m, v in per_trial.items()},
                             coords={"trial": ("trial", data.trials[rows].astype(np.int64)),
                                     "task": ("trial", np.asarray(task, dtype=object)),
+                                    "stim_set": ("trial", np.asarray(stim_set, dtype=object)),
                                     "target": ("trial", target[rows])})
             g = dec.group(data.name, "metrics", run, part)
             region = Region(0, "trial", 0, len(rows), "all")
