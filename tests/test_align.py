@@ -156,3 +156,25 @@ def test_cli_aligned_decoding_beats_chance(aligned_store, tmp_path, capsys):
     from fmri2img.pipeline.decode_metrics import read_summary
 
     assert read_summary(store, "scans", "px", "stage1")["AlexNet(2)"]["mean"] > 0.5
+
+
+def test_bad_requests_each_get_one_clear_error(aligned_store, tmp_path, capsys):
+    from fmri2img.cli import main
+
+    store = aligned_store
+    refused = {
+        ("--subject", "1", "--reference", "1"): "both 1: align a new subject to another, fitted one",
+        ("--subject", "2", "--reference", "1", "--sessions", "1,7"): r"no session(s) [7] in",
+        ("--subject", "2", "--reference", "1", "--sessions", "x"): "--sessions 'x': expected e.g. 1 or 1-3",
+        ("--subject", "2", "--reference", "1", "--encoding-features", "nope"): "features/nope is not in the store",
+    }
+    for args, message in refused.items():
+        capsys.readouterr()
+        assert main(["align", store.url, *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)
+    np.save(tmp_path / "x.npy", _open(store, "subjects/subj02/test").fmri.values[:2])
+    for via, message in (("align-to-subj03", "subject 2 has no alignment to subject 3"),
+                         ("subj01", "expected align-to-subjMM")):
+        with pytest.raises(al.AlignError, match=message):
+            dec.decode(store, 2, str(tmp_path / "x.npy"), [], features=["pixels"], via=via, progress=False)
