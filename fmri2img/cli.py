@@ -47,6 +47,13 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,5,7, got {text!r}") from None
 
 
+def _sessions_per_subject(text: str) -> dict[int, int]:
+    try:
+        return {int(s): int(k) for s, _, k in (part.partition(":") for part in text.split(",") if part.strip())}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SUBJECT:SESSIONS pairs like 3:1,4:2, got {text!r}") from None
+
+
 def _add_cluster(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", default=None,
                    help="'local' (default: one worker per core), 'slurm', 'pbs', 'kubernetes', or a scheduler "
@@ -93,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imagery", action="store_true",
                    help="also write NSD-Imagery's files (one imagery session per subject, 720 betas; simulated "
                         "mental images: coarser, weaker, weakest in early visual areas)")
+    p.add_argument("--sessions-per-subject", type=_sessions_per_subject, default=None, metavar="S:K,...",
+                   help="subjects scanned for fewer sessions (their first K), e.g. 3:1 (a new person, one session)")
 
     p = sub.add_parser("ingest", help="NSD files (any URL) → the project store, one task per session")
     p.add_argument("--source", required=True, help="NSD root, e.g. s3://natural-scenes-dataset or ./mini-nsd")
@@ -256,7 +265,8 @@ def mini_nsd_spec(args):
               "nan_voxels": args.nan_voxels, "n_sessions": args.n_sessions,
               "trials_per_session": args.trials_per_session,
               "volume_shape": tuple(args.volume) if args.volume else None, "hdf5_layout": args.hdf5_layout,
-              "nsdgeneral_keep": args.nsdgeneral_keep}
+              "nsdgeneral_keep": args.nsdgeneral_keep,
+              "sessions_per_subject": getattr(args, "sessions_per_subject", None)}
     return MiniNSDSpec.sized(**{k: v for k, v in fields.items() if v is not None},
                              **({"write_hdf5": False} if args.no_hdf5 else {}),
                              **({"imagery": True} if getattr(args, "imagery", False) else {}))

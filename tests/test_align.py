@@ -48,10 +48,14 @@ def test_pseudo_responses_equal_ridge_on_weighted_features():
 
 
 def test_mininsd_subject_with_one_session(mini_nsd, tmp_path):  # noqa: F811
-    from fmri2img.storage.mininsd import MiniNSDSpec, generate_mini_nsd
+    from fmri2img.cli import main
+    from fmri2img.storage.mininsd import MiniNSDSpec
 
-    spec = MiniNSDSpec(**{**TINY, "subjects": (1, 2), "sessions_per_subject": {2: 1}, "write_hdf5": False})
-    manifest = generate_mini_nsd(tmp_path, spec, progress=lambda _: None)
+    sizes = {"seed": 3, "subjects": "1,2", "n-images": 120, "n-shared": 16, "n-per-subject": 64, "n-sessions": 4,
+             "trials-per-session": 40, "side": 32, "volume": "16,20,16", "sessions-per-subject": "2:1"}
+    assert main(["mini-nsd", str(tmp_path), "--no-hdf5", *(f"--{k}={v}" for k, v in sizes.items())]) == 0
+    manifest = json.loads((tmp_path / "mini_nsd.json").read_text())
+    assert all(manifest["spec"][k] == (list(v) if isinstance(v, tuple) else v) for k, v in TINY.items())
     assert manifest["subjects"]["2"]["n_sessions"] == 1 and manifest["subjects"]["1"]["n_sessions"] == 4
     layout = nsd.NSDLayout(str(tmp_path))
     for subject, n in ((1, 4), (2, 1)):
