@@ -236,7 +236,9 @@ def read_targets(fs: Any, layout: ImageryLayout, design: ImageryDesign | None = 
     """
     path = layout.targets_table()
     text = _read_text(fs, path, "NSD-Imagery targets table",
-                      "it lists condition,file_name of the pictures in nsddata/experiments/nsdimagery/rawtargetimages/")
+                      "it is a CSV with columns condition,file_name (the cue letter and its picture in "
+                      "nsddata/experiments/nsdimagery/rawtargetimages/, empty for a target without one); if your copy "
+                      "of NSD lacks it, write it from NSD-Imagery's cue/target pair lists")
     rows = _table(text, path, ",", ("condition", "file_name"), "the NSD-Imagery targets table")
     conditions = [r["condition"] for r in rows]
     dupes = sorted({c for c in conditions if conditions.count(c) > 1})
