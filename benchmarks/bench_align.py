@@ -124,9 +124,12 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=64)
     parser.add_argument("--noise", type=float, default=2.0, help="mini-NSD trial noise (percent signal change)")
     parser.add_argument("--n-sessions", type=int, default=10, help="sessions per subject (one is aligned on)")
+    parser.add_argument("--calibration", choices=("loo", "none"), default="loo",
+                        help="of every decoder's predictions (decode's default: loo)")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    RIDGE["calibration"] = args.calibration
     load0, t0 = os.getloadavg(), time.perf_counter()
     store = build(workdir, args.seed, args.side, args.noise, args.n_sessions)
     build_s = time.perf_counter() - t0
@@ -136,16 +139,16 @@ def main() -> None:
     test = store.open_dataset(schema.subject_group(2, "test"))
     ids, X = test.image.values.astype(np.int64), test.fmri.values
     results = {}
-    full = load_models(store, 2, list(EXTRACTORS), "loo")
+    full = load_models(store, 2, list(EXTRACTORS), args.calibration)
     results["(a) all sessions"] = score(store, ids, {n: np.asarray(m.predict(X)) for n, m in full.items()}, runs)
     one, n_one = one_session_models(store, 2)
     for m in one.values():
-        m.calibration = "loo"
+        m.calibration = args.calibration
     results["(b) one session"] = score(store, ids, {n: np.asarray(m.predict(X)) for n, m in one.items()}, runs)
     facts = {"n_test_images": len(ids), "n_one_session_train_images": n_one}
     for targets in al.TARGETS:
         summary = al.align(store, 2, 1, "1", targets=targets)
-        models = al.aligned_models(store, 2, "align-to-subj01", list(EXTRACTORS), "loo")
+        models = al.aligned_models(store, 2, "align-to-subj01", list(EXTRACTORS), args.calibration)
         key = f"(c) aligned, {targets}"
         results[key] = score(store, ids, {n: np.asarray(m.predict(X)) for n, m in models.items()}, runs)
         results[key]["align_s"] = summary["seconds"]

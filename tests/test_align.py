@@ -156,7 +156,6 @@ def test_cli_aligned_decoding_beats_chance(aligned_store, tmp_path, capsys):
     assert pred.sizes["trial"] == len(test.image) >= 10
     accuracy = _two_way(feats, pred.features.values)
     assert accuracy > 0.75, accuracy  # chance: 0.5
-    summary = dec.decode_metrics if hasattr(dec, "decode_metrics") else None  # noqa: F841
     from fmri2img.pipeline.decode_metrics import read_summary
 
     assert read_summary(store, "scans", "px", "stage1")["AlexNet(2)"]["mean"] > 0.5
