@@ -138,6 +138,26 @@ def reference_features(store: Store, reference: int) -> list[str]:
     return [n for n in names if not n.startswith("align-to-") and store.is_complete(model_group(reference, n))]
 
 
+def _shared(ids, seen, own, encode):
+    rows = np.flatnonzero(seen)
+    return rows, own(ids[rows])
+
+
+def _encoding(ids, seen, own, encode):
+    return np.arange(len(ids)), encode()
+
+
+def _hybrid(ids, seen, own, encode):
+    targets = encode()
+    targets[seen] = own(ids[seen])
+    return np.arange(len(ids)), targets
+
+
+#: each kind of :data:`TARGETS`: (alignment image ids, which of them the reference saw, own(ids) → the
+#: reference's responses, encode() → pseudo-responses to all ids) → (rows of ids kept, targets)
+_BUILDERS = {"encoding": _encoding, "shared": _shared, "hybrid": _hybrid}
+
+
 def build_targets(store: Store, reference: int, ids: np.ndarray, how: str, features: Sequence[str],
                   alphas: Sequence[float], encoding_images: int | None = ENCODING_IMAGES
                   ) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -150,23 +170,26 @@ def build_targets(store: Store, reference: int, ids: np.ndarray, how: str, featu
     ref_ids, ref_fmri = train.image.values.astype(np.int64), train.fmri.values
     pos = {int(v): i for i, v in enumerate(ref_ids)}
     seen = np.array([int(i) in pos for i in ids], bool)
-    facts = {"n_seen_by_reference": int(seen.sum()), "encoding_features": []}
-    if how == "shared":
-        rows = np.flatnonzero(seen)
-        return rows, ref_fmri[[pos[int(i)] for i in ids[rows]]].astype(np.float32), facts
-    if not features:
-        raise AlignError(f"no feature set to build the reference's encoding model: subject {reference} has no fitted "
-                         f"model; fit it (regress stage) or give --encoding-features")
-    fit = np.arange(len(ref_ids))
-    if encoding_images is not None and encoding_images < len(fit):
-        fit = np.sort(np.random.default_rng(0).choice(len(fit), encoding_images, replace=False))
-    pseudo, model = pseudo_responses([_features(store, f, ref_ids[fit]) for f in features], ref_fmri[fit],
-                                     [_features(store, f, ids) for f in features], alphas)
-    facts.update(encoding_features=list(features), encoding_images=int(len(fit)),
-                 encoding_alphas=[float(a) for a in model.alphas_])
-    if how == "hybrid":
-        pseudo[seen] = ref_fmri[[pos[int(i)] for i in ids[seen]]]
-    return np.arange(len(ids)), pseudo, facts
+    facts: dict[str, Any] = {"n_seen_by_reference": int(seen.sum()), "encoding_features": []}
+
+    def own(which: np.ndarray) -> np.ndarray:
+        return ref_fmri[[pos[int(i)] for i in which]].astype(np.float32)
+
+    def encode() -> np.ndarray:
+        if not features:
+            raise AlignError(f"no feature set to build the reference's encoding model: subject {reference} has no "
+                             f"fitted model; fit it (regress stage) or give --encoding-features")
+        fit = np.arange(len(ref_ids))
+        if encoding_images is not None and encoding_images < len(fit):
+            fit = np.sort(np.random.default_rng(0).choice(len(fit), encoding_images, replace=False))
+        pseudo, model = pseudo_responses([_features(store, f, ref_ids[fit]) for f in features], ref_fmri[fit],
+                                         [_features(store, f, ids) for f in features], alphas)
+        facts.update(encoding_features=list(features), encoding_images=int(len(fit)),
+                     encoding_alphas=[float(a) for a in model.alphas_])
+        return pseudo
+
+    rows, targets = _BUILDERS[how](ids, seen, own, encode)
+    return rows, targets, facts
 
 
 def _salt(*parts: Any) -> str:
