@@ -17,7 +17,9 @@ measure relative decodability, not Brain-Diffuser's published scale. Two-way ide
 the predicted features themselves (pixels, CLIP-vision) is also reported.
 `fmri2img align` for the one-session subject is timed as a command (a fresh process).
 
-  python benchmarks/bench_align.py [--workdir DIR] [--seed 0] [--side 64]
+  python benchmarks/bench_align.py [--workdir DIR] [--seed 0] [--side 64] [--noise 2] [--n-sessions 10]
+                                   [--calibration loo|none]
+  python benchmarks/bench_align.py --nsd-shape     # the alignment math alone at NSD's size (cost)
 """
 from __future__ import annotations
 
@@ -117,6 +119,26 @@ def time_cli(store: Store, targets: str) -> float:
     return time.perf_counter() - t0
 
 
+def nsd_shape(n_new: int = 600, v_new: int = 14_278, v_ref: int = 15_724, n_fit: int = 2_000) -> dict:
+    """The alignment math at NSD's size on random data (no store): cost only, no quality."""
+    import dask.array as da
+
+    from fmri2img.ridge.align import fit_alignment, pseudo_responses
+
+    rs = da.random.RandomState(0)
+    sets = {"clip-vision": 257 * 768, "vdvae": 91_168, "clip-text": 77 * 768}
+    train = [rs.standard_normal((n_fit, c), chunks=(n_fit, 8192)).astype(np.float32) for c in sets.values()]
+    new = [rs.standard_normal((n_new, c), chunks=(n_new, 8192)).astype(np.float32) for c in sets.values()]
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    pseudo, _ = pseudo_responses(train, rng.standard_normal((n_fit, v_ref), np.float32), new)
+    t1 = time.perf_counter()
+    fit_alignment(rng.standard_normal((n_new, v_new), np.float32), pseudo)
+    t2 = time.perf_counter()
+    return {"shape": {"n_new": n_new, "v_new": v_new, "v_ref": v_ref, "n_fit": n_fit, "feature_columns": sets},
+            "encoding_s": round(t1 - t0, 1), "alignment_s": round(t2 - t1, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", default="/tmp/bench-align")
@@ -126,7 +148,16 @@ def main() -> None:
     parser.add_argument("--n-sessions", type=int, default=10, help="sessions per subject (one is aligned on)")
     parser.add_argument("--calibration", choices=("loo", "none"), default="loo",
                         help="of every decoder's predictions (decode's default: loo)")
+    parser.add_argument("--nsd-shape", action="store_true",
+                        help="only time the alignment math at NSD's size on random data (encoding kernel over "
+                             "2,000 reference images and the three feature sets; 600 images × 14k → 15.7k voxels)")
     args = parser.parse_args()
+    if args.nsd_shape:
+        load0 = os.getloadavg()
+        print(json.dumps({"machine": f"{platform.node()} {os.cpu_count()} CPUs", "load_start": load0,
+                          **nsd_shape(), "load_end": os.getloadavg(),
+                          "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, indent=1))
+        return
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     RIDGE["calibration"] = args.calibration
