@@ -230,6 +230,20 @@ class DecodeConfig:
 
 
 @dataclass
+class AlignConfig:
+    """The ``align`` stage (``fmri2img align``): a new subject's voxels → a fitted reference subject's."""
+
+    #: the new subject (0: none); its scans are then decoded with [decode] via = "align-to-subjMM"
+    subject: int = 0
+    reference: int = 1
+    #: the new subject's sessions to align on, e.g. "1" or "1-3"
+    sessions: str = "1"
+    #: "encoding" (the reference's encoding-model pseudo-responses; measured best), "shared" or "hybrid"
+    targets: str = "encoding"
+    encoding_features: list = field(default_factory=list)
+
+
+@dataclass
 class OutputsConfig:
     """Where PNG files and reports are written (a local path or URL outside the store)."""
 
@@ -272,6 +286,7 @@ class Config:
     roi: RoiConfig = field(default_factory=RoiConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
 
     def stage_subjects(self, section: str) -> list:
         return list(getattr(self, section).subjects or self.ingest.subjects)
@@ -330,6 +345,7 @@ def _redact_tree(data: Any, key: str = "") -> Any:
 _CHOICES = {
     "ingest.prefer": ("hdf5", "nii.gz"),
     "ingest.nan_policy": ("error", "zero"),
+    "align.targets": ("encoding", "shared", "hybrid"),
     "ingest.experiment": ("nsd", "nsdimagery"),
     "reconstruct.device": ("auto", "cpu", "cuda", "mps"),
     "evaluate.device": ("auto", "cpu", "cuda", "mps"),
@@ -435,13 +451,20 @@ def validate(config: Config) -> Config:
     bad = [s for s in config.stages if s not in known]
     if bad:
         raise ConfigError(f"stages: unknown stage(s) {bad}; available: {list(STAGES)}")
+    if "align" in config.stages and not (1 <= config.align.subject <= 99 and config.align.subject !=
+                                         config.align.reference):
+        raise ConfigError(f"align.subject: {config.align.subject!r} is not a new subject to align to align.reference "
+                          f"{config.align.reference}; give the new subject's number (another than the reference)")
+    if "decode" in config.stages and not config.decode.betas:
+        raise ConfigError("decode.betas: empty, but stages include \"decode\"; give the session file or masked "
+                          "voxels to decode")
     if not config.store.url:
         raise ConfigError("store.url: empty; give the store's URL, e.g. './runs/x/store.zarr' or 's3://bucket/x.zarr'")
     return config
 
 
 #: stage names in run order; the runner maps each to its function
-STAGES = ("ingest", "features", "regress", "reconstruct", "evaluate", "roi")
+STAGES = ("ingest", "features", "regress", "align", "reconstruct", "evaluate", "roi", "decode")
 
 
 def load(path: str | Path) -> Config:

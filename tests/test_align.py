@@ -181,3 +181,28 @@ def test_bad_requests_each_get_one_clear_error(aligned_store, tmp_path, capsys):
                          ("subj01", "expected align-to-subjMM")):
         with pytest.raises(al.AlignError, match=message):
             dec.decode(store, 2, str(tmp_path / "x.npy"), [], features=["pixels"], via=via, progress=False)
+
+
+def test_fmri2img_run_has_an_align_stage(aligned_store, tmp_path):
+    """`fmri2img run` with stages = ["align"] fits the [align] section's alignment like `fmri2img align`."""
+    from fmri2img import config as cfgmod
+    from fmri2img.pipeline.runner import run
+
+    path = tmp_path / "store.zarr"
+    shutil.copytree(aligned_store.url, path)
+    text = f"""
+stages = ["align"]
+[store]
+url = "{path}"
+[align]
+subject = 2
+reference = 1
+sessions = "1"
+"""
+    out = run(cfgmod.loads(text), progress=False)
+    assert out["align"]["group"].endswith("subj02/align-to-subj01") and out["align"]["targets"] == "encoding"
+    assert _open(Store(str(path)), out["align"]["group"]) is not None
+    with pytest.raises(cfgmod.ConfigError, match="align.subject"):
+        cfgmod.loads(text.replace("subject = 2", "subject = 1"))
+    with pytest.raises(cfgmod.ConfigError, match="align.targets"):
+        cfgmod.loads(text.replace('sessions = "1"', 'sessions = "1"\ntargets = "best"'))

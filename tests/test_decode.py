@@ -234,3 +234,32 @@ name = "from-config"
         dec.decode_config(config, runs=["bd"])
     with pytest.raises(cfgmod.ConfigError, match="decode.calibration"):
         cfgmod.loads('[decode]\ncalibration = "test_batch"\n')
+
+
+def test_fmri2img_run_has_a_decode_stage(loo_store, tmp_path):
+    """`fmri2img run` with stages = ["decode"] decodes the [decode] section like `fmri2img decode --config`."""
+    from fmri2img import config as cfgmod
+    from fmri2img.pipeline.runner import run
+
+    path = _npy(tmp_path, _open(loo_store, "subjects/subj01/betas").betas.values[:3], "scan3.npy")
+    text = f"""
+stages = ["decode"]
+[store]
+url = "{loo_store.url}"
+[outputs]
+url = "{tmp_path / 'out'}"
+[features.extractors.pixels]
+side = 8
+[reconstruct.runs.px]
+stage1 = "pixels"
+preset = ""
+[decode]
+subject = 1
+betas = "{path}"
+name = "by-run"
+"""
+    out = run(cfgmod.loads(text), progress=False)
+    assert out["decode"]["trials"] == 3 and out["decode"]["calibration"] == "loo"
+    assert _open(loo_store, "decoded/by-run/recon/px/stage1").trial.values.tolist() == [1, 2, 3]
+    with pytest.raises(cfgmod.ConfigError, match="decode.betas: empty"):
+        cfgmod.loads(text.replace(f'betas = "{path}"', ""))

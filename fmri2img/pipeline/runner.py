@@ -126,14 +126,35 @@ def stage_roi(ctx: RunContext) -> dict:
     }
 
 
-#: stage name → function, in run order
+def stage_align(ctx: RunContext) -> dict:
+    """``[align]``: a new subject aligned to a fitted reference (after regress, so the reference is fitted)."""
+    from fmri2img.pipeline.align import align
+
+    a = ctx.config.align
+    return align(ctx.store, a.subject, a.reference, a.sessions, targets=a.targets,
+                 encoding_features=list(a.encoding_features) or None, config=ctx.config.redacted())
+
+
+def stage_decode(ctx: RunContext) -> dict:
+    """``[decode]``: new scans through a fitted (or aligned) subject's models, with the [reconstruct.runs]."""
+    from fmri2img.pipeline.decode import decode, decode_config
+
+    kwargs = decode_config(ctx.config)
+    kwargs.pop("store")  # the run's own store (the same URL)
+    outputs = Outputs(ctx.config.outputs.url, dict(ctx.config.outputs.storage_options))
+    return decode(ctx.store, outputs=outputs, client=ctx.client, progress=ctx.progress, **kwargs)
+
+
+#: stage name → function, in run order (the same names as fmri2img.config.STAGES)
 STAGES: dict[str, Callable[[RunContext], dict]] = {
     "ingest": stage_ingest,
     "features": stage_features,
     "regress": stage_regress,
+    "align": stage_align,
     "reconstruct": stage_reconstruct,
     "evaluate": stage_evaluate,
     "roi": stage_roi,
+    "decode": stage_decode,
 }
 
 
