@@ -464,6 +464,9 @@ def validate(config: Config) -> Config:
 
 
 #: stage names in run order; the runner maps each to its function
+#: the method's stages, what the demo runs; STAGES adds the clinician's path (align, decode), which needs
+#: its own [align] / [decode] sections
+METHOD_STAGES = ("ingest", "features", "regress", "reconstruct", "evaluate", "roi")
 STAGES = ("ingest", "features", "regress", "align", "reconstruct", "evaluate", "roi", "decode")
 
 

@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from fmri2img.config import (Config, EvaluateConfig, FeaturesConfig, IngestConfig, OutputsConfig, ReconstructConfig,
-                             RoiConfig, SourceConfig, StoreConfig, validate)
+from fmri2img.config import (METHOD_STAGES, Config, EvaluateConfig, FeaturesConfig, IngestConfig, OutputsConfig,
+                             ReconstructConfig, RoiConfig, SourceConfig, StoreConfig, validate)
 from fmri2img.pipeline.report import write_report
-from fmri2img.pipeline.runner import STAGES, run, status
+from fmri2img.pipeline.runner import run, status
 from fmri2img.storage.outputs import Outputs
 from fmri2img.storage.store import Store
 
@@ -45,7 +45,7 @@ DEMO_RUNS = {
 def demo_config(workdir: Path) -> Config:
     """The configuration the demo runs (also a template for real runs)."""
     return validate(Config(
-        stages=list(STAGES),
+        stages=list(METHOD_STAGES),
         store=StoreConfig(url=str(workdir / "store.zarr")),
         source=SourceConfig(url=str(workdir / "mini-nsd")),
         ingest=IngestConfig(subjects=list(DEMO_SPEC["subjects"])),
