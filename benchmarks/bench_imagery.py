@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fmri2img.metrics.scores import pearson_matrix, pixcorr  # noqa: E402
 from fmri2img.metrics.targets import identification_among_targets  # noqa: E402
@@ -43,12 +44,8 @@ from fmri2img.pipeline.regress import regress  # noqa: E402
 from fmri2img.storage.mininsd import MiniNSDSpec, generate_mini_nsd  # noqa: E402
 from fmri2img.storage.source import Source  # noqa: E402
 from fmri2img.storage.store import Store  # noqa: E402
+from minisettings import EXTRACTORS, NETS, RIDGE, VD  # noqa: E402
 
-EXTRACTORS = {"pixels": {"side": 16}, "vdvae": {"tiny": True, "n_blocks": 4}, "clip-text": {"tiny": True},
-              "clip-vision": {"tiny": True}}
-VD = {"size": 32, "steps": 6, "strength": 0.6, "dtype": "float32", "guidance": 2.0}
-RIDGE = {"alpha": [1e0, 1e1, 1e2, 1e3, 3e3, 1e4, 3e4, 1e5, 1e6], "alpha_groups": "all", "calibration": "loo"}
-NETS = ["alexnet2", "clip"]
 TASKS = ["vision", "imagery"]
 
 

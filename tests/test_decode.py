@@ -203,15 +203,11 @@ def test_bad_inputs_each_get_one_clear_error(loo_store, mini_nsd, tmp_path, caps
     assert len(err) == 1 and err[0].startswith("error: --betas") and "NaN/inf" in err[0]
 
 
-def test_config_section_decodes_with_reconstruct_runs(loo_store, tmp_path):
-    from fmri2img import config as cfgmod
-
-    betas = _open(loo_store, "subjects/subj01/betas").betas.values[:4]
-    path = _npy(tmp_path, betas, "scan.npy")
-    (tmp_path / "trials.csv").write_text("trial\n2\n4\n")
-    config = cfgmod.loads(f"""
+def _pixels_config(store_url: str, decode: str, head: str = "") -> str:
+    """A configuration with the pixel run of the tests and the given [decode] lines."""
+    return f"""{head}
 [store]
-url = "{loo_store.url}"
+url = "{store_url}"
 [features.extractors.pixels]
 side = 8
 [reconstruct.runs.px]
@@ -219,10 +215,18 @@ stage1 = "pixels"
 preset = ""
 [decode]
 subject = 1
-betas = "{path}"
-trials_file = "{tmp_path / 'trials.csv'}"
-name = "from-config"
-""")
+{decode}
+"""
+
+
+def test_config_section_decodes_with_reconstruct_runs(loo_store, tmp_path):
+    from fmri2img import config as cfgmod
+
+    betas = _open(loo_store, "subjects/subj01/betas").betas.values[:4]
+    path = _npy(tmp_path, betas, "scan.npy")
+    (tmp_path / "trials.csv").write_text("trial\n2\n4\n")
+    config = cfgmod.loads(_pixels_config(loo_store.url, f'betas = "{path}"\ntrials_file = "{tmp_path / "trials.csv"}"\n'
+                                                        f'name = "from-config"'))
     kwargs = dec.decode_config(config)
     assert [r.name for r in kwargs["runs"]] == ["px"] and kwargs["calibration"] == "loo"
     store = kwargs.pop("store")
@@ -242,22 +246,8 @@ def test_fmri2img_run_has_a_decode_stage(loo_store, tmp_path):
     from fmri2img.pipeline.runner import run
 
     path = _npy(tmp_path, _open(loo_store, "subjects/subj01/betas").betas.values[:3], "scan3.npy")
-    text = f"""
-stages = ["decode"]
-[store]
-url = "{loo_store.url}"
-[outputs]
-url = "{tmp_path / 'out'}"
-[features.extractors.pixels]
-side = 8
-[reconstruct.runs.px]
-stage1 = "pixels"
-preset = ""
-[decode]
-subject = 1
-betas = "{path}"
-name = "by-run"
-"""
+    text = _pixels_config(loo_store.url, f'betas = "{path}"\nname = "by-run"',
+                          head=f'stages = ["decode"]\n[outputs]\nurl = "{tmp_path / "out"}"')
     out = run(cfgmod.loads(text), progress=False)
     assert out["decode"]["trials"] == 3 and out["decode"]["calibration"] == "loo"
     assert _open(loo_store, "decoded/by-run/recon/px/stage1").trial.values.tolist() == [1, 2, 3]

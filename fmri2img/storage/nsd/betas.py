@@ -382,7 +382,7 @@ def _read_chunks_by_range(fs: Any, path: str, index: hdf5chunks.ChunkIndex, fill
         if len(piece) != cb:
             raise _truncated(path, EOFError(f"expected {cb} bytes of a chunk at byte {a}, got {len(piece)}"))
         raw[j * cb:(j + 1) * cb] = piece
-    chunks = np.frombuffer(bytes(raw), dtype=fill.dtype).reshape(grid[0], len(uniq), *index.chunks)
+    chunks = np.frombuffer(raw, dtype=fill.dtype).reshape(grid[0], len(uniq), *index.chunks)
     dz, dy, dx = z % cz, y % cy, x % cx
     for a in range(grid[0]):
         t0, t1 = a * ct, min(trials, (a + 1) * ct)
