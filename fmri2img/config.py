@@ -25,17 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+# the checks live in fmri2img.config_validate; callers import them from here
+from fmri2img.config_validate import ConfigError, from_dict, validate  # noqa: F401
 from fmri2img.storage import urls
-
-
-class ConfigError(ValueError):
-    """A configuration file or value is invalid; the message names the field and the fix."""
 
 
 PUBLIC = "public"
@@ -340,127 +336,6 @@ def _redact_tree(data: Any, key: str = "") -> Any:
     if isinstance(data, str) and (key == "url" or key.endswith("_url")):
         return urls.redact(data)
     return data
-
-
-_CHOICES = {
-    "ingest.prefer": ("hdf5", "nii.gz"),
-    "ingest.nan_policy": ("error", "zero"),
-    "align.targets": ("encoding", "shared", "hybrid"),
-    "ingest.experiment": ("nsd", "nsdimagery"),
-    "reconstruct.device": ("auto", "cpu", "cuda", "mps"),
-    "evaluate.device": ("auto", "cpu", "cuda", "mps"),
-    "decode.calibration": ("loo", "none"),
-    "decode.device": ("auto", "cpu", "cuda", "mps"),
-}
-
-
-def _check_type(value: Any, annotation: Any, name: str) -> Any:
-    origin = typing.get_origin(annotation)
-    if annotation is bool:
-        ok = isinstance(value, bool)
-    elif annotation is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif annotation is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif annotation is str:
-        ok = isinstance(value, str)
-    elif annotation is list or origin is list:
-        ok = isinstance(value, list)
-    elif annotation is dict or origin is dict:
-        ok = isinstance(value, dict)
-    elif isinstance(annotation, types.UnionType):
-        ok = True
-    else:
-        ok = True
-    if not ok:
-        expected = getattr(annotation, "__name__", str(annotation))
-        raise ConfigError(f"{name}: expected {expected}, got {value!r} ({type(value).__name__})")
-    return value
-
-
-def from_dict(cls, data: Mapping[str, Any], prefix: str = ""):
-    """Build dataclass ``cls`` from a mapping, refusing unknown keys and wrong types by name."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix or 'config'}: expected a table, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        where = f"[{prefix}]" if prefix else "the top level"
-        raise ConfigError(
-            f"unknown key(s) {unknown} in {where}; valid keys are {sorted(fields)} (check the spelling)"
-        )
-    kwargs = {}
-    for key, value in data.items():
-        name = f"{prefix}.{key}" if prefix else key
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = from_dict(hint, value, name)
-        else:
-            value = _check_type(value, hint, name)
-            if name in _CHOICES and value not in _CHOICES[name]:
-                raise ConfigError(f"{name}: expected one of {list(_CHOICES[name])}, got {value!r}")
-            kwargs[key] = value
-    return cls(**kwargs)
-
-
-def validate(config: Config) -> Config:
-    """Cross-field checks that types alone cannot express."""
-    config.ingest.session_list()
-    scale = config.ingest.betas_scale
-    if isinstance(scale, str) and scale != "nsd" or isinstance(scale, bool) or \
-            not isinstance(scale, (str, int, float)) or not isinstance(scale, str) and not 0 < scale < float("inf"):
-        raise ConfigError(f"ingest.betas_scale: expected \"nsd\" (NSD's int16 × 300) or a positive number the betas "
-                          f"are divided by (1 for floats in percent signal change, 300 for floats × 300), "
-                          f"got {scale!r}")
-    for s in config.ingest.subjects:
-        if not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= 99:
-            raise ConfigError(f"ingest.subjects: expected subject numbers like [1, 2, 5, 7], got {s!r}")
-    from fmri2img.models import extractors
-
-    for name, options in config.features.extractors.items():
-        if not isinstance(options, dict):
-            raise ConfigError(f"features.extractors.{name}: expected a table of options, got {options!r}")
-        try:
-            extractors.check_options(name, options, where="features.extractors")
-        except extractors.ExtractorError as exc:
-            raise ConfigError(str(exc)) from None
-    from fmri2img.pipeline.regress import RegressError, ridge_options
-
-    for name in config.regress_features():
-        try:
-            ridge_options(name, config.regress.targets.get(name))
-        except RegressError as exc:
-            raise ConfigError(str(exc)) from None
-    from fmri2img.cluster import ClusterError, section_options
-
-    try:
-        section_options(dataclasses.asdict(config.cluster))
-    except ClusterError as exc:
-        raise ConfigError(f"cluster: {exc}") from None
-    from fmri2img.pipeline.reconstruct import ReconstructError
-
-    try:
-        config.run_specs()
-    except ReconstructError as exc:
-        raise ConfigError(str(exc)) from None
-    if config.features.images_per_task < 1:
-        raise ConfigError("features.images_per_task: expected a positive integer")
-    known = set(STAGES)
-    bad = [s for s in config.stages if s not in known]
-    if bad:
-        raise ConfigError(f"stages: unknown stage(s) {bad}; available: {list(STAGES)}")
-    if "align" in config.stages and not (1 <= config.align.subject <= 99 and config.align.subject !=
-                                         config.align.reference):
-        raise ConfigError(f"align.subject: {config.align.subject!r} is not a new subject to align to align.reference "
-                          f"{config.align.reference}; give the new subject's number (another than the reference)")
-    if "decode" in config.stages and not config.decode.betas:
-        raise ConfigError("decode.betas: empty, but stages include \"decode\"; give the session file or masked "
-                          "voxels to decode")
-    if not config.store.url:
-        raise ConfigError("store.url: empty; give the store's URL, e.g. './runs/x/store.zarr' or 's3://bucket/x.zarr'")
-    return config
 
 
 #: stage names in run order; the runner maps each to its function
