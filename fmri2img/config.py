@@ -138,7 +138,8 @@ class IngestConfig:
 class FeaturesConfig:
     """Feature extraction: which extractors, with which options (see fmri2img.models.extractors)."""
 
-    #: extractor name → options, e.g. {"vdvae": {"n_blocks": 31, "batch_size": 8}, "pixels": {"side": 64}}
+    #: extractor name → options, e.g. {"vdvae": {"n_blocks": 31, "batch_size": 8}, "pixels": {"side": 64}};
+    #: a name that is not a kind names its kind: {"vdvae-10": {"kind": "vdvae", "n_blocks": 10}}
     extractors: dict = field(default_factory=lambda: {"pixels": {"side": 64}})
     #: images per task and per chunk along the image axis
     images_per_task: int = 128
@@ -301,12 +302,16 @@ class Config:
     def regress_features(self) -> list:
         return list(self.regress.features or self.features.extractors)
 
+    def extractor_kind(self, name: str) -> str:
+        """The registered kind of extractor ``name``: its ``kind`` option, else the name (``vdvae-10`` → ``vdvae``)."""
+        return (self.features.extractors.get(name) or {}).get("kind", name)
+
     def extractor_options(self, name: str) -> dict:
-        """The options of extractor ``name`` with its weights filled in from [weights]."""
+        """The options of extractor ``name`` with its weights filled in from [weights] (by its kind)."""
         from fmri2img.models.extractors import WEIGHTS_KEY
 
         options = dict(self.features.extractors.get(name) or {})
-        key = WEIGHTS_KEY.get(name)
+        key = WEIGHTS_KEY.get(self.extractor_kind(name))
         if key and not options.get("tiny") and "weights" not in options and getattr(self.weights, key):
             options["weights"] = getattr(self.weights, key)
             if self.weights.storage_options:

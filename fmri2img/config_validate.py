@@ -84,6 +84,17 @@ def from_dict(cls, data: Mapping[str, Any], prefix: str = ""):
     return cls(**kwargs)
 
 
+def _check_run_features(config: Config, specs: list) -> None:
+    """Every feature a reconstruction run reads is a [features.extractors] entry (pixels needs none)."""
+    for spec in specs:
+        for key in ("stage1", "vision", "text"):
+            feature = getattr(spec, key)
+            if feature in spec.features_needed() and feature != "pixels" and feature not in config.features.extractors:
+                raise ConfigError(f"reconstruct.runs.{spec.name}.{key} = {feature!r} is not a [features.extractors] "
+                                  f"entry (configured: {sorted(config.features.extractors)}); add "
+                                  f"[features.extractors.{feature}] or name one of those")
+
+
 def validate(config: Config) -> Config:
     """Cross-field checks that types alone cannot express."""
     config.ingest.session_list()
@@ -109,7 +120,7 @@ def validate(config: Config) -> Config:
 
     for name in config.regress_features():
         try:
-            ridge_options(name, config.regress.targets.get(name))
+            ridge_options(name, config.regress.targets.get(name), config.extractor_kind(name))
         except RegressError as exc:
             raise ConfigError(str(exc)) from None
     from fmri2img.cluster import ClusterError, section_options
@@ -121,9 +132,11 @@ def validate(config: Config) -> Config:
     from fmri2img.pipeline.reconstruct import ReconstructError
 
     try:
-        config.run_specs()
+        specs = config.run_specs()
     except ReconstructError as exc:
         raise ConfigError(str(exc)) from None
+    if "reconstruct" in config.stages:
+        _check_run_features(config, specs)
     if config.features.images_per_task < 1:
         raise ConfigError("features.images_per_task: expected a positive integer")
     from fmri2img.config import STAGES

@@ -1,5 +1,10 @@
 """The feature-extractor registry: name → factory (imported lazily, so torch-free stages stay light).
 
+A configured extractor has a name (its ``features/<name>`` group) and a kind (the registry
+entry that builds it): the ``kind`` option, or the name itself.  So one configuration can hold
+two of a kind side by side, e.g. ``vdvae`` (31 blocks) and ``vdvae-10`` (``kind = "vdvae"``,
+10 blocks, the seed paper's reduced VDVAE).
+
 Every factory takes ``weights``, ``storage_options``, ``tiny``, ``device``, ``dtype``,
 ``batch_size`` and its own options, and returns an object with ``name``, ``input``
 (``"images"`` or ``"captions"``), ``feature_shape``, ``feature_dims``,
@@ -9,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 #: extractor name → "module:factory"
 EXTRACTORS: dict[str, str] = {
@@ -40,17 +45,39 @@ def factory(name: str) -> Callable[..., Any]:
         raise ExtractorError(f"feature extractor {name!r} is not available in this installation ({exc})") from None
 
 
-def check_options(name: str, options: dict[str, Any], where: str = "features") -> None:
-    """Refuse options the factory of ``name`` does not take, naming them and the valid ones."""
-    params = inspect.signature(factory(name)).parameters
+def kind_of(name: str, options: Mapping[str, Any] | None, where: str = "features") -> str:
+    """The registered kind that builds extractor ``name``: its ``kind`` option, else the name itself.
+
+    Raises
+    ------
+    ExtractorError
+        When the kind is not registered (the message lists the kinds and how to name a second
+        extractor of a known kind).
+    """
+    kind = (options or {}).get("kind", name)
+    if isinstance(kind, str) and kind in EXTRACTORS:
+        return kind
+    if "kind" in (options or {}):
+        raise ExtractorError(f"{where}.{name}.kind = {kind!r} is not a feature extractor; expected one of "
+                             f"{sorted(EXTRACTORS)}")
+    raise ExtractorError(f"{where}.{name}: unknown feature extractor {name!r}; available: {sorted(EXTRACTORS)}. "
+                         f"To add a second extractor of a known kind under another name, give its table a kind, "
+                         f"e.g. [{where}.{name}] kind = \"vdvae\"")
+
+
+def check_options(name: str, options: Mapping[str, Any], where: str = "features") -> None:
+    """Refuse an unknown kind, and options the factory of the kind does not take, naming them and the valid ones."""
+    kind = kind_of(name, options, where)
+    params = inspect.signature(factory(kind)).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    unknown = sorted(set(options) - set(params))
+    unknown = sorted(set(options) - set(params) - {"kind"})
     if unknown:
-        raise ExtractorError(f"{where}.{name}: unknown option(s) {unknown}; valid: {sorted(params)}")
+        raise ExtractorError(f"{where}.{name}: unknown option(s) {unknown}; valid: {sorted({*params, 'kind'})}")
 
 
 def build(name: str, **options: Any) -> Any:
-    """Build extractor ``name`` with ``options`` (validated)."""
+    """Build extractor ``name`` with ``options`` (validated; ``kind`` picks the factory, default ``name``)."""
     check_options(name, options)
-    return factory(name)(**options)
+    kind = options.pop("kind", name)
+    return factory(kind)(**options)

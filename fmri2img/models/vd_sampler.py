@@ -114,10 +114,32 @@ class VDSettings:
         return int(self.strength * self.steps)
 
 
-#: named settings; :func:`preset` returns one with overrides
+#: named settings; :func:`preset` returns one with overrides.  ``mix`` is the text share of every
+#: cross-attention residual (Brain-Diffuser's ``mix_str``; its ``mixed_ratio`` = 1 − mix is the vision
+#: share), so "image/text weight 1/0" is mix 0 and "0/1" is mix 1.  The seed-* presets are the seed
+#: paper's experiments (Bevington, Brigliadori & Johnson 2024, a student variant of Brain-Diffuser;
+#: REFERENCE.md §6); they ran on its reduced features (10 VDVAE blocks, 77 CLIP-vision tokens), which
+#: are feature settings, not stage-2 settings (see examples/seed_presets.toml).
 PRESETS: dict[str, VDSettings] = {
     "brain-diffuser": VDSettings(strength=0.75, mix=0.4, guidance=7.5),
-    "seed-text-0.55": VDSettings(strength=0.55, mix=1.0, guidance=7.5),  # the student variant's preferred run
+    "seed-vision": VDSettings(strength=0.75, mix=0.0, guidance=7.5),
+    "seed-text": VDSettings(strength=0.75, mix=1.0, guidance=7.5),
+    "seed-half": VDSettings(strength=0.75, mix=0.5, guidance=7.5),
+    "seed-text-0.55": VDSettings(strength=0.55, mix=1.0, guidance=7.5),
+}
+
+#: what each preset is and where it comes from (one line each; the README's presets table)
+PRESET_NOTES: dict[str, str] = {
+    "brain-diffuser": "Brain-Diffuser's stage 2: strength 0.75 (37 of 50 DDIM steps), vision 0.6 / text 0.4, "
+                      "guidance 7.5 (versatilediffusion_reconstruct_images.py -diff_str 0.75 -mix_str 0.4)",
+    "seed-vision": "seed paper, vision only (image/text weight 1/0): strength 0.75, mixing 0 "
+                   "(its versatilediffusion_reconstruct_images_onlyvision script)",
+    "seed-text": "seed paper, text only (image/text weight 0/1): strength 0.75, mixing 1 "
+                 "(its versatilediffusion_reconstruct_images_onlytxt script)",
+    "seed-half": "seed paper, image/text weight 0.5/0.5 at strength 0.75: trials its report mentions "
+                 "(run in an online Versatile Diffusion demo; not in its code)",
+    "seed-text-0.55": "seed paper's preferred run: text only at strength 0.55 (27 of 50 DDIM steps) "
+                      "(its versatilediffusion_reconstruct_images_diffusionstrength055 script)",
 }
 
 

@@ -112,9 +112,10 @@ def extract_features(
     ----------
     store : Store
     name : str
-        Extractor name (see :data:`fmri2img.models.extractors.EXTRACTORS`).
+        Feature name: the group ``features/<name>``, and the extractor kind (a key of
+        :data:`fmri2img.models.extractors.EXTRACTORS`) unless ``options`` has ``kind``.
     options : mapping
-        Extractor options (``tiny``, ``weights``, ``device``, ``dtype``, ``batch_size``, ...).
+        Extractor options (``kind``, ``tiny``, ``weights``, ``device``, ``dtype``, ``batch_size``, ...).
     seed : int
         Run seed; each image's randomness comes from (seed, image id).
     images_per_task : int
@@ -127,7 +128,8 @@ def extract_features(
     ids = np.asarray(store.group(schema.STIMULI)["image"][:])
     group = feature_group(name)
     salt = _salt(extractor, seed)
-    attrs = {**schema.provenance(config=config), **{"extractor": name, "seed": int(seed),
+    attrs = {**schema.provenance(config=config), **{"extractor": name, "kind": registry.kind_of(name, options),
+             "seed": int(seed),
              "random_weights": bool(extractor.random_weights),
              "extractor_attrs": json.dumps(extractor.attrs(), sort_keys=True, default=str)}}
     if store.has_group(group) and store.group(group).attrs.get("fmri2img_salt") == salt:

@@ -51,13 +51,15 @@ class RunSpec:
     name : str
         The run's name, e.g. ``"brain-diffuser"``; outputs go to ``recon/subjNN/<name>``.
     stage1 : str
-        Feature whose predictions give the stage-1 image: ``"vdvae"`` or ``"pixels"``.
+        Feature whose predictions give the stage-1 image: a feature of kind ``"vdvae"`` or ``"pixels"``
+        (e.g. ``"vdvae"``, or ``"vdvae-10"`` with ``kind = "vdvae"``).
     preset : str
         Stage-2 preset of :data:`fmri2img.models.vd_sampler.PRESETS`, or ``""`` for stage 1 only.
     settings : dict
         Overrides of the preset's :class:`~fmri2img.models.vd_sampler.VDSettings` (dtype, steps, ...).
     vision, text : str
-        Feature names of the predicted CLIP contexts.
+        Feature names of the predicted CLIP contexts (e.g. ``"clip-vision"``, or ``"clip-vision-77"``
+        with ``kind = "clip-vision"`` and ``tokens = "first77"``).
     extractor_options : dict
         Feature name → extractor options (the same as the features stage, so the same models).
     vd : dict
@@ -74,6 +76,11 @@ class RunSpec:
     extractor_options: dict = field(default_factory=dict)
     vd: dict = field(default_factory=dict)
     seed: int = 0
+
+    @property
+    def stage1_kind(self) -> str:
+        """The extractor kind of the stage-1 feature (the key of :data:`STAGE1`)."""
+        return (self.extractor_options.get(self.stage1) or {}).get("kind", self.stage1)
 
     def features_needed(self) -> list[str]:
         names = [self.stage1]
@@ -94,7 +101,7 @@ def recon_group(subject: int, run: str, part: str) -> str:
 def _stage1_vdvae(pred: np.ndarray, ids: np.ndarray, run: RunSpec) -> np.ndarray:
     from fmri2img.models.vdvae import decode_latents, upsample_512
 
-    ext = get_extractor("vdvae", run.extractor_options.get("vdvae", {}))
+    ext = get_extractor(run.stage1, run.extractor_options.get(run.stage1, {}))
     with _LOCK:
         small = decode_latents(ext.model, pred.astype(np.float32), ids, run.seed, n_blocks=ext.n_blocks)
     return upsample_512(small)
@@ -190,7 +197,7 @@ def reconstruct_block(store: Store, subject: int, run: RunSpec, region: Region, 
     if region.index in store.done_regions(g1):
         stage1 = np.asarray(store.group(g1)["images"][region.slice])
     else:
-        stage1 = STAGE1[run.stage1](np.asarray(preds[run.stage1][region.slice]), ids, run)
+        stage1 = STAGE1[run.stage1_kind](np.asarray(preds[run.stage1][region.slice]), ids, run)
         store.write_region(g1, region, {"images": stage1})
         if outputs is not None:
             outputs.write_pngs(f"recon/{schema.subject_key(subject)}/{run.name}/stage1", [int(i) for i in ids], stage1)
@@ -230,6 +237,26 @@ def _gpu_resources(client, device: str) -> dict | None:
     return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers) else None
 
 
+def _check_stage1(run: RunSpec) -> None:
+    if run.stage1_kind not in STAGE1:
+        kind = f" (kind {run.stage1_kind!r})" if run.stage1_kind != run.stage1 else ""
+        raise ReconstructError(f"reconstruct.runs.{run.name}.stage1 = {run.stage1!r}{kind}; expected a feature of "
+                               f"kind {' or '.join(sorted(STAGE1))} (e.g. \"vdvae\", or a [features.extractors] "
+                               f"entry with kind = \"vdvae\")")
+
+
+def _check_contexts(run: RunSpec) -> None:
+    """The features a stage-2 run feeds as CLIP contexts must be of the CLIP kinds (when configured)."""
+    needed = run.features_needed()
+    for key, kind in (("vision", "clip-vision"), ("text", "clip-text")):
+        feature = getattr(run, key)
+        got = (run.extractor_options.get(feature) or {}).get("kind", feature)
+        if feature in needed and feature in run.extractor_options and got != kind:
+            raise ReconstructError(f"reconstruct.runs.{run.name}.{key} = {feature!r} is a feature of kind {got!r}; "
+                                   f"expected one of kind {kind!r} (e.g. \"{kind}\", or a [features.extractors] "
+                                   f"entry with kind = \"{kind}\")")
+
+
 RUN_KEYS = ("stage1", "preset", "settings", "vision", "text", "tiny")
 
 
@@ -245,8 +272,7 @@ def run_spec(name: str, options: Mapping[str, Any], *, extractor_options: Mappin
                    settings=dict(options.get("settings", {})), vision=options.get("vision", "clip-vision"),
                    text=options.get("text", "clip-text"), seed=int(seed),
                    extractor_options={k: dict(v) for k, v in extractor_options.items()})
-    if spec.stage1 not in STAGE1:
-        raise ReconstructError(f"reconstruct.runs.{name}.stage1 = {spec.stage1!r}; expected one of {sorted(STAGE1)}")
+    _check_stage1(spec)
     if spec.preset:
         if spec.preset not in PRESETS:
             raise ReconstructError(f"reconstruct.runs.{name}.preset = {spec.preset!r}; expected one of "
@@ -266,6 +292,7 @@ def run_spec(name: str, options: Mapping[str, Any], *, extractor_options: Mappin
             vd["storage_options"] = dict(weights["storage_options"])
         vd["dtype"] = spec.settings.get("dtype", preset(spec.preset).dtype)
         spec.vd = vd
+        _check_contexts(spec)
     return spec
 
 
@@ -274,8 +301,7 @@ def reconstruct_run(store: Store, subject: int, run: RunSpec, *, client=None, im
                     config: Mapping[str, Any] | None = None) -> dict:
     """Reconstruct the test images of ``subject`` for ``run``; resumable per partition."""
     t0 = time.perf_counter()
-    if run.stage1 not in STAGE1:
-        raise ReconstructError(f"reconstruct.runs.{run.name}.stage1 = {run.stage1!r}; expected one of {sorted(STAGE1)}")
+    _check_stage1(run)
     for name in run.features_needed():
         if not store.is_complete(prediction_group(subject, name)):
             raise ReconstructError(

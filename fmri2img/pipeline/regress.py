@@ -30,6 +30,7 @@ import numpy as np
 import xarray as xr
 
 from fmri2img.pipeline.features import feature_group
+from fmri2img.pipeline.tasks import compute_writes
 from fmri2img.ridge import BlockRidge, ImageIdMismatchError, RidgeInputError
 from fmri2img.ridge.presets import ALPHA_CLIP_TEXT, ALPHA_CLIP_VISION, ALPHA_VDVAE
 from fmri2img.storage import schema
@@ -59,9 +60,15 @@ def prediction_group(subject: int, name: str) -> str:
     return f"predictions/{schema.subject_key(subject)}/{name}"
 
 
-def ridge_options(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Brain-Diffuser defaults for ``name`` updated with ``options``; unknown keys refused."""
-    merged = {**DEFAULT_OPTIONS.get(name, {"alpha": DEFAULT_OPTIONS["pixels"]["alpha"], "alpha_groups": "all"}),
+def ridge_options(name: str, options: Mapping[str, Any] | None, kind: str | None = None) -> dict[str, Any]:
+    """Brain-Diffuser defaults for extractor kind ``kind`` (default: ``name``) updated with ``options``.
+
+    Unknown keys are refused, naming ``regress.targets.<name>``.  A second feature set of a kind
+    (``vdvae-10`` of kind ``vdvae``) gets that kind's defaults (alpha 50,000: also the seed
+    paper's reduced-VDVAE alpha).
+    """
+    default = {"alpha": DEFAULT_OPTIONS["pixels"]["alpha"], "alpha_groups": "all"}
+    merged = {**DEFAULT_OPTIONS.get(kind or name, default),
               **dict(options or {})}
     valid = set(inspect.signature(BlockRidge.__init__).parameters) - {"self", "fmri_scale"}
     unknown = sorted(set(merged) - valid)
@@ -151,25 +158,7 @@ def _write_blocks(store: Store, group: str, lazy: da.Array, todo: list[Region], 
     ]
     if not writes:
         return
-    if client is not None:
-        from distributed import wait
-
-        futures = client.compute(writes, optimize_graph=False)
-        if progress:
-            from distributed import progress as dprogress
-
-            dprogress(futures, notebook=False)
-        wait(futures)
-        for f in futures:
-            f.result()  # re-raise the first failure
-    else:
-        if progress:
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar():
-                dask.compute(*writes, scheduler="threads")
-        else:
-            dask.compute(*writes, scheduler="threads")
+    compute_writes(writes, stage=stage, client=client, progress=progress)
 
 
 def _regions_along(chunks: tuple[int, ...], dim: str, prefix: str) -> list[Region]:
@@ -183,6 +172,7 @@ def _regions_along(chunks: tuple[int, ...], dim: str, prefix: str) -> list[Regio
 def regress(
     store: Store, subject: int, name: str, options: Mapping[str, Any] | None = None, *, client=None,
     save_weights: bool = False, progress: bool = True, config: Mapping[str, Any] | None = None,
+    kind: str | None = None,
 ) -> dict:
     """Fit ``features/<name>`` from subject ``subject``'s train fMRI and predict its test images.
 
@@ -197,6 +187,9 @@ def regress(
         solver, target_batch, ...); Brain-Diffuser's defaults otherwise.
     save_weights : bool
         Also write the explicit voxel × target weights (large: 12 GB for CLIP-vision).
+    kind : str, optional
+        Extractor kind whose defaults apply; default: the kind recorded with ``features/<name>``
+        (else ``name``).
 
     Returns
     -------
@@ -204,7 +197,9 @@ def regress(
         Shapes, alphas and timings.
     """
     t0 = time.perf_counter()
-    opts = ridge_options(name, options)
+    if kind is None and store.has_group(feature_group(name)):
+        kind = store.group(feature_group(name)).attrs.get("kind")
+    opts = ridge_options(name, options, kind)
     train = store.open_dataset(schema.subject_group(subject, "train"))
     test = store.open_dataset(schema.subject_group(subject, "test"))
     train_ids = train.image.values

@@ -98,7 +98,7 @@ def roi_block(store: Store, subject: int, run: RunSpec, names: list[str], output
     feats = {n: np.asarray(store.group(roi_group(subject, "features", n))["features"][:]) for n in
              run.features_needed()}
     ids = np.arange(len(names))  # seeds come from (run seed, ROI index)
-    stage1 = STAGE1[run.stage1](feats[run.stage1], ids, run)
+    stage1 = STAGE1[run.stage1_kind](feats[run.stage1], ids, run)
     parts = {"stage1": stage1}
     if run.preset:
         parts["final"], _ = _stage2(stage1, ids, {n: feats[n] for n in (run.vision, run.text) if n in feats}, run)

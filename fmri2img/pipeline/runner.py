@@ -86,7 +86,8 @@ def stage_regress(ctx: RunContext) -> dict:
         for name in cfg.regress_features():
             out[f"subj{subject:02d}/{name}"] = regress(
                 ctx.store, subject, name, cfg.regress.targets.get(name), client=ctx.client,
-                save_weights=cfg.regress.save_weights, progress=ctx.progress, config=cfg.redacted())
+                save_weights=cfg.regress.save_weights, progress=ctx.progress, config=cfg.redacted(),
+                kind=cfg.extractor_kind(name))
     return out
 
 
