@@ -1,4 +1,9 @@
-"""Run a list of independent region tasks on a Dask client (or in-process) with progress."""
+"""Run a list of independent region tasks on a Dask client (or in-process) with progress.
+
+Every stage shows its progress the same way: one tqdm line on stderr named after the stage
+(:func:`progress_bar`), whether its work is a list of :class:`Task` (:func:`run_tasks`) or a
+collection of Dask writes (:func:`compute_writes`).
+"""
 from __future__ import annotations
 
 import logging
@@ -40,7 +45,7 @@ def run_tasks(
     """
     if not tasks:
         return []
-    bar = tqdm(total=len(tasks), desc=stage, unit="region", disable=not progress, file=sys.stderr, leave=False)
+    bar = progress_bar(len(tasks), stage, progress)
     t0 = time.perf_counter()
     try:
         if client is None:
@@ -54,6 +59,53 @@ def run_tasks(
         bar.close()
     logger.info("%s: %d tasks in %.1f s", stage, len(tasks), time.perf_counter() - t0)
     return results
+
+
+def progress_bar(total: int, stage: str, enabled: bool = True, unit: str = "region") -> tqdm:
+    """The one progress style of every stage: a tqdm line on stderr, named after the stage, cleared when done."""
+    return tqdm(total=total, desc=stage, unit=unit, disable=not enabled, file=sys.stderr, leave=False,
+                dynamic_ncols=True)
+
+
+def compute_writes(writes: Sequence[Any], *, stage: str, client=None, progress: bool = True) -> None:
+    """Compute Dask collections whose tasks write regions, with the stages' progress line.
+
+    With a client the collections run on the cluster and the bar counts finished
+    collections; without one they run on the threaded scheduler and the bar counts
+    finished graph tasks.  The first failure is re-raised.
+    """
+    import dask
+
+    if not writes:
+        return
+    if client is not None:
+        from distributed import as_completed
+
+        futures = client.compute(list(writes), optimize_graph=False)
+        with progress_bar(len(futures), stage, progress) as bar:
+            try:
+                for fut in as_completed(futures):
+                    fut.result()  # re-raise the first failure
+                    bar.update(1)
+            except BaseException:
+                client.cancel(futures)
+                raise
+        return
+    from dask.callbacks import Callback
+
+    class _Bar(Callback):
+        def _start_state(self, dsk, state):
+            self.bar.total = sum(len(state[k]) for k in ("ready", "waiting", "running", "finished"))
+            self.bar.refresh()
+
+        def _posttask(self, key, result, dsk, state, worker_id):
+            self.bar.update(1)
+
+    with progress_bar(0, stage, progress, unit="task") as bar:
+        cb = _Bar()
+        cb.bar = bar
+        with cb:
+            dask.compute(*writes, scheduler="threads")
 
 
 def _call(task: Task, stage: str) -> Any:
