@@ -74,7 +74,7 @@ def build(workdir: Path, seed: int, side: int, noise: float, n_sessions: int) ->
 
 def one_session_models(store: Store, subject: int) -> dict:
     """(b): the subject's own models fitted on its first session's training images."""
-    excluded = al._evaluation_images(store, subject, 1 if subject != 1 else 2)
+    excluded = al.evaluation_images(store, subject, 1 if subject != 1 else 2)
     ids, X = al.alignment_inputs(store, subject, [1], excluded)
     models = {}
     for name in EXTRACTORS:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fmri2img.metrics.scores import pearson_matrix, pixcorr  # noqa: E402
 from fmri2img.metrics.targets import identification_among_targets  # noqa: E402
 from fmri2img.pipeline import decode as dec  # noqa: E402
-from fmri2img.pipeline.decode_imagery import _text, decode_imagery  # noqa: E402
+from fmri2img.pipeline.decode_imagery import text_values, decode_imagery  # noqa: E402
 from fmri2img.pipeline.evaluate import _features  # noqa: E402
 from fmri2img.pipeline.features import extract_features  # noqa: E402
 from fmri2img.pipeline.ingest import ingest  # noqa: E402
@@ -69,7 +69,7 @@ def against_chance(store: Store, name: str, run: str, part: str, rng: np.random.
     rec_group = store.group(dec.group(name, "recon", run, part))
     trials = np.asarray(rec_group["trial"][:])
     rows = labels.trial.values.searchsorted(trials)
-    task, target = _text(labels.task.values)[rows], labels.target.values[rows].astype(np.int64)
+    task, target = text_values(labels.task.values)[rows], labels.target.values[rows].astype(np.int64)
     images = np.asarray(store.group(TARGETS)["images"][:])
     rec = np.asarray(rec_group["images"][:])
     t_feats, r_feats = _features(images, NETS, {}, "cpu"), _features(rec, NETS, {}, "cpu")

@@ -95,7 +95,7 @@ def _subject(store: Store, subject: int, part: str) -> xr.Dataset:
     return store.open_dataset(group)
 
 
-def _evaluation_images(store: Store, subject: int, reference: int) -> np.ndarray:
+def evaluation_images(store: Store, subject: int, reference: int) -> np.ndarray:
     """Images any evaluation of either subject uses: their test images."""
     ids = [_subject(store, s, "test").image.values for s in (subject, reference)]
     return np.union1d(*ids).astype(np.int64)
@@ -296,7 +296,7 @@ def align(store: Store, subject: int, reference: int, sessions: str | Sequence[i
     if int(subject) == int(reference):
         raise AlignError(f"--subject and --reference are both {subject}: align a new subject to another, fitted one")
     sessions = parse_sessions(sessions)
-    excluded = _evaluation_images(store, subject, reference)
+    excluded = evaluation_images(store, subject, reference)
     ids, X = alignment_inputs(store, subject, sessions, excluded)
     features = list(encoding_features) if encoding_features else reference_features(store, reference)
     rows, Y, facts = build_targets(store, reference, ids, targets, features, alphas, encoding_images)

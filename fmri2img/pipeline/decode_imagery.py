@@ -56,7 +56,7 @@ def read_imagery_input(store: Store, subject: int, name: str | None, tasks: Sequ
     if unknown:
         raise dec.DecodeError(f"imagery tasks {unknown} are not NSD-Imagery tasks; expected some of {list(TASKS)}")
     labels = store.open_dataset(g).drop_vars("betas")
-    rows = np.flatnonzero(np.isin(_text(labels.task.values), list(tasks or TASKS)))
+    rows = np.flatnonzero(np.isin(text_values(labels.task.values), list(tasks or TASKS)))
     fmri = np.asarray(store.group(g)["betas"].get_orthogonal_selection((rows, slice(None))), np.float32)
     labels = labels.isel(trial=rows).load()
     data = dec.DecodeInput(name or f"nsdimagery-subj{subject:02d}", f"{urls.redact(store.url)}#{g}", fmri,
@@ -65,7 +65,7 @@ def read_imagery_input(store: Store, subject: int, name: str | None, tasks: Sequ
     return data, labels
 
 
-def _text(values: np.ndarray) -> np.ndarray:
+def text_values(values: np.ndarray) -> np.ndarray:
     """Labels read back from Zarr (variable-width strings) as a fixed-width str array."""
     return np.asarray([str(v) for v in np.asarray(values).tolist()])
 
@@ -136,7 +136,7 @@ def score(store: Store, data: dec.DecodeInput, labels: xr.Dataset, runs, *, nets
              if store.is_complete(dec.group(data.name, "recon", run.name, p))]
     if len(rows) < 2 or not parts:
         return {}
-    task, stim_set = _text(labels.task.values)[rows], _text(labels.stim_set.values)[rows]
+    task, stim_set = text_values(labels.task.values)[rows], text_values(labels.stim_set.values)[rows]
     keys = {p: _key(store, data.name, *p, nets, weights) for p in parts}
     todo = [p for p in parts if not (store.is_complete(dec.group(data.name, "metrics", *p)) and store.group(
         dec.group(data.name, "metrics", *p)).attrs.get(INPUTS_ATTR) == keys[p])]
@@ -201,7 +201,7 @@ def decode_imagery(store: Store, subject: int, runs: Sequence, *, name: str | No
     metrics = score(store, data, labels, runs, nets=nets, weights=weights or {}, device=device, client=client,
                     progress=progress, attrs=attrs)
     page = decode_page.write_page(store, outputs, data, runs, metrics, attrs, dec.random_weights) if outputs else None
-    task = _text(labels.task.values)
+    task = text_values(labels.task.values)
     summary = {"subject": int(subject), "name": data.name, "input": data.url, "trials": int(len(data.trials)),
                "betas_per_task": {t: int((task == t).sum()) for t in TASKS if (task == t).any()},
                "images_known": int((labels.target.values >= 0).sum()), "images_from": data.images_from,

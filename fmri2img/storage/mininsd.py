@@ -54,9 +54,9 @@ from PIL import Image
 
 from fmri2img.storage import cortex
 from fmri2img.storage.nsd import BETA_SCALE, NSDLayout, ROI_FILES
-from fmri2img.storage.mininsd_files import (STIM_INFO_COLUMNS, _mat_bytes, _nifti_gz,  # noqa: F401
-                                            _smallest_uint, _stim_info_csv, _stimpattern, _write_betas_hdf5,
-                                            _write_nifti_gz)
+from fmri2img.storage.mininsd_files import (STIM_INFO_COLUMNS, mat_bytes, nifti_gz,  # noqa: F401
+                                            smallest_uint, stim_info_csv, make_stimpattern, write_betas_hdf5,
+                                            write_nifti_gz)
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class MiniNSDSpec:
         return dict(self.sessions_per_subject).get(int(subject), self.n_sessions)
 
 
-def _rng(spec: MiniNSDSpec, *key: int) -> np.random.Generator:
+def rng_for(spec: MiniNSDSpec, *key: int) -> np.random.Generator:
     """An independent generator per (seed, purpose, subject, session): order-free determinism."""
     return np.random.default_rng([spec.seed, *key])
 
@@ -259,7 +259,7 @@ def _make_image(src: np.ndarray, params: dict[str, Any], side: int) -> np.ndarra
 
 
 def _image_params(spec: MiniNSDSpec) -> list[dict[str, Any]]:
-    rng = _rng(spec, 1)
+    rng = rng_for(spec, 1)
     names = list(SOURCES)
     order = np.concatenate([rng.permutation(len(names)) for _ in range(-(-spec.n_images // len(names)))])
     tints = list(TINTS)
@@ -276,7 +276,7 @@ def _image_params(spec: MiniNSDSpec) -> list[dict[str, Any]]:
 
 def _captions(spec: MiniNSDSpec, params: list[dict[str, Any]]) -> np.ndarray:
     """(n_images, 5) unicode captions; about one image in six has only 3-4."""
-    rng = _rng(spec, 2)
+    rng = rng_for(spec, 2)
     out = np.full((len(params), 5), "", dtype="<U250")
     for i, p in enumerate(params):
         descs, _ = SOURCES[p["source"]]
@@ -310,7 +310,7 @@ def _write_stimuli(path: Path, spec: MiniNSDSpec, params: list[dict[str, Any]]) 
 
 def _design(spec: MiniNSDSpec) -> dict[str, np.ndarray]:
     """The fields of nsd_expdesign.mat, shaped as in NSD."""
-    rng = _rng(spec, 3)
+    rng = rng_for(spec, 3)
     shared = np.sort(rng.choice(spec.n_images, spec.n_shared, replace=False)) + 1
     rest = np.setdiff1d(np.arange(1, spec.n_images + 1), shared)
     n_own = spec.n_per_subject - spec.n_shared
@@ -321,7 +321,7 @@ def _design(spec: MiniNSDSpec) -> dict[str, np.ndarray]:
     slots = np.repeat(np.arange(spec.n_shared, spec.n_per_subject), 2)
     np.add.at(reps, rng.choice(slots, extra, replace=False), 1)
     master = rng.permutation(np.repeat(np.arange(1, spec.n_per_subject + 1), reps))
-    stimpattern = _stimpattern(spec.n_sessions, spec.trials_per_session)
+    stimpattern = make_stimpattern(spec.n_sessions, spec.trials_per_session)
     nth = np.zeros(len(master), np.int64)
     seen: dict[int, int] = {}
     for t, m in enumerate(master):
@@ -330,8 +330,8 @@ def _design(spec: MiniNSDSpec) -> dict[str, np.ndarray]:
     session = np.arange(len(master)) // spec.trials_per_session
     basiccnt = np.zeros((3, spec.n_sessions), np.float64)
     np.add.at(basiccnt, (nth - 1, session), 1)
-    return dict(masterordering=_smallest_uint(master[None]), subjectim=_smallest_uint(subjectim),
-                sharedix=_smallest_uint(shared[None]), stimpattern=stimpattern, basiccnt=_smallest_uint(basiccnt))
+    return dict(masterordering=smallest_uint(master[None]), subjectim=smallest_uint(subjectim),
+                sharedix=smallest_uint(shared[None]), stimpattern=stimpattern, basiccnt=smallest_uint(basiccnt))
 
 
 # --------------------------------------------------------------------------- volumes
@@ -342,7 +342,7 @@ def _subject_anatomy(spec: MiniNSDSpec, subject: int) -> cortex.Anatomy:
     shape = tuple(int(s + o) for s, o in zip(spec.volume_shape, _SHAPE_OFFSETS[k]))
     origin = (float(k) * 1.3, -4.0 + k, 2.0 - 0.5 * k)
     keep = spec.nsdgeneral_keep * (0.66 - 0.03 * k) / 0.66
-    return cortex.build_anatomy(shape, _rng(spec, 4, subject), keep=keep, origin_mm=origin)
+    return cortex.build_anatomy(shape, rng_for(spec, 4, subject), keep=keep, origin_mm=origin)
 
 
 _NOISE_BLOCK = 64 * 2**20  # bytes of float32 background noise drawn at a time
@@ -354,9 +354,9 @@ def _zyx(flat_xyz: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return (z * shape[1] + y) * shape[0] + x
 
 
-def _session_betas(spec: MiniNSDSpec, anat: cortex.Anatomy, subject: int, session: int, trials: np.ndarray,
-                   drive: np.ndarray, tuning: tuple[np.ndarray, np.ndarray], nan: tuple[list[int], np.ndarray]
-                   ) -> np.ndarray:
+def session_betas(spec: MiniNSDSpec, anat: cortex.Anatomy, subject: int, session: int, trials: np.ndarray,
+                  drive: np.ndarray, tuning: tuple[np.ndarray, np.ndarray], nan: tuple[list[int], np.ndarray]
+                  ) -> np.ndarray:
     """One session's betas as stored, shape (trials, Z, Y, X): NSD's h5py order, and NIfTI's bytes.
 
     Brain voxels outside nsdgeneral get noise only; nsdgeneral voxels get
@@ -365,7 +365,7 @@ def _session_betas(spec: MiniNSDSpec, anat: cortex.Anatomy, subject: int, sessio
     baseline, amp = tuning
     shape = anat.shape
     n_t = len(trials)
-    srng = _rng(spec, 6, subject, session)
+    srng = rng_for(spec, 6, subject, session)
     dtype = np.float32 if spec.nan_voxels else np.int16
     out = np.zeros((n_t, int(np.prod(shape))), dtype)
     brain = _zyx(np.flatnonzero(anat.brain), shape)
@@ -398,8 +398,8 @@ def _write_subject(root: Path, layout: NSDLayout, spec: MiniNSDSpec, subject: in
     anat = _subject_anatomy(spec, subject)
     drive = cortex.voxel_drive(anat, *drive_in)
     for name in ROI_FILES:
-        _write(root, layout.roi(subject, name), _nifti_gz(anat.rois[name], anat.affine))
-    rng = _rng(spec, 5, subject)
+        _write(root, layout.roi(subject, name), nifti_gz(anat.rois[name], anat.affine))
+    rng = rng_for(spec, 5, subject)
     n_vox = len(anat.voxels)
     baseline = rng.normal(0.5, 0.5, n_vox)
     amp = rng.uniform(1.0, 3.0, n_vox)
@@ -411,11 +411,11 @@ def _write_subject(root: Path, layout: NSDLayout, spec: MiniNSDSpec, subject: in
     for session in range(1, n_sessions + 1):
         t0 = time.perf_counter()
         trials = images[(session - 1) * spec.trials_per_session:session * spec.trials_per_session]
-        betas = _session_betas(spec, anat, subject, session, trials, drive, (baseline, amp), (nan_sessions, nan_vox))
-        _write_nifti_gz(root / layout.betas(subject, session, "nii.gz"), memoryview(betas).cast("B"),
-                        (*anat.shape, len(trials)), betas.dtype, anat.affine)
+        betas = session_betas(spec, anat, subject, session, trials, drive, (baseline, amp), (nan_sessions, nan_vox))
+        write_nifti_gz(root / layout.betas(subject, session, "nii.gz"), memoryview(betas).cast("B"),
+                       (*anat.shape, len(trials)), betas.dtype, anat.affine)
         if spec.write_hdf5:
-            _write_betas_hdf5(root / layout.betas(subject, session, "hdf5"), betas, spec.hdf5_layout)
+            write_betas_hdf5(root / layout.betas(subject, session, "hdf5"), betas, spec.hdf5_layout)
         progress(f"subj{subject:02d} session {session}/{n_sessions}: {betas.nbytes / 1e6:.0f} MB of betas "
                  f"in {time.perf_counter() - t0:.1f} s")
         del betas
@@ -472,8 +472,8 @@ def generate_mini_nsd(root: str | os.PathLike, spec: MiniNSDSpec = MiniNSDSpec()
     np.save(root / layout.captions(), _captions(spec, params), allow_pickle=False)
     progress(f"stimuli: {spec.n_images} images of {spec.side}×{spec.side} in {time.perf_counter() - t0:.1f} s")
     design = _design(spec)
-    _write(root, layout.expdesign(), _mat_bytes(design))
-    _write(root, layout.stim_info(), _stim_info_csv(spec, design))
+    _write(root, layout.expdesign(), mat_bytes(design))
+    _write(root, layout.stim_info(), stim_info_csv(spec, design))
     feats = cortex.image_features(small, _FEATURE_SIZE)
     cats = np.array([[SOURCES[p["source"]][1] == c for c in cortex.FLOC_CATEGORIES] for p in params], float)
     subjects = {}

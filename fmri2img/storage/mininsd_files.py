@@ -22,7 +22,7 @@ _MAT_HEADER = b"MATLAB 5.0 MAT-file, written by fmri2img mini-NSD"
 _N_DESIGN_SUBJECTS = 8
 
 
-def _smallest_uint(a: np.ndarray) -> np.ndarray:
+def smallest_uint(a: np.ndarray) -> np.ndarray:
     """Integer-valued doubles as MATLAB stores them: the smallest unsigned type of 16 or 32 bits."""
     return a.astype(np.uint16 if a.max() < 2**16 else np.uint32)
 
@@ -33,7 +33,7 @@ STIM_INFO_COLUMNS: tuple[str, ...] = (
     + tuple(f"subject{s}_rep{k}" for s in range(1, _N_DESIGN_SUBJECTS + 1) for k in range(3)))
 
 
-def _stim_info_csv(spec: Any, design: dict[str, np.ndarray]) -> bytes:
+def stim_info_csv(spec: Any, design: dict[str, np.ndarray]) -> bytes:
     """``nsd_stim_info_merged.csv`` with NSD's columns for the images of ``imgBrick``."""
     n = spec.n_images
     master = design["masterordering"][0].astype(np.int64)
@@ -57,7 +57,7 @@ def _stim_info_csv(spec: Any, design: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue().encode()
 
 
-def _stimpattern(n_sessions: int, trials_per_session: int) -> np.ndarray:
+def make_stimpattern(n_sessions: int, trials_per_session: int) -> np.ndarray:
     """(n_sessions, runs, slots) with 1 at stimulus trials; blanks spread through every run."""
     runs = max([r for r in range(1, 13) if trials_per_session % r == 0 and trials_per_session // r >= 5])
     per_run = trials_per_session // runs
@@ -68,7 +68,8 @@ def _stimpattern(n_sessions: int, trials_per_session: int) -> np.ndarray:
     return np.broadcast_to(row, (n_sessions, runs, slots)).astype(np.uint8)
 
 
-def _mat_bytes(fields: dict[str, np.ndarray]) -> bytes:
+def mat_bytes(fields: dict[str, np.ndarray]) -> bytes:
+    """A MATLAB v5 file of ``fields`` as bytes, with a fixed header (no creation time): deterministic."""
     buf = io.BytesIO()
     scipy.io.savemat(buf, fields, format="5", do_compression=False, oned_as="row")
     raw = bytearray(buf.getvalue())
@@ -93,8 +94,8 @@ def _nifti_header(shape: tuple[int, ...], dtype: np.dtype, affine: np.ndarray) -
     return hdr.binaryblock + b"\x00" * 4
 
 
-def _write_nifti_gz(path: Path, data_f_bytes: Any, shape: tuple[int, ...], dtype: np.dtype,
-                    affine: np.ndarray) -> None:
+def write_nifti_gz(path: Path, data_f_bytes: Any, shape: tuple[int, ...], dtype: np.dtype,
+                   affine: np.ndarray) -> None:
     """Write header + data (already in NIfTI's Fortran order) through gzip, deterministic bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
@@ -102,7 +103,8 @@ def _write_nifti_gz(path: Path, data_f_bytes: Any, shape: tuple[int, ...], dtype
         gz.write(data_f_bytes)
 
 
-def _nifti_gz(data: np.ndarray, affine: np.ndarray) -> bytes:
+def nifti_gz(data: np.ndarray, affine: np.ndarray) -> bytes:
+    """A gzipped single-file NIfTI-1 of ``data`` (C-order array, written in NIfTI's Fortran order) as bytes."""
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=1, mtime=0) as gz:
         gz.write(_nifti_header(data.shape, data.dtype, affine))
@@ -110,7 +112,7 @@ def _nifti_gz(data: np.ndarray, affine: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _write_betas_hdf5(path: Path, betas: np.ndarray, layout: str) -> None:
+def write_betas_hdf5(path: Path, betas: np.ndarray, layout: str) -> None:
     """Dataset ``betas`` (trials, Z, Y, X): NSD's chunks of one voxel's trials, written a z-slab at a time."""
     chunks = (betas.shape[0], 1, 1, 1) if layout == "chunked" else None
     with h5py.File(path, "w") as h5:

@@ -43,6 +43,7 @@ from scipy import ndimage
 
 from fmri2img.storage import cortex
 from fmri2img.storage import mininsd as _mini
+from fmri2img.storage.mininsd_files import write_betas_hdf5, write_nifti_gz
 from fmri2img.storage.nsd import NSDLayout
 from fmri2img.storage.nsd.imagery import RUNS, ImageryLayout
 
@@ -61,7 +62,7 @@ def choose_targets(spec: Any, design: dict[str, np.ndarray]) -> np.ndarray:
     shared = design["sharedix"][0].astype(np.int64) - 1
     seen = np.unique(np.concatenate([design["subjectim"][s - 1].astype(np.int64) - 1 for s in spec.subjects]))
     unseen = np.setdiff1d(np.arange(spec.n_images), seen)
-    rng = _mini._rng(spec, 20)
+    rng = _mini.rng_for(spec, 20)
     pool = np.concatenate([rng.permutation(shared), rng.permutation(unseen)])
     n = sum(len(v) for v in LETTERS.values())
     if len(pool) < n:
@@ -141,7 +142,7 @@ def write_subject(root: Path, spec: Any, subject: int, anat: cortex.Anatomy, see
     ids = choose_targets(spec, design)
     index = {c: i for i, (_, c) in enumerate(_conditions())}
     drives = {"seen": seen[ids], "imagined": imagery_drive(anat, *drive_in)[ids]}
-    rng = _mini._rng(spec, 21, subject)
+    rng = _mini.rng_for(spec, 21, subject)
     rows: list[np.ndarray] = []
     for run_number, run in enumerate(RUNS, start=1):
         trials = _run_trials(rng, run.stim_set, run.task, spec.imagery_repeats)
@@ -156,10 +157,10 @@ def write_subject(root: Path, spec: Any, subject: int, anat: cortex.Anatomy, see
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(buf.getvalue())
     drive = np.stack(rows)
-    betas = _mini._session_betas(spec, anat, subject, _SESSION_KEY, np.arange(len(drive)), drive, tuning,
-                                 ([], np.zeros(0, np.int64)))
+    betas = _mini.session_betas(spec, anat, subject, _SESSION_KEY, np.arange(len(drive)), drive, tuning,
+                                ([], np.zeros(0, np.int64)))
     nii = root / layout.betas(subject, "nii.gz")
-    _mini._write_nifti_gz(nii, memoryview(betas).cast("B"), (*anat.shape, len(drive)), betas.dtype, anat.affine)
+    write_nifti_gz(nii, memoryview(betas).cast("B"), (*anat.shape, len(drive)), betas.dtype, anat.affine)
     if spec.write_hdf5:
-        _mini._write_betas_hdf5(root / layout.betas(subject, "hdf5"), betas, spec.hdf5_layout)
+        write_betas_hdf5(root / layout.betas(subject, "hdf5"), betas, spec.hdf5_layout)
     return dict(n_imagery_betas=int(len(drive)))
