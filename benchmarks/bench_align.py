@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fmri2img.metrics.scores import per_image_scores, two_way_identification  # noqa: E402
 from fmri2img.pipeline import align as al  # noqa: E402
 from fmri2img.pipeline.decode import load_models, reconstruct_rows  # noqa: E402
-from fmri2img.pipeline.evaluate import _features, _stimuli_for  # noqa: E402
+from fmri2img.pipeline.evaluate import net_features, stimuli_for  # noqa: E402
 from fmri2img.pipeline.features import extract_features  # noqa: E402
 from fmri2img.pipeline.ingest import ingest  # noqa: E402
 from fmri2img.pipeline.reconstruct import run_spec  # noqa: E402
@@ -86,7 +86,7 @@ def one_session_models(store: Store, subject: int) -> dict:
 
 
 def score(store: Store, ids: np.ndarray, preds: dict, runs) -> dict:
-    truth = _stimuli_for(store, ids)
+    truth = stimuli_for(store, ids)
     out = {}
     for name in ("pixels", "clip-vision"):
         g = store.group(f"features/{name}")
@@ -94,14 +94,14 @@ def score(store: Store, ids: np.ndarray, preds: dict, runs) -> dict:
         true = np.asarray(g["features"].get_orthogonal_selection((np.array([index[int(i)] for i in ids]),)))
         out[f"features {name} 2-way"] = float(np.nanmean(two_way_identification(
             true.reshape(len(ids), -1), np.asarray(preds[name]).reshape(len(ids), -1))))
-    gt = _features(truth, NETS, {}, "cpu")
+    gt = net_features(truth, NETS, {}, "cpu")
     for run in runs:
         stage1, final, _ = reconstruct_rows(preds, ids, run)
         for part, images in (("", stage1 if final is None else final), (" stage1", None if final is None else stage1)):
             if images is None:
                 continue
             values = per_image_scores(gt_images=truth, rec_images=images, gt_features=gt,
-                                      rec_features=_features(images, NETS, {}, "cpu"),
+                                      rec_features=net_features(images, NETS, {}, "cpu"),
                                       metrics=["PixCorr", "AlexNet(2)", "CLIP"])
             out.update({f"{run.name}{part} {m}": float(np.nanmean(v)) for m, v in values.items()})
     return out

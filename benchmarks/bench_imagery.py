@@ -35,7 +35,7 @@ from fmri2img.metrics.scores import pearson_matrix, pixcorr  # noqa: E402
 from fmri2img.metrics.targets import identification_among_targets  # noqa: E402
 from fmri2img.pipeline import decode as dec  # noqa: E402
 from fmri2img.pipeline.decode_imagery import text_values, decode_imagery  # noqa: E402
-from fmri2img.pipeline.evaluate import _features  # noqa: E402
+from fmri2img.pipeline.evaluate import net_features  # noqa: E402
 from fmri2img.pipeline.features import extract_features  # noqa: E402
 from fmri2img.pipeline.ingest import ingest  # noqa: E402
 from fmri2img.pipeline.ingest_imagery import TARGETS, imagery_group, ingest_imagery  # noqa: E402
@@ -72,7 +72,7 @@ def against_chance(store: Store, name: str, run: str, part: str, rng: np.random.
     task, target = text_values(labels.task.values)[rows], labels.target.values[rows].astype(np.int64)
     images = np.asarray(store.group(TARGETS)["images"][:])
     rec = np.asarray(rec_group["images"][:])
-    t_feats, r_feats = _features(images, NETS, {}, "cpu"), _features(rec, NETS, {}, "cpu")
+    t_feats, r_feats = net_features(images, NETS, {}, "cpu"), net_features(rec, NETS, {}, "cpu")
     out = {}
     for t in TASKS:
         sel = np.flatnonzero(task == t)

@@ -132,13 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", default=None, help="comma-separated subset, e.g. ingest")
     _add_cluster(p)
 
-    p = sub.add_parser("report", help="write the picture grid, metrics table and plots of a subject")
+    p = sub.add_parser("report", help="write each subject's report page (report/subjNN/index.html) and "
+                                      "report/index.html comparing the runs across subjects")
     p.add_argument("store")
     p.add_argument("--subject", type=_int_list, required=True,
                    help="subject(s), e.g. 1 or 1,2,5,7 (several: also a table comparing runs across subjects)")
     p.add_argument("--runs", default=None, help="comma-separated run names (default: every run in the store)")
     p.add_argument("--out", default=None, help="outputs URL (default: an 'outputs' folder beside the store)")
     p.add_argument("--n-images", type=int, default=8)
+    p.add_argument("--config", default=None,
+                   help="the run's TOML configuration, shown in the report's provenance (credentials redacted)")
     p.add_argument("--store-option", type=_kv, action="append", default=[], metavar="KEY=VALUE")
 
     p = sub.add_parser("weights", help="check the model weights a configuration needs")
@@ -345,23 +348,34 @@ def _verify(store, rows, args) -> int:
 
 
 def cmd_report(args) -> int:
-    from fmri2img.pipeline.report import write_report
+    """Each subject's report; a subject with nothing reconstructed gets one line and the others go on."""
+    from fmri2img import config as cfgmod
+    from fmri2img.pipeline.report import NothingToReport, across_subjects, write_report
     from fmri2img.storage.outputs import Outputs
     from fmri2img.storage.store import Store
 
     store = Store(args.store, dict(args.store_option))
     outputs = Outputs(args.out) if args.out else Outputs.beside(args.store, dict(args.store_option))
     runs = args.runs.split(",") if args.runs else None
+    config = cfgmod.load(args.config) if args.config else None
+    written = 0
     for subject in args.subject:
-        result = write_report(store, subject, outputs, runs, n_images=args.n_images)
+        try:
+            result = write_report(store, subject, outputs, runs, n_images=args.n_images, config=config)
+        except NothingToReport as exc:
+            print(f"skipped: {exc}", file=sys.stderr)
+            continue
+        written += 1
         print(f"subject {subject}\n{result['table']}")
         for name, url in result["files"].items():
             print(f"  {name}: {url}")
-    if len(args.subject) > 1:
-        from fmri2img.pipeline.report import across_subjects
-
-        combined = across_subjects(store, args.subject, outputs, runs)
-        print(f"\nacross subjects\n{combined['table']}  table: {combined['file']}")
+    if written and len(args.subject) > 1:
+        combined = across_subjects(store, args.subject, outputs, runs, config=config)
+        print(f"\nacross subjects\n{combined['table']}  page: {combined['html']}  table: {combined['file']}")
+    if not written:
+        print(f"error: no report written: none of subject(s) {', '.join(map(str, args.subject))} has finished "
+              "reconstructions (see above)", file=sys.stderr)
+        return 1
     return 0
 
 

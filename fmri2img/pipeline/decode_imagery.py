@@ -30,7 +30,7 @@ import xarray as xr
 
 from fmri2img.pipeline import decode as dec
 from fmri2img.pipeline import decode_page
-from fmri2img.pipeline.evaluate import IMAGE_METRICS, INPUTS_ATTR, METRIC_VARS, _features, _json
+from fmri2img.pipeline.evaluate import IMAGE_METRICS, INPUTS_ATTR, METRIC_VARS, net_features, json_default
 from fmri2img.pipeline.ingest_imagery import TARGETS, imagery_group
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.storage import schema, urls
@@ -85,13 +85,13 @@ def score_targets_block(store: Store, name: str, parts: Sequence[tuple[str, str]
     from fmri2img.metrics.targets import identification_among_targets
     images = np.asarray(store.group(TARGETS)["images"][:])
     used = np.unique(target)
-    t_feats = {n: v for n, v in _features(images[used], nets, weights, device).items()}
+    t_feats = {n: v for n, v in net_features(images[used], nets, weights, device).items()}
     pos = np.searchsorted(used, target)
     out = {}
     for run, part in parts:
         rec = np.asarray(store.group(dec.group(name, "recon", run, part))["images"].get_orthogonal_selection((rows,)))
         values = per_image_scores(gt_images=images[target], rec_images=rec, metrics=list(IMAGE_METRICS))
-        r_feats = _features(rec, nets, weights, device)
+        r_feats = net_features(rec, nets, weights, device)
         distance = [m for m, s in METRICS.items() if s.feature in nets and s.kind == "distance"]
         values.update(per_image_scores(gt_features={n: f[pos] for n, f in t_feats.items()}, rec_features=r_feats,
                                        metrics=distance))
@@ -156,7 +156,7 @@ def score(store: Store, data: dec.DecodeInput, labels: xr.Dataset, runs, *, nets
             region = Region(0, "trial", 0, len(rows), "all")
             summary = _summaries(per_trial, task, random_nets)
             store.write_template(g, ds, [region], attrs={**(attrs or {}), "run": run, "part": part,
-                                                         "summary_by_task": json.dumps(summary, default=_json),
+                                                         "summary_by_task": json.dumps(summary, default=json_default),
                                                          "random_nets": random_nets, INPUTS_ATTR: keys[(run, part)]})
             store.mark_done(g, region)
     return {f"{run}/{part}/{t}": {m: s["mean"] for m, s in by_task.items()}

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
-from fmri2img.pipeline.evaluate import IMAGE_METRICS, METRIC_VARS, INPUTS_ATTR, _features, _json, _stimuli_for
+from fmri2img.pipeline.evaluate import IMAGE_METRICS, METRIC_VARS, INPUTS_ATTR, net_features, json_default, stimuli_for
 from fmri2img.pipeline.decode import group
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.storage import schema
@@ -42,13 +42,13 @@ def score_block(store: Store, name: str, parts: Sequence[tuple[str, str]], rows:
                 nets: Sequence[str], weights: Mapping[str, Any], device: str) -> dict:
     """Per-trial values of every metric for each (run, part) (task: the networks load once)."""
     from fmri2img.metrics.scores import METRICS, per_image_scores
-    truth = _stimuli_for(store, ids)
-    gt_feats = _features(truth, nets, weights, device)
+    truth = stimuli_for(store, ids)
+    gt_feats = net_features(truth, nets, weights, device)
     out = {}
     for run, part in parts:
         rec = np.asarray(store.group(group(name, "recon", run, part))["images"].get_orthogonal_selection((rows,)))
         values = per_image_scores(gt_images=truth, rec_images=rec, metrics=list(IMAGE_METRICS))
-        values.update(per_image_scores(gt_features=gt_feats, rec_features=_features(rec, nets, weights, device),
+        values.update(per_image_scores(gt_features=gt_feats, rec_features=net_features(rec, nets, weights, device),
                                        metrics=[m for m, s in METRICS.items() if s.feature in nets]))
         out[f"{run}/{part}"] = values
     return out
@@ -92,7 +92,7 @@ def score(store: Store, data, runs, *, nets: Sequence[str] | None, weights: Mapp
                                     "image": ("trial", data.images[rows].astype(np.int64))})
             g = group(data.name, "metrics", run, part)
             region = Region(0, "trial", 0, len(rows), "all")
-            store.write_template(g, ds, [region], attrs={**(attrs or {}), "summary": json.dumps(summary, default=_json),
+            store.write_template(g, ds, [region], attrs={**(attrs or {}), "summary": json.dumps(summary, default=json_default),
                                                          "run": run, "part": part, "random_nets": random_nets,
                                                          INPUTS_ATTR: keys[(run, part)]})
             store.mark_done(g, region)

@@ -68,13 +68,13 @@ def get_net(name: str, weights: Mapping[str, Any], device: str = "auto") -> Any:
         return _NETS[key]
 
 
-def _features(images: np.ndarray, nets: Sequence[str], weights: Mapping[str, Any], device: str) -> dict:
+def net_features(images: np.ndarray, nets: Sequence[str], weights: Mapping[str, Any], device: str) -> dict:
     from fmri2img.metrics.features import eval_features
 
     return {name: eval_features(name, get_net(name, weights, device), images, batch_size=16) for name in nets}
 
 
-def _stimuli_for(store: Store, ids: np.ndarray) -> np.ndarray:
+def stimuli_for(store: Store, ids: np.ndarray) -> np.ndarray:
     stim = store.group(schema.STIMULI)
     index = {int(v): i for i, v in enumerate(np.asarray(stim["image"][:]))}
     missing = [int(i) for i in ids if int(i) not in index]
@@ -90,8 +90,8 @@ def _stimuli_for(store: Store, ids: np.ndarray) -> np.ndarray:
 def gt_block(store: Store, subject: int, ids: np.ndarray, region: Region, nets: Sequence[str],
              weights: Mapping[str, Any], device: str) -> dict:
     """Evaluation features of the ground-truth test images of one partition (task)."""
-    images = _stimuli_for(store, ids[region.slice])
-    feats = _features(images, nets, weights, device)
+    images = stimuli_for(store, ids[region.slice])
+    feats = net_features(images, nets, weights, device)
     store.write_region(gt_features_group(subject), region, feats)
     return {"images": len(images)}
 
@@ -102,11 +102,11 @@ def eval_block(store: Store, subject: int, run: str, part: str, ids: np.ndarray,
     from fmri2img.metrics.scores import per_image_scores
 
     t0 = time.perf_counter()
-    gt = _stimuli_for(store, ids[region.slice])
+    gt = stimuli_for(store, ids[region.slice])
     rec = np.asarray(store.group(recon_group(subject, run, part))["images"][region.slice])
     scores = per_image_scores(gt_images=gt, rec_images=rec, metrics=list(IMAGE_METRICS))
     data = {METRIC_VARS[m]: np.asarray(v, dtype=np.float64) for m, v in scores.items()}
-    data.update({f"features_{k}": v for k, v in _features(rec, nets, weights, device).items()})
+    data.update({f"features_{k}": v for k, v in net_features(rec, nets, weights, device).items()})
     store.write_region(features_group(subject, run, part), region, data)
     return {"images": len(gt), "seconds": time.perf_counter() - t0}
 
@@ -125,7 +125,7 @@ def _feature_template(ids: np.ndarray, dims: Mapping[str, int], chunk: int, pref
 def _dims(nets: Sequence[str], weights: Mapping[str, Any], device: str) -> dict[str, int]:
     """Feature length of each net at 224² (from one grey image: random-weight test nets may differ from §5)."""
     grey = np.full((1, 224, 224, 3), 128, np.uint8)
-    return {k: int(v.shape[1]) for k, v in _features(grey, nets, weights, device).items()}
+    return {k: int(v.shape[1]) for k, v in net_features(grey, nets, weights, device).items()}
 
 
 def evaluate(store: Store, subject: int, runs: Sequence[str], *, parts: Sequence[str] = ("stage1", "final"),
@@ -205,7 +205,7 @@ def evaluate(store: Store, subject: int, runs: Sequence[str], *, parts: Sequence
             ds[METRIC_VARS[m]].attrs.update(long_name=m, higher_is_better=bool(METRICS[m].higher_is_better))
         group = metrics_group(subject, run, part)
         region = [Region(0, "image", 0, len(ids), "all")]
-        store.write_template(group, ds, region, attrs={**attrs, "summary": json.dumps(summary, default=_json),
+        store.write_template(group, ds, region, attrs={**attrs, "summary": json.dumps(summary, default=json_default),
                                                        "run": run, "part": part, "random_nets": random_nets,
                                                        INPUTS_ATTR: keys[(run, part)]})
         store.mark_done(group, region[0])
@@ -252,7 +252,7 @@ def read_summary(store: Store, subject: int, run: str, part: str) -> dict:
     return json.loads(store.group(metrics_group(subject, run, part)).attrs["summary"])
 
 
-def _json(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -1,265 +1,287 @@
-"""The report: a picture grid, a metrics table beside the published numbers, bar plots.
+"""The report: results apart from plumbing checks, tables, per-image scores, provenance.
 
 ``fmri2img report STORE --subject N [--runs ...]`` (and the end of ``fmri2img demo``) writes to
 the outputs URL, under ``report/subjNN/``:
 
-- ``grid.png``: ground truth | stage 1 | final of every run, for N test images;
-- ``metrics.png``: one bar plot per metric, one bar per run/part, the published
-  Brain-Diffuser value as a dashed line;
-- ``metrics.md`` and ``metrics.json``: the table (mean ± sem, excluded images) beside the
-  published values; results computed with random weights are marked as such;
-- ``index.html``: all of it on one page.
+- ``index.html``: the page (open it in a browser): results, per-image scores with the best and
+  worst reconstructions, the ROI analysis, the plumbing check, provenance;
+- ``grid.png``: ground truth beside every run/part made with real weights;
+- ``metrics.png``: one bar plot per metric of those results; Brain-Diffuser's published value
+  as a dashed line only when the comparison means something (NSD's real test set);
+- ``extremes_<run>_<part>.png``: the best and worst reconstructions (by PixCorr) with their
+  ground truth;
+- ``roi_grid.png``: each ROI's reconstruction, one row per run/part;
+- ``plumbing_grid.png``, ``plumbing_roi_grid.png``: the same for parts made with random weights,
+  which never appear beside the results;
+- ``metrics.md`` and ``metrics.json``: the tables as text and data.
+
+Across subjects, ``report/index.html`` and ``report/subjects.md`` compare the runs.
+Classification (result or plumbing check) is in ``report_data``; the pictures in
+``report_figures``; the tables in ``report_tables``; the page in ``report_html``.
 """
 from __future__ import annotations
 
-import html
-import io
 import json
 import logging
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from fmri2img.pipeline.evaluate import metrics_group, read_summary
-from fmri2img.pipeline.reconstruct import recon_group
+from fmri2img.pipeline import report_figures as figs
+from fmri2img.pipeline import report_tables as tabs
+from fmri2img.pipeline.report_data import (PARTS, RANK_METRIC, DataSource, Part, Row, available_runs,  # noqa: F401
+                                           best_and_worst, collect_rows, data_source, finished_parts, gt_images,
+                                           per_image, recon_images)
+from fmri2img.pipeline.report_html import PartDetail, SubjectPage, index_html, subject_html
+from fmri2img.pipeline.report_provenance import provenance, scrub, secrets_in
+from fmri2img.storage import schema, urls
 from fmri2img.storage.outputs import Outputs
-from fmri2img.storage import schema
 from fmri2img.storage.store import Store
 
 logger = logging.getLogger(__name__)
 
-PARTS = ("stage1", "final")
+ALL_RANDOM = ("Everything in this report was made with random weights (the models of the demo and the tests): "
+              "it shows that every stage runs, and nothing here measures picture quality. Point [weights] at "
+              "the real model files for results.")
+#: files this module writes in a subject's folder (older ones that a new report does not rewrite are removed)
+_OWN = ("grid.png", "metrics.png", "roi_grid.png", "plumbing_grid.png", "plumbing_roi_grid.png", "extremes_*.png",
+        "metrics.md", "metrics.json", "index.html")
 
 
-def available_runs(store: Store, subject: int) -> list[str]:
-    prefix = f"recon/{schema.subject_key(subject)}/"
-    return sorted({g[len(prefix):].rsplit("/", 1)[0] for g in store.list_groups(prefix)})
+class NothingToReport(ValueError):
+    """The subject has no finished reconstruction: the message names the subject and the stage to run."""
 
 
-def _gt_images(store: Store, ids: np.ndarray) -> np.ndarray:
-    stim = store.group(schema.STIMULI)
-    index = {int(v): i for i, v in enumerate(np.asarray(stim["image"][:]))}
-    return np.stack([np.asarray(stim["images"][index[int(i)]]) for i in ids])
-
-
-def grid_png(store: Store, subject: int, runs: Sequence[str], n_images: int = 8, tile: int = 128) -> bytes:
-    """Ground truth | stage 1 | final for each run: one row per image (PNG bytes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    columns: list[tuple[str, np.ndarray]] = []
-    ids = None
-    for run in runs:
-        for part in PARTS:
-            group = recon_group(subject, run, part)
-            if not store.is_complete(group):
-                continue
-            g = store.group(group)
-            run_ids = np.asarray(g["image"][:])
-            ids = run_ids[:n_images] if ids is None else ids
-            note = "\n(random weights)" if g.attrs.get("random_weights") else ""
-            columns.append((f"{run}\n{part}{note}", np.asarray(g["images"][: len(ids)])))
-    if ids is None:
-        raise ValueError(f"no finished reconstructions for subject {subject}: run the reconstruct stage first")
-    columns.insert(0, ("ground truth", _gt_images(store, ids)))
-
-    def resize(img: np.ndarray) -> np.ndarray:
-        return np.asarray(Image.fromarray(img).resize((tile, tile), Image.BICUBIC))
-
-    fig, axes = plt.subplots(len(ids), len(columns), figsize=(1.6 * len(columns), 1.6 * len(ids)), squeeze=False)
-    for c, (title, images) in enumerate(columns):
-        for r in range(len(ids)):
-            ax = axes[r, c]
-            ax.imshow(resize(images[r]))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(title, fontsize=8)
-            if c == 0:
-                ax.set_ylabel(f"NSD {int(ids[r])}", fontsize=7)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def roi_grid_png(store: Store, subject: int, runs: Sequence[str], tile: int = 96) -> bytes | None:
-    """One row per run/part, one column per ROI (PNG bytes), or None without ROI results."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = []
-    for run in runs:
-        for part in PARTS:
-            group = f"roi/{schema.subject_key(subject)}/{run}/{part}"
-            if store.is_complete(group):
-                g = store.group(group)
-                rows.append((f"{run}/{part}", [str(r) for r in g["roi"][:]], np.asarray(g["images"][:])))
-    if not rows:
-        return None
-    n = len(rows[0][1])
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n, 1.25 * len(rows)), squeeze=False)
-    for r, (label, names, images) in enumerate(rows):
-        for c in range(n):
-            ax = axes[r, c]
-            ax.imshow(images[c])
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(names[c], fontsize=6)
-            if c == 0:
-                ax.set_ylabel(label, fontsize=6)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def collect(store: Store, subject: int, runs: Sequence[str]) -> dict[str, dict]:
-    """``{"run/part": summary}`` for every evaluated run and part."""
-    out = {}
-    for run in runs:
-        for part in PARTS:
-            if store.is_complete(metrics_group(subject, run, part)):
-                out[f"{run}/{part}"] = read_summary(store, subject, run, part)
-    return out
-
-
-def metrics_png(results: dict[str, dict]) -> bytes:
-    """One bar plot per metric (bars: run/part; dashed: Brain-Diffuser's published value)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from fmri2img.metrics.scores import METRICS
-
-    names = [m for m in METRICS if any(m in r for r in results.values())]
-    cols = 3
-    rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
-    labels = list(results)
-    for ax, name in zip(axes.ravel(), names):
-        means = [results[k].get(name, {}).get("mean") for k in labels]
-        sems = [results[k].get(name, {}).get("sem") or 0 for k in labels]
-        vals = [np.nan if m is None else m for m in means]
-        ax.bar(range(len(labels)), vals, yerr=sems, color="#4C72B0", capsize=2)
-        spec = METRICS[name]
-        if spec.published is not None:
-            ax.axhline(spec.published, color="#C44E52", ls="--", lw=1, label="Brain-Diffuser (paper)")
-        if spec.kind == "identification":
-            ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance")
-        ax.set_title(f"{name} ({'↑' if spec.higher_is_better else '↓'})", fontsize=9)
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6, loc="best")
-    for ax in axes.ravel()[len(names):]:
-        ax.axis("off")
-    if any(s.get("random_weights") for r in results.values() for s in r.values()):
-        fig.suptitle("random-weight evaluation networks (†): these bars prove the plumbing, not picture quality",
-                     fontsize=9, color="#C44E52")
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _fmt(summary: dict) -> str:
-    mean, sem = summary.get("mean"), summary.get("sem")
-    if mean is None:
-        return "n/a"
-    text = f"{mean:.3f}" + (f" ± {sem:.3f}" if sem is not None else "")
-    if summary.get("n_excluded"):
-        text += f" ({summary['n_excluded']} excl.)"
-    if summary.get("random_weights"):
-        text += " †"
-    return text
-
-
-def metrics_markdown(results: dict[str, dict], random_note: bool) -> str:
-    """The metrics table (Markdown) with the published Brain-Diffuser row first."""
-    from fmri2img.metrics.scores import METRICS
-
-    names = [m for m in METRICS if any(m in r for r in results.values())]
-    head = "| run | " + " | ".join(f"{m} {'↑' if METRICS[m].higher_is_better else '↓'}" for m in names) + " |"
-    lines = [head, "|" + "---|" * (len(names) + 1)]
-    lines.append("| Brain-Diffuser (paper, 4-subject mean) | "
-                 + " | ".join("—" if METRICS[m].published is None else f"{METRICS[m].published:.3f}" for m in names)
-                 + " |")
-    for label, summary in results.items():
-        lines.append(f"| {label} | " + " | ".join(_fmt(summary.get(m, {})) for m in names) + " |")
-    text = "\n".join(lines) + "\n"
-    if random_note:
-        text += ("\n† computed with random-weight networks or models (the demo's tiny configurations): these "
-                 "numbers prove the plumbing, not picture quality. Point [weights] at the real files for real "
-                 "numbers.\n")
-    return text
+def _nothing(subject: int, runs: Sequence[str] | None) -> NothingToReport:
+    which = f" of run(s) {', '.join(runs)}" if runs else ""
+    return NothingToReport(
+        f"subject {subject}: no finished reconstructions{which} in the store: run the reconstruct stage for "
+        f"subject {subject} (add {subject} to [reconstruct] subjects and [evaluate] subjects, then "
+        f"`fmri2img run CONFIG --stages reconstruct,evaluate`)")
 
 
 def write_report(store: Store, subject: int, outputs: Outputs, runs: Sequence[str] | None = None,
-                 n_images: int = 8) -> dict[str, Any]:
-    """Write the report files for ``subject``; return their URLs and the table."""
+                 n_images: int = 8, *, config: Any = None, n_extremes: int = 5) -> dict[str, Any]:
+    """Write the report files of ``subject``; return their URLs and the tables.
+
+    Parameters
+    ----------
+    runs : sequence of str, optional
+        Runs to show (default: every run reconstructed for ``subject``).
+    n_images : int
+        Test images in the picture grids.
+    config : Config or mapping, optional
+        The run's configuration, shown redacted in the provenance block.
+    n_extremes : int
+        Best and worst reconstructions shown per part.
+
+    Returns
+    -------
+    dict
+        ``files`` (name → URL), ``table`` (Markdown), ``runs``, ``results`` and ``plumbing``
+        (run/part labels), ``published_shown``.
+
+    Raises
+    ------
+    NothingToReport
+        When ``subject`` has no finished reconstruction.
+    """
     runs = list(runs) if runs else available_runs(store, subject)
-    results = collect(store, subject, runs)
-    random_weights = any(s.get("random_weights") for r in results.values() for s in r.values()) or any(
-        bool(store.group(recon_group(subject, run, part)).attrs.get("random_weights", False))
-        for run in runs for part in PARTS if store.is_complete(recon_group(subject, run, part)))
+    parts = finished_parts(store, subject, runs)
+    if not parts:
+        raise _nothing(subject, runs)
+    rows = collect_rows(store, subject, parts)
+    source = data_source(store, subject)
+    real = [p for p in parts if not p.random]
+    fake = [p for p in parts if p.random]
+    ids = _grid_ids(store, subject, parts[0], n_images)
     folder = f"report/{schema.subject_key(subject)}"
-    files = {"grid": outputs.write_bytes(f"{folder}/grid.png", grid_png(store, subject, runs, n_images))}
-    roi_png = roi_grid_png(store, subject, runs)
-    if roi_png is not None:
-        files["roi_grid"] = outputs.write_bytes(f"{folder}/roi_grid.png", roi_png)
-    table = metrics_markdown(results, random_weights) if results else "(no metrics yet: run the evaluate stage)\n"
-    if results:
-        files["metrics_png"] = outputs.write_bytes(f"{folder}/metrics.png", metrics_png(results))
-    files["table"] = outputs.write_bytes(f"{folder}/metrics.md", table.encode())
-    files["json"] = outputs.write_bytes(f"{folder}/metrics.json", json.dumps(results, indent=1).encode())
-    page = ["<html><head><meta charset='utf-8'><title>fmri2img report</title></head><body>",
-            f"<h1>fmri2img — subject {subject}</h1>", "<h2>Reconstructions</h2>", "<img src='grid.png'>",
-            "<h2>Metrics</h2>", f"<pre>{html.escape(table)}</pre>"]
-    if results:
-        page.append("<img src='metrics.png'>")
-    if roi_png is not None:
-        page += ["<h2>ROI analysis</h2>", "<p>Each region's synthetic fMRI decoded (Brain-Diffuser's ROI analysis; "
-                 "V1–V4 from prf-visualrois)</p>", "<img src='roi_grid.png'>"]
-    page.append("</body></html>")
-    files["html"] = outputs.write_bytes(f"{folder}/index.html", "\n".join(page).encode())
+    png: dict[str, bytes] = {}
+    page = SubjectPage(subject, banner=ALL_RANDOM if not real else "")
+    page.notes = [f"{p.label}: {p.note}" for p in parts if p.note]
+    if real:
+        png["grid.png"] = figs.grid_png(_columns(store, subject, real, ids), ids)
+        page.grid, page.grid_caption = "grid.png", "Ground truth (left) and each run's reconstructions."
+    if fake:
+        png["plumbing_grid.png"] = figs.grid_png(_columns(store, subject, fake, ids), ids,
+                                                 title="random weights †: a plumbing check, not a result")
+        page.plumbing_grid = "plumbing_grid.png"
+    page.main = tabs.main_table(rows, source)
+    page.plumbing = tabs.plumbing_table(rows)
+    page.comparison = _comparison(source)
+    page.plumbing_note = tabs.PLUMBING_NOTE
+    values = {m: {r.part.label: r.summary[m] for r in rows if m in r.result_metrics()}
+              for m in tabs.result_columns(rows)}
+    if values:
+        png["metrics.png"] = figs.metrics_png([r.part.label for r in rows if r.result_metrics()], values,
+                                              _published() if source.comparable else None)
+        page.metrics_png = "metrics.png"
+    for row in rows:
+        if not row.part.random and row.result_metrics():
+            page.details.append(_detail(store, subject, row, n_extremes, png))
+    _roi(store, subject, parts, page, png)
+    page.provenance = provenance(store, subject, parts, source, config)
+    markdown = _markdown(page)
+    data = {"subject": subject, "data": {"source": source.url, "kind": source.kind, "n_test": source.n_test},
+            "published_shown": source.comparable,
+            "parts": {r.part.label: {"random_weights": r.part.random, "weights_note": r.part.note,
+                                     "metrics": {m: {**s, "plumbing": m in r.random_cells}
+                                                 for m, s in r.summary.items()}} for r in rows}}
+    files = _write(outputs, folder, png, {
+        "metrics.md": markdown, "metrics.json": json.dumps(data, indent=1, default=str),
+        "index.html": subject_html(page)}, secrets_in(config))
     logger.info("report for subject %d written to %s", subject, files["html"])
-    return {"files": files, "table": table, "runs": runs}
+    return {"files": files, "table": markdown, "runs": runs, "results": [p.label for p in real],
+            "plumbing": [p.label for p in fake], "published_shown": source.comparable}
+
+
+def _grid_ids(store: Store, subject: int, part: Part, n: int) -> np.ndarray:
+    from fmri2img.pipeline.reconstruct import recon_group
+
+    return np.asarray(store.group(recon_group(subject, part.run, part.part))["image"][:n], dtype=np.int64)
+
+
+def _columns(store: Store, subject: int, parts: Sequence[Part], ids) -> list[tuple[str, np.ndarray, bool]]:
+    cols = [("ground truth", gt_images(store, ids), False)]
+    return cols + [(f"{p.run}\n{p.part}", recon_images(store, subject, p, ids), p.random) for p in parts]
+
+
+def _published() -> dict[str, float]:
+    from fmri2img.metrics.scores import METRICS
+
+    return {m: spec.published for m, spec in METRICS.items() if spec.published is not None}
+
+
+def _comparison(source: DataSource) -> str:
+    if source.comparable:
+        return (f"The first row gives Brain-Diffuser's published numbers (mean of subjects 1/2/5/7 on NSD's "
+                f"{source.n_test} shared test images); the plot draws them as a dashed line.")
+    return f"No published numbers are shown: {source.reason}."
+
+
+def _detail(store: Store, subject: int, row: Row, n_extremes: int, png: dict[str, bytes]) -> PartDetail:
+    """Per-image table and best/worst strip of one result part (the strip's PNG goes into ``png``)."""
+    from fmri2img.metrics.scores import METRICS
+
+    metrics = row.result_metrics()
+    ids, values = per_image(store, subject, row.part, metrics)
+    name = None
+    note = (f"Ranked by {RANK_METRIC} (Pearson correlation of the pixels, which needs no network): the best "
+            f"{n_extremes} and the worst {n_extremes}.")
+    if RANK_METRIC in values:
+        best, worst = best_and_worst(ids, values[RANK_METRIC], n_extremes, METRICS[RANK_METRIC].higher_is_better)
+        if best:
+            name = f"extremes_{row.part.slug}.png"
+            b, w = [i for i, _ in best], [i for i, _ in worst]
+            png[name] = figs.extremes_png(best, worst, gt_images(store, b), recon_images(store, subject, row.part, b),
+                                          gt_images(store, w), recon_images(store, subject, row.part, w), RANK_METRIC)
+    table = tabs.per_image_table(ids, values, f"{row.part.label}: every test image")
+    return PartDetail(row.part.label, f"part-{row.part.slug}", table, name, note)
+
+
+def _roi(store: Store, subject: int, parts: Sequence[Part], page: SubjectPage, png: dict[str, bytes]) -> None:
+    from fmri2img.pipeline.roi import roi_group
+
+    rows = []
+    for p in parts:
+        group = roi_group(subject, p.run, p.part)
+        if store.is_complete(group):
+            g = store.group(group)
+            random = p.random or bool(g.attrs.get("random_weights", False))
+            rows.append((p.label, [str(r) for r in g["roi"][:]], np.asarray(g["images"][:]), random))
+    caption = ("Each column: the reconstruction from the synthetic fMRI of one region (Brain-Diffuser's ROI "
+               "analysis; V1–V4 from prf-visualrois, the others from floc). Rows: run/part.")
+    real = [r for r in rows if not r[3]]
+    fake = [r for r in rows if r[3]]
+    if real:
+        png["roi_grid.png"] = figs.roi_grid_png(real, caption)
+        page.roi_grid, page.roi_caption = "roi_grid.png", caption
+    if fake:
+        png["plumbing_roi_grid.png"] = figs.roi_grid_png(fake, caption + " † random weights: a plumbing check.")
+        page.plumbing_roi_grid = "plumbing_roi_grid.png"
+
+
+def _markdown(page: SubjectPage) -> str:
+    out = [f"# fmri2img report: subject {page.subject}", ""]
+    if page.banner:
+        out += [page.banner, ""]
+    if page.main is not None and page.main.rows:
+        out += [tabs.to_markdown(page.main), page.comparison, ""]
+    else:
+        out += ["No results yet (no metric made with real weights).", ""]
+    if page.plumbing is not None and page.plumbing.rows:
+        out += [tabs.to_markdown(page.plumbing), tabs.PLUMBING_NOTE, ""]
+    return "\n".join(out)
+
+
+def _write(outputs: Outputs, folder: str, png: Mapping[str, bytes], text: Mapping[str, str],
+           secrets: Sequence[str]) -> dict[str, str]:
+    """Write the files (texts scrubbed of ``secrets``), remove older report files not rewritten."""
+    _remove_stale(outputs, folder, set(png) | set(text))
+    files = {}
+    for name, data in png.items():
+        key = "metrics_png" if name == "metrics.png" else name.removesuffix(".png")
+        files[key] = outputs.write_bytes(f"{folder}/{name}", data)
+    keys = {"metrics.md": "table", "metrics.json": "json", "index.html": "html"}
+    for name, body in text.items():
+        files[keys.get(name, name)] = outputs.write_bytes(f"{folder}/{name}", scrub(body, secrets).encode("utf-8"))
+    return files
+
+
+def _remove_stale(outputs: Outputs, folder: str, keep: set[str]) -> None:
+    """Delete this module's files left in ``folder`` by an earlier report (e.g. a grid that is now plumbing)."""
+    fs, root = urls.filesystem(outputs.url, dict(outputs.storage_options) or None)
+    base = f"{root.rstrip('/')}/{folder}"
+    try:
+        found = [p for pattern in _OWN for p in fs.glob(f"{base}/{pattern}")]
+    except (OSError, ValueError):
+        return
+    for path in found:
+        if path.rsplit("/", 1)[-1] not in keep:
+            fs.rm(path)
+
+
+def _relabel(row: Row, run_label: str) -> Row:
+    p = row.part
+    return Row(Part(run_label, p.part, p.random, p.note), row.summary, row.random_cells)
 
 
 def across_subjects(store: Store, subjects: Sequence[int], outputs: Outputs,
-                    runs: Sequence[str] | None = None) -> dict[str, Any]:
-    """One table comparing runs across subjects: a row per subject and run/part, then the mean over subjects."""
-    from fmri2img.metrics.scores import METRICS
+                    runs: Sequence[str] | None = None, *, config: Any = None) -> dict[str, Any]:
+    """Compare runs across subjects: ``report/index.html`` (linking each subject's page) and ``subjects.md``.
 
-    per_subject = {s: collect(store, s, list(runs) if runs else available_runs(store, s)) for s in subjects}
-    rows: dict[str, dict] = {}
-    for subject, results in per_subject.items():
-        for label, summary in results.items():
-            rows[f"{schema.subject_key(subject)} {label}"] = summary
-    labels = sorted({label for results in per_subject.values() for label in results})
-    for label in labels:
-        values = [per_subject[s][label] for s in subjects if label in per_subject[s]]
-        if len(values) < 2:
+    A row per subject and run/part, then per run/part scored for two or more subjects the mean
+    over subjects (sem across subjects).  Results and plumbing checks are separate tables; the
+    published numbers appear only when every subject's data are NSD's.
+    """
+    rows_by_subject: dict[int, list[Row]] = {}
+    links, sources = [], []
+    for s in subjects:
+        parts = finished_parts(store, s, list(runs) if runs else available_runs(store, s))
+        if not parts:
+            links.append((s, "", str(_nothing(s, runs)).split(": ", 1)[1]))
             continue
-        mean = {}
-        for m in METRICS:
-            means = [v[m]["mean"] for v in values if m in v and v[m].get("mean") is not None]
-            if means:
-                mean[m] = {"mean": float(np.mean(means)), "sem": float(np.std(means, ddof=1) / np.sqrt(len(means)))
-                           if len(means) > 1 else None, "random_weights": any(v[m].get("random_weights") for v in values if m in v)}
-        rows[f"mean of {len(values)} subjects: {label}"] = mean
-    random_weights = any(s.get("random_weights") for r in rows.values() for s in r.values())
-    table = metrics_markdown(rows, random_weights) if rows else "(no metrics yet: run the evaluate stage)\n"
-    url = outputs.write_bytes("report/subjects.md", table.encode())
-    return {"table": table, "file": url, "rows": list(rows)}
+        links.append((s, f"{schema.subject_key(s)}/index.html", ""))
+        sources.append(data_source(store, s))
+        rows_by_subject[s] = collect_rows(store, s, parts)
+    counts: dict[str, int] = {}
+    for subject_rows in rows_by_subject.values():
+        for r in subject_rows:
+            counts[r.part.label] = counts.get(r.part.label, 0) + 1
+    rows = [_relabel(r, f"{schema.subject_key(s)} {r.part.run}") for s, subject_rows in rows_by_subject.items()
+            for r in subject_rows]
+    rows += [_relabel(m, f"mean of {counts[label]} subjects: {m.part.run}")
+             for label, m in tabs.subject_mean(rows_by_subject).items() if m.summary]
+    comparable = bool(sources) and all(src.comparable for src in sources)
+    shared = next((src for src in sources if not src.comparable), sources[0] if sources else None)
+    main = tabs.main_table(rows, shared if comparable else None, "Results across subjects")
+    plumbing = tabs.plumbing_table(rows, "Plumbing check across subjects (random weights)")
+    note = (_comparison(shared) if shared is not None else "No subject has finished reconstructions.")
+    markdown = "\n".join([tabs.to_markdown(main), note, ""] +
+                         ([tabs.to_markdown(plumbing), tabs.PLUMBING_NOTE, ""] if plumbing.rows else []))
+    secrets = secrets_in(config)
+    url = outputs.write_bytes("report/subjects.md", scrub(markdown, secrets).encode("utf-8"))
+    page = index_html(links, main, plumbing, [note] + ([tabs.PLUMBING_NOTE] if plumbing.rows else []))
+    html_url = outputs.write_bytes("report/index.html", scrub(page, secrets).encode("utf-8"))
+    return {"table": markdown, "file": url, "html": html_url, "rows": [r.part.label for r in rows],
+            "missing": [s for s, href, _ in links if not href]}

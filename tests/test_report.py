@@ -1,0 +1,460 @@
+"""The report: results apart from plumbing checks, tables, per-image scores, provenance, valid HTML.
+
+The store holds two runs of subject 1 on mini-NSD: ``px`` (stage 1 from the pixel regression:
+no network, a result) and ``vd`` (stage 1 from the tiny random-weight VDVAE: a plumbing check),
+evaluated with a random-weight AlexNet, and the ROI analysis of both.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from fmri2img.pipeline import report as rep
+from fmri2img.pipeline import report_data
+from fmri2img.pipeline.report import NothingToReport, across_subjects, write_report
+from fmri2img.storage.outputs import Outputs
+from fmri2img.storage.store import Store
+from tests.minifixtures import EXTRACTORS, mini_nsd, predicted_store  # noqa: F401
+
+SECRETS = ("AKIAFAKEKEYID0123456", "sup3r-s3cret-value", "hunter2hunter2", "tok-abcdef123456")
+
+
+@pytest.fixture(scope="module")
+def store(predicted_store, tmp_path_factory):
+    from fmri2img.pipeline.evaluate import evaluate
+    from fmri2img.pipeline.reconstruct import reconstruct_run, run_spec
+    from fmri2img.pipeline.roi import roi_analysis
+
+    path = tmp_path_factory.mktemp("report") / "store.zarr"
+    shutil.copytree(predicted_store.url, path)
+    s = Store(str(path))
+    for name, stage1 in (("px", "pixels"), ("vd", "vdvae")):
+        spec = run_spec(name, {"stage1": stage1, "preset": ""}, extractor_options=EXTRACTORS, weights={}, seed=0)
+        reconstruct_run(s, 1, spec, images_per_task=8, progress=False)
+        roi_analysis(s, 1, spec, progress=False)
+    evaluate(s, 1, ["px", "vd"], parts=["stage1"], nets=["alexnet2"], images_per_task=8, progress=False)
+    return s
+
+
+@pytest.fixture(scope="module")
+def written(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    return write_report(store, 1, Outputs(str(out)), n_images=4, n_extremes=3), out / "report/subj01"
+
+
+def _section(page: str, ident: str) -> str:
+    match = re.search(rf'<section id="{ident}"[^>]*>(.*?)</section>', page, re.S)
+    assert match, f"no section {ident}"
+    return match.group(1)
+
+
+def _table_rows(fragment: str, ident: str) -> list[list[str]]:
+    body = re.search(rf'<table id="{ident}">.*?<tbody>(.*?)</tbody>', fragment, re.S).group(1)
+    return [re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row) for row in re.findall(r"<tr>(.*?)</tr>", body)]
+
+
+def test_results_and_plumbing_are_apart(written):
+    result, folder = written
+    assert result["results"] == ["px/stage1"] and result["plumbing"] == ["vd/stage1"]
+    page = (folder / "index.html").read_text(encoding="utf-8")
+    main, plumbing = _section(page, "results"), _section(page, "plumbing")
+    assert "vd/stage1" not in main and "†" not in main
+    assert "Plumbing check (random weights: tests the pipeline, not picture quality)" in plumbing
+    rows = _table_rows(plumbing, "plumbing-table")
+    labels = [r[0] for r in rows]
+    assert labels == ["px/stage1", "vd/stage1 (random weights)"]
+    # vd's every cell (PixCorr and SSIM too: its picture came from random weights) is marked
+    assert all(c.endswith("†") for c in rows[1][1:])
+    # px's AlexNet(2) ran on a random-weight network: a plumbing cell; its PixCorr is a result (—)
+    heads = re.findall(r'<th scope="col">(.*?)</th>', plumbing.split('id="plumbing-table"')[1])
+    assert rows[0][heads.index("AlexNet(2) ↑")].endswith("†") and rows[0][heads.index("PixCorr ↑")] == "—"
+    main_rows = _table_rows(main, "results-table")
+    main_heads = re.findall(r'<th scope="col">(.*?)</th>', main)
+    assert [r[0] for r in main_rows] == ["px/stage1"] and "AlexNet(2) ↑" not in main_heads
+    assert "ALL_RANDOM" not in page and rep.ALL_RANDOM not in page
+
+
+def test_main_grid_and_plot_hold_results_only(store, tmp_path, monkeypatch):
+    calls = {}
+    real_grid, real_metrics = rep.figs.grid_png, rep.figs.metrics_png
+    monkeypatch.setattr(rep.figs, "grid_png", lambda columns, ids, **k: calls.setdefault(
+        "grid", []).append(([c[0] for c in columns], [c[2] for c in columns], k)) or real_grid(columns, ids, **k))
+    monkeypatch.setattr(rep.figs, "metrics_png", lambda labels, values, published, **k: calls.setdefault(
+        "metrics", []).append((labels, values, published)) or real_metrics(labels, values, published, **k))
+    write_report(store, 1, Outputs(str(tmp_path)), n_images=3)
+    (main_cols, main_random, _), (plumb_cols, plumb_random, plumb_kw) = calls["grid"]
+    assert main_cols == ["ground truth", "px\nstage1"] and not any(main_random)
+    assert plumb_cols == ["ground truth", "vd\nstage1"] and plumb_random == [False, True]
+    assert "random weights" in plumb_kw["title"]
+    [(labels, values, published)] = calls["metrics"]
+    assert labels == ["px/stage1"] and set(values) == {"PixCorr", "SSIM (column)", "SSIM-2D"}
+    assert published is None  # mini-NSD: the paper's line is never drawn
+    from PIL import Image
+
+    assert Image.open(tmp_path / "report/subj01/grid.png").size[0] == round(1.6 * 2 * 110)  # two columns
+
+
+def test_published_numbers_only_where_they_compare(store, tmp_path, monkeypatch):
+    result, page = _report_with_source(store, tmp_path / "mini", None)
+    assert not result["published_shown"] and "Brain-Diffuser (paper" not in page
+    assert "No published numbers are shown: the data are mini-NSD" in page
+    nsd = report_data.DataSource("s3://natural-scenes-dataset", "NSD", 982, "")
+    result, page = _report_with_source(store, tmp_path / "nsd", nsd)
+    assert result["published_shown"]
+    rows = _table_rows(_section(page, "results"), "results-table")
+    assert rows[0][:4] == ["Brain-Diffuser (paper, mean of subjects 1/2/5/7)", "0.254", "0.356", "—"]
+    assert [r[0] for r in rows[1:]] == ["px/stage1"]  # still no random-weight row beside the paper
+
+
+def _report_with_source(store, out, source):
+    with pytest.MonkeyPatch.context() as mp:
+        if source is not None:
+            mp.setattr(rep, "data_source", lambda *a: source)
+        result = write_report(store, 1, Outputs(str(out)), n_images=2)
+    return result, (out / "report/subj01/index.html").read_text(encoding="utf-8")
+
+
+def test_data_source_rule(store, tmp_path, mini_nsd):
+    import zarr
+
+    got = report_data.data_source(store, 1)
+    assert got.kind == "mini-NSD" and not got.comparable and got.url == str(mini_nsd)
+
+    def fake(source: str, n: int) -> report_data.DataSource:
+        root = zarr.open_group(str(tmp_path / f"s{n}-{len(source)}.zarr"), mode="w", zarr_format=3)
+        g = root.create_group("subjects/subj01/test")
+        g.create_array("image", shape=(n,), dtype="int64")
+        g.attrs["source"] = source
+        return report_data.data_source(Store(str(tmp_path / f"s{n}-{len(source)}.zarr")), 1)
+
+    assert fake("s3://natural-scenes-dataset", 982).comparable
+    assert fake("/data/nsd-copy", 982).kind == "NSD"  # a local copy of NSD without a mini-NSD manifest
+    few = fake("s3://natural-scenes-dataset", 300)
+    assert not few.comparable and "300 images, not NSD's 982" in few.reason
+    assert fake(str(mini_nsd), 982).kind == "mini-NSD"  # the manifest wins over the count
+    assert "not ingested" in report_data.data_source(store, 2).reason
+
+
+def test_per_image_scores_and_best_worst(written, store):
+    _, folder = written
+    page = (folder / "index.html").read_text(encoding="utf-8")
+    per_image = _section(page, "per-image")
+    rows = _table_rows(per_image, "part-px_stage1-scores")
+    m = xr.open_zarr(store.url, group="metrics/subj01/px/stage1", consolidated=False)
+    assert [int(r[0]) for r in rows] == [int(i) for i in m.image.values]
+    assert [float(r[1]) for r in rows] == pytest.approx(m.pixcorr.values, abs=5e-4)
+    assert (folder / "extremes_px_stage1.png").exists() and 'src="extremes_px_stage1.png"' in per_image
+    assert "vd" not in per_image  # no per-image section for a plumbing check
+    # the ranking against plain sorting
+    ids, scores = m.image.values, m.pixcorr.values
+    best, worst = report_data.best_and_worst(ids, scores, 3)
+    ranked = sorted(zip(scores, ids), reverse=True)
+    assert [i for i, _ in best] == [int(i) for _, i in ranked[:3]]
+    assert [i for i, _ in worst] == [int(i) for _, i in ranked[::-1][:3]]
+
+
+def test_best_and_worst_skip_nan_and_never_overlap():
+    ids = np.arange(10, 15)
+    best, worst = report_data.best_and_worst(ids, np.array([0.1, np.nan, 0.5, 0.3, 0.2]), 5)
+    assert best == [(12, 0.5), (13, 0.3)] and worst == [(10, 0.1), (14, 0.2)]
+    best, worst = report_data.best_and_worst(ids, np.array([3.0, 1.0, 2.0, 5.0, 4.0]), 1, higher_is_better=False)
+    assert best == [(11, 1.0)] and worst == [(13, 5.0)]
+
+
+def test_roi_grids_labelled_and_split(store, tmp_path, monkeypatch):
+    calls = []
+    real = rep.figs.roi_grid_png
+    monkeypatch.setattr(rep.figs, "roi_grid_png", lambda rows, caption, **k: calls.append((rows, caption))
+                        or real(rows, caption, **k))
+    write_report(store, 1, Outputs(str(tmp_path)), n_images=2)
+    (rows, caption), (prows, pcaption) = calls
+    names = [str(r) for r in xr.open_zarr(store.url, group="subjects/subj01/rois", consolidated=False).roi.values]
+    assert [(r[0], r[1], r[3]) for r in rows] == [("px/stage1", names, False)]
+    # the vd ROI group says random_weights=False (no stage 2); its stage 1 is random, so the row is too
+    assert [(r[0], r[3]) for r in prows] == [("vd/stage1", True)] and "random weights" in pcaption
+    page = (tmp_path / "report/subj01/index.html").read_text(encoding="utf-8")
+    assert 'src="roi_grid.png"' in _section(page, "roi") and 'src="plumbing_roi_grid.png"' in _section(page, "plumbing")
+
+
+def test_provenance_has_no_secret(store, tmp_path, mini_nsd):
+    from fmri2img.config import loads
+
+    config = loads(f"""seed = 11
+[store]
+url = "{store.url}"
+[store.storage_options]
+key = "{SECRETS[0]}"
+secret = "{SECRETS[1]}"
+[source]
+url = "https://labuser:{SECRETS[2]}@data.example.org/nsd"
+[weights]
+alexnet = "s3://lab-bucket/alexnet.pth"
+[weights.storage_options]
+token = "{SECRETS[3]}"
+""")
+    copy = tmp_path / "s.zarr"
+    shutil.copytree(store.url, copy)
+    s = Store(str(copy))
+    s.group("subjects/subj01/test", mode="r+").attrs["source"] = f"https://labuser:{SECRETS[2]}@host/nsd"
+    result = write_report(s, 1, Outputs(str(tmp_path / "out")), n_images=2, config=config)
+    across_subjects(s, [1, 2], Outputs(str(tmp_path / "out")), config=config)
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert len(files) >= 8
+    for path in files:
+        data = path.read_bytes()
+        for secret in SECRETS:
+            assert secret.encode() not in data, f"{secret} in {path.name}"
+    prov = _section((tmp_path / "out/report/subj01/index.html").read_text(encoding="utf-8"), "provenance")
+    assert "https://labuser:***@host/nsd" in prov and "lab-bucket/alexnet.pth" in prov
+    assert "&quot;seed&quot;: 11" in prov and "Configuration (credentials redacted)" in prov
+    commit = re.search(r"fmri2img git commit</dt><dd>([^<]*)</dd>", prov).group(1)
+    assert commit == "unknown" or re.fullmatch(r"[0-9a-f]{40}", commit)
+    assert re.search(r"<th scope=\"row\">numpy</th><td>\d", prov)  # the versions table
+    assert "<dt>Seed</dt><dd>0</dd>" in prov  # the seed recorded with the run
+    assert result["files"]["html"].endswith("report/subj01/index.html")
+
+
+def test_git_commit_never_fails(monkeypatch):
+    from fmri2img.pipeline import report_provenance as prov
+
+    got = prov.git_commit()
+    assert got == "unknown" or re.fullmatch(r"[0-9a-f]{40}", got)
+
+    def boom(*a, **k):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(prov.subprocess, "run", boom)
+    assert prov.git_commit() == "unknown"
+
+
+def test_everything_random_says_so(store, tmp_path):
+    result = write_report(store, 1, Outputs(str(tmp_path)), runs=["vd"], n_images=2)
+    folder = tmp_path / "report/subj01"
+    page = (folder / "index.html").read_text(encoding="utf-8")
+    assert page.index(rep.ALL_RANDOM) < page.index('<section id="results">')
+    assert not (folder / "grid.png").exists() and not (folder / "metrics.png").exists()
+    assert result["results"] == [] and rep.ALL_RANDOM in (folder / "metrics.md").read_text(encoding="utf-8")
+
+
+def test_a_new_report_removes_stale_files(store, tmp_path):
+    write_report(store, 1, Outputs(str(tmp_path)), n_images=2)
+    assert (tmp_path / "report/subj01/grid.png").exists()
+    write_report(store, 1, Outputs(str(tmp_path)), runs=["vd"], n_images=2)
+    left = sorted(p.name for p in (tmp_path / "report/subj01").iterdir())
+    assert left == ["index.html", "metrics.json", "metrics.md", "plumbing_grid.png", "plumbing_roi_grid.png"]
+
+
+def test_files_tables_and_json(written, store):
+    result, folder = written
+    table = (folder / "metrics.md").read_text(encoding="utf-8")
+    assert "| px/stage1 |" in table and "| vd/stage1 (random weights) |" in table and "Brain-Diffuser" not in table
+    data = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    px = data["parts"]["px/stage1"]
+    assert px["metrics"]["PixCorr"]["n_valid"] == 16 and not px["metrics"]["PixCorr"]["plumbing"]
+    assert px["metrics"]["AlexNet(2)"]["plumbing"] and data["parts"]["vd/stage1"]["random_weights"]
+    assert data["data"]["kind"] == "mini-NSD" and data["published_shown"] is False
+    pix = xr.open_zarr(store.url, group="metrics/subj01/px/stage1", consolidated=False).pixcorr.values
+    assert px["metrics"]["PixCorr"]["mean"] == pytest.approx(float(np.mean(pix)))
+    assert set(result["files"]) >= {"grid", "plumbing_grid", "metrics_png", "roi_grid", "table", "json", "html",
+                                    "extremes_px_stage1"}
+
+
+def test_pages_are_valid_html(written, store, tmp_path):
+    _, folder = written
+    check_html((folder / "index.html").read_text(encoding="utf-8"))
+    across_subjects(store, [1, 2], Outputs(str(tmp_path)))
+    check_html((tmp_path / "report/index.html").read_text(encoding="utf-8"))
+
+
+def test_html5lib_parses_strictly(written):
+    html5lib = pytest.importorskip("html5lib", reason="html5lib is not installed (the html.parser check runs)")
+    _, folder = written
+    html5lib.HTMLParser(strict=True).parse((folder / "index.html").read_text(encoding="utf-8"))
+
+
+def test_subject_without_reconstructions(store):
+    with pytest.raises(NothingToReport, match=r"subject 2: no finished reconstructions.*run the reconstruct stage "
+                                              r"for subject 2"):
+        write_report(store, 2, Outputs("memory://unused"))
+
+
+def test_across_subjects(store, tmp_path):
+    root = tmp_path / "two.zarr"
+    shutil.copytree(store.url, root)
+    for top in ("metrics", "_progress/metrics", "recon", "_progress/recon", "subjects", "_progress/subjects"):
+        if (root / top / "subj01").exists() and not (root / top / "subj02").exists():
+            shutil.copytree(root / top / "subj01", root / top / "subj02")
+    out = across_subjects(Store(str(root)), [1, 2, 3], Outputs(str(tmp_path)))
+    assert out["rows"] == ["subj01 px/stage1", "subj01 vd/stage1", "subj02 px/stage1", "subj02 vd/stage1",
+                           "mean of 2 subjects: px/stage1", "mean of 2 subjects: vd/stage1"]
+    assert out["missing"] == [3]
+    pix = xr.open_zarr(store.url, group="metrics/subj01/px/stage1", consolidated=False).pixcorr.values
+    page = (tmp_path / "report/index.html").read_text(encoding="utf-8")
+    rows = _table_rows(_section(page, "results"), "results-table")
+    assert rows[-1][:2] == ["mean of 2 subjects: px/stage1", f"{np.mean(pix):.3f} ± 0.000"]
+    assert all("vd" not in r[0] for r in rows)
+    assert [r[0] for r in _table_rows(_section(page, "plumbing"), "plumbing-table")][-1] == \
+        "mean of 2 subjects: vd/stage1 (random weights)"
+    subjects = _section(page, "subjects")
+    assert 'href="subj01/index.html"' in subjects and "subject 3: no finished reconstructions" in subjects
+    assert (tmp_path / "report/subjects.md").exists()
+
+
+def test_cli_reports_the_subjects_it_can(store, tmp_path, capsys):
+    from fmri2img.cli import main
+
+    out = tmp_path / "out"
+    assert main(["report", store.url, "--subject", "1,2", "--out", str(out), "--n-images", "2"]) == 0
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if "subject 2" in x]
+    assert len(lines) == 1 and "run the reconstruct stage for subject 2" in lines[0]
+    assert (out / "report/subj01/index.html").exists() and (out / "report/index.html").exists()
+    assert not (out / "report/subj02").exists()
+    assert main(["report", store.url, "--subject", "2", "--out", str(out)]) == 1
+    assert "no report written" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- HTML checks
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class StrictHTML(HTMLParser):
+    """Every element closed in order, unique ids, alt text, real tables, the document's head."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.ids: list[str] = []
+        self.hrefs: list[str] = []
+        self.doctype = ""
+        self.seen: dict[str, list[dict]] = {}
+        self.title = ""
+
+    def handle_decl(self, decl: str) -> None:
+        self.doctype = decl.lower()
+
+    def handle_starttag(self, tag: str, attrs) -> None:
+        a = dict(attrs)
+        self.seen.setdefault(tag, []).append(a)
+        if "id" in a:
+            self.ids.append(a["id"])
+        if tag == "a" and a.get("href", "").startswith("#"):
+            self.hrefs.append(a["href"][1:])
+        if tag == "img":
+            assert a.get("alt") and a.get("src"), f"img without alt or src: {a}"
+        if tag in ("thead", "tbody", "caption"):
+            assert self.stack[-1] == "table", f"<{tag}> outside a table (in {self.stack[-1]})"
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs) -> None:
+        assert tag in VOID, f"<{tag}/> is not a void element"
+        self.handle_starttag(tag, attrs)
+
+    def handle_endtag(self, tag: str) -> None:
+        assert tag not in VOID, f"</{tag}> closes a void element"
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1] if self.stack else None}>"
+        self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        if self.stack and self.stack[-1] == "title":
+            self.title += data
+
+
+def check_html(page: str) -> StrictHTML:
+    """Parse ``page`` strictly (html.parser plus the checks of :class:`StrictHTML`); raise on a fault."""
+    p = StrictHTML()
+    p.feed(page)
+    p.close()
+    assert p.doctype == "doctype html" and not p.stack, f"unclosed: {p.stack}"
+    assert len(p.ids) == len(set(p.ids)), f"duplicate ids: {sorted(i for i in p.ids if p.ids.count(i) > 1)}"
+    assert set(p.hrefs) <= set(p.ids), f"links to missing anchors: {set(p.hrefs) - set(p.ids)}"
+    assert p.seen["html"][0].get("lang") == "en" and p.title.strip()
+    assert any(m.get("charset", "").lower() == "utf-8" for m in p.seen["meta"])
+    assert any(m.get("name") == "viewport" for m in p.seen["meta"])
+    n = len(p.seen.get("table", []))
+    assert n and len(p.seen["thead"]) == len(p.seen["tbody"]) == len(p.seen["caption"]) == n
+    return p
+
+
+def test_the_html_check_catches_faults():
+    good = ('<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="x">'
+            "<title>t</title></head><body><table><caption>c</caption><thead></thead><tbody></tbody></table>"
+            "</body></html>")
+    check_html(good)
+    for bad in (good.replace("</caption>", ""), good.replace("<body>", '<body><img src="a.png">'),
+                good.replace("<body>", '<body><p id="x"></p><p id="x"></p>'), good.replace("<!doctype html>", ""),
+                good.replace("<body>", '<body><a href="#nowhere">x</a>')):
+        with pytest.raises(AssertionError):
+            check_html(bad)
+
+
+# ----------------------------------------------------------------------------- headless Chromium
+CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const b = document.body, root = document.documentElement;
+  b.dataset.broken = [...document.images].filter(i => !(i.complete && i.naturalWidth > 0))
+    .map(i => i.getAttribute("src")).join(",");
+  b.dataset.overflow = String(root.scrollWidth - root.clientWidth);
+  b.dataset.shown = [...document.querySelectorAll("#results-table, #plumbing-table, #versions-table")]
+    .filter(t => t.getBoundingClientRect().height > 0).map(t => t.id).join(",");
+  b.dataset.probed = "yes";
+});
+</script>"""
+
+
+def _chromium() -> str | None:
+    return next((shutil.which(c) for c in CHROMIUM if shutil.which(c)), None)
+
+
+def _install_chromium() -> str | None:
+    """Debian's chromium through apt-get on CI (CI=true, root); ``None`` when installed, else why not."""
+    if _chromium():
+        return None
+    if os.environ.get("CI") != "true":
+        return "chromium is not installed (Debian: apt-get install chromium); the html.parser check still runs"
+    if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return "chromium is not installed and CI cannot install it (needs root and apt-get)"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]
+    said = ""
+    for cmd in (install, ["apt-get", "update", "-qq"], install):
+        if _chromium():
+            return None
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        said = done.stderr.strip()[-300:] or said
+    return None if _chromium() else f"apt-get install chromium left no chromium: {said}"
+
+
+def test_report_renders_in_headless_chromium(written, tmp_path):
+    reason = _install_chromium()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI could not install chromium: {reason}")
+        pytest.skip(reason)
+    _, folder = written
+    copy = tmp_path / "page"
+    shutil.copytree(folder, copy)
+    page = (copy / "index.html").read_text(encoding="utf-8")
+    (copy / "probe.html").write_text(page.replace("</body>", PROBE + "</body>"), encoding="utf-8")
+    done = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
+         f"--user-data-dir={tmp_path / 'profile'}", "--allow-file-access-from-files", "--virtual-time-budget=5000",
+         "--enable-logging=stderr", "--v=0", "--dump-dom", (copy / "probe.html").as_uri()],
+        capture_output=True, text=True, timeout=60)
+    dom = done.stdout
+    assert 'data-probed="yes"' in dom, done.stderr[-2000:]
+    assert 'data-broken=""' in dom, re.search(r'data-broken="[^"]*"', dom).group(0)
+    assert 'data-overflow="0"' in dom  # nothing wider than a 1,400 px window
+    assert 'data-shown="results-table,plumbing-table,versions-table"' in dom
+    console = [x for x in done.stderr.splitlines() if "CONSOLE" in x]
+    assert not console, console
