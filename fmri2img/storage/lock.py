@@ -141,6 +141,7 @@ def held(store: "Store", command: str | None = None) -> Iterator[dict[str, Any]]
     me = acquire(store, command)
     try:
         yield me
+        store.consolidate()  # readers' consolidated metadata, written while no other writer can start
     finally:
         try:
             release(store, me)

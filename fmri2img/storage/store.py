@@ -103,7 +103,10 @@ class Store:
 
     def root(self, mode: str = "a") -> zarr.Group:
         """The root group (created when absent and ``mode`` allows writing)."""
-        return zarr.open_group(self.zarr_store(read_only=(mode == "r")), mode=mode, zarr_format=3)
+        if mode != "r":
+            self.unconsolidate()
+        return zarr.open_group(self.zarr_store(read_only=(mode == "r")), mode=mode, zarr_format=3,
+                               use_consolidated=False)
 
     def describe(self) -> str:
         """A log-safe description of the store (no credentials)."""
@@ -111,14 +114,20 @@ class Store:
 
     def has_group(self, group: str) -> bool:
         try:
-            zarr.open_group(self.zarr_store(read_only=True), path=group, mode="r", zarr_format=3)
+            zarr.open_group(self.zarr_store(read_only=True), path=group, mode="r", zarr_format=3,
+                            use_consolidated=False)
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
             return False
         return True
 
-    def group(self, group: str, mode: str = "r") -> zarr.Group:
+    def group(self, group: str, mode: str = "r", *, metadata_unchanged: bool = False) -> zarr.Group:
+        """Open ``group``; opened for writing, the store's consolidated metadata is dropped first (it may
+        no longer hold) unless ``metadata_unchanged`` promises that only chunks will be written."""
+        if mode != "r" and not metadata_unchanged:
+            self.unconsolidate()
         try:
-            return zarr.open_group(self.zarr_store(read_only=(mode == "r")), path=group, mode=mode, zarr_format=3)
+            return zarr.open_group(self.zarr_store(read_only=(mode == "r")), path=group, mode=mode, zarr_format=3,
+                                   use_consolidated=False)
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
             raise StoreError(
                 f"group {group!r} does not exist in the store {self.describe()}: run the stage that "
@@ -160,6 +169,7 @@ class Store:
             changes (extractor settings, seeds); part of the template fingerprint.
         """
         identity.claim(self)  # refuses a foreign or Zarr v2 target before anything is written
+        self.unconsolidate()
         ds = template.copy()
         ds.attrs = {**ds.attrs, **(attrs or {})}
         ds.attrs["fmri2img_regions"] = json.dumps(_regions_to_json(regions))
@@ -262,7 +272,7 @@ class Store:
         int
             Bytes written (uncompressed).
         """
-        g = self.group(group, mode="r+")
+        g = self.group(group, mode="r+", metadata_unchanged=True)  # chunks only
         nbytes = 0
         for name, values in data.items():
             try:
@@ -339,7 +349,7 @@ class Store:
     def list_groups(self, prefix: str = "") -> list[str]:
         """Paths of every group holding arrays under ``prefix`` (records excluded)."""
         try:
-            root = zarr.open_group(self.zarr_store(read_only=True), mode="r", zarr_format=3)
+            root = zarr.open_group(self.zarr_store(read_only=True), mode="r", zarr_format=3, use_consolidated=False)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             return []
         out = []
@@ -349,6 +359,75 @@ class Store:
             if path.startswith(prefix) and any(True for _ in node.array_keys()):
                 out.append(path)
         return sorted(out)
+
+
+    # -- consolidated metadata -------------------------------------------------------
+    def consolidate(self) -> bool:
+        """Write the store's consolidated metadata (the root ``zarr.json``) so that readers open it quietly.
+
+        ``xarray.open_zarr(url, group=...)`` looks for consolidated metadata at the store's root
+        and warns when there is none.  fmri2img keeps it correct by dropping it before any
+        metadata write (:meth:`unconsolidate`: templates, extensions, attributes, groups opened
+        for writing) and writing it again when a writing command ends (``lock.held``), so it is
+        either absent or describes the store as it is.  The store's own bookkeeping (completion
+        records, the lock, the run log) is left out.  fmri2img itself never reads it.
+
+        Returns
+        -------
+        bool
+            Whether it was written (a failure is logged, never raised: readers then only warn).
+        """
+        try:
+            sync(_consolidate(self.zarr_store()))
+        except Exception as exc:  # noqa: BLE001 - a missing convenience for readers must not fail a run
+            logger.warning("could not consolidate the metadata of %s (%s: %s); readers will open it with a "
+                           "warning", self.describe(), type(exc).__name__, exc)
+            return False
+        return True
+
+    def unconsolidate(self) -> None:
+        """Drop the store's consolidated metadata, if any (one small read; a write only when present)."""
+        sync(_unconsolidate(self.zarr_store()))
+
+
+#: top-level groups left out of the consolidated metadata: bookkeeping that changes on its own
+NOT_CONSOLIDATED = (PROGRESS_GROUP, "_lock", "_runlog")
+
+
+async def _consolidate(zstore: Any) -> None:
+    """The root's consolidated metadata over every node but :data:`NOT_CONSOLIDATED` (as zarr's own
+    ``consolidate_metadata`` builds it, which has no way to leave nodes out)."""
+    import dataclasses
+
+    from zarr.core.group import AsyncGroup, ConsolidatedMetadata, GroupMetadata
+    from zarr.storage import StorePath
+
+    root = await AsyncGroup.open(StorePath(zstore), zarr_format=3, use_consolidated=False)
+    members = {}
+    async for path, node in root.members(max_depth=None, use_consolidated_for_children=False):
+        if path.split("/", 1)[0] in NOT_CONSOLIDATED:
+            continue
+        meta = node.metadata
+        if isinstance(meta, GroupMetadata) and meta.consolidated_metadata is None:
+            meta = dataclasses.replace(meta, consolidated_metadata=ConsolidatedMetadata(metadata={}))
+        members[path] = meta
+    ConsolidatedMetadata._flat_to_nested(members)
+    metadata = dataclasses.replace(root.metadata, consolidated_metadata=ConsolidatedMetadata(metadata=members))
+    await dataclasses.replace(root, metadata=metadata)._save_metadata()
+
+
+async def _unconsolidate(zstore: Any) -> None:
+    from zarr.core.buffer import default_buffer_prototype
+
+    proto = default_buffer_prototype()
+    raw = await zstore.get("zarr.json", prototype=proto)
+    if raw is None:
+        return
+    doc = json.loads(raw.to_bytes())
+    if doc.get("consolidated_metadata") is None:
+        return
+    doc.pop("consolidated_metadata")
+    await zstore.set("zarr.json", proto.buffer.from_bytes(json.dumps(doc, indent=2, allow_nan=True).encode()))
 
 
 def _appended_regions(dim: str, start: int, stop: int, step: int, prefix: str, first_index: int) -> list[Region]:
