@@ -186,7 +186,7 @@ def cluster_from(args, config_cluster=None, outputs: str | None = None) -> Itera
     client = connect_section(section, logs=logs_under(outputs) if outputs else None)
     link = dashboard_link(client)
     if link:
-        print(f"Dask dashboard: {link}", file=sys.stderr)
+        print(f"Dask dashboard: {link}{_tunnel_hint(link)}", file=sys.stderr)
     try:
         yield client
     except BaseException:
@@ -196,6 +196,16 @@ def cluster_from(args, config_cluster=None, outputs: str | None = None) -> Itera
         raise failure from None
     finally:
         close_quietly(client)
+
+
+def _tunnel_hint(link: str) -> str:
+    """For a dashboard on this machine's loopback: the ssh tunnel that shows it elsewhere, with its real port."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(link)
+    if parts.hostname not in ("127.0.0.1", "localhost") or not parts.port:
+        return ""
+    return f" (from another machine: ssh -L {parts.port}:localhost:{parts.port} THIS-HOST)"
 
 
 def _betas_scale(text: str) -> str | float:
@@ -240,12 +250,17 @@ def cmd_mini_nsd(args) -> int:
 
 
 def cmd_ingest(args) -> int:
-    from fmri2img.config import Config, ClusterConfig, IngestConfig, SourceConfig, StoreConfig, validate
-    from fmri2img.pipeline.runner import run
+    from fmri2img.storage.neterrors import probe
 
     source_opts = dict(args.source_option)
     if args.anon:
         source_opts["anon"] = True
+    # a source or store out of reach: one error line within seconds, before the heavy imports and the cluster
+    probe(args.source, source_opts)
+    probe(args.store, dict(args.store_option))
+    from fmri2img.config import Config, ClusterConfig, IngestConfig, SourceConfig, StoreConfig, validate
+    from fmri2img.pipeline.runner import run
+
     config = validate(Config(
         stages=["ingest"],
         store=StoreConfig(args.store, dict(args.store_option)),
@@ -281,6 +296,11 @@ def cmd_run(args) -> int:
     logredact.add_secrets(sum((logredact.secrets_of(section.storage_options) for section in
                                (config.store, config.source, config.outputs, config.weights)), []))
     stages = [s for s in args.stages.split(",") if s] if args.stages else None
+    from fmri2img.storage.neterrors import probe
+
+    if "ingest" in (stages or config.stages):  # out of reach: one error line within seconds, before a cluster starts
+        probe(config.source.url, config.source.storage_options)
+    probe(config.store.url, config.store.storage_options)
     with cluster_from(args, config.cluster, config.outputs.url) as client:
         results = run(config, stages=stages, client=client, progress=not args.no_progress)
     print(json.dumps(results, indent=1, default=str))
@@ -389,9 +409,13 @@ def cmd_weights(args) -> int:
         mark = "ok " if r.ok else "!! "
         print(f"{mark}{r.model:<{width}}  {r.state:<15} {r.url}  {r.detail}".rstrip())
     bad = [r.model for r in rows if not r.ok]
+    demo = [r.model for r in rows if r.state == "demo model"]
+    if demo:
+        print(f"\n{len(demo)} demo model(s), not real weights: {', '.join(demo)} (seeded random weights: their "
+              f"outputs test the pipeline; for real results set their paths in [weights], README 'Configuration')")
     if bad:
-        print(f"\n{len(bad)} model(s) not ready: {', '.join(bad)} (nothing is downloaded at run time: set the paths "
-              f"in [weights], or use tiny = true for random weights)")
+        print(f"\n{len(bad)} model(s) not ready: {', '.join(bad)} (nothing is downloaded at run time: set their "
+              f"paths in [weights], README 'Configuration')")
     return 1 if bad else 0
 
 
@@ -448,16 +472,40 @@ def _os_error_line(exc: OSError) -> str:
     return f"{where}{what} ({type(exc).__name__}). Fix: {fix}"
 
 
+class _StageLines(logging.StreamHandler):
+    """The runner's ``stage X: start`` / ``done in N s`` lines, bare, on the current ``sys.stderr``."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.setStream(sys.stderr)
+        super().emit(record)
+
+
+def _stage_lines(enabled: bool) -> None:
+    """Show the runner's stage lines on their own at the default verbosity (with -v they are INFO records)."""
+    runner = logging.getLogger("fmri2img.pipeline.runner")
+    for h in [h for h in runner.handlers if isinstance(h, _StageLines)]:
+        runner.removeHandler(h)
+    runner.propagate = not enabled
+    runner.setLevel(logging.INFO if enabled else logging.NOTSET)
+    if enabled:
+        runner.addHandler(_StageLines())
+
+
 def main(argv: list[str] | None = None) -> int:
     from fmri2img.storage import logredact
 
     args = build_parser().parse_args(argv)
     # every record of every logger is redacted, at every verbosity (botocore's -vv DEBUG lines included)
     logredact.install(_secrets_of_args(args))
-    # our own messages at INFO (-v: DEBUG); other libraries' (distributed's are chatty) at WARNING (-vv: all)
+    # default: warnings, progress bars and one short line per stage; -v: our INFO log; -vv: everyone's DEBUG
     logging.basicConfig(level=logging.DEBUG if args.verbose >= 2 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("fmri2img").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.getLogger("fmri2img").setLevel({0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG))
+    _stage_lines(not args.verbose)
     if args.verbose < 2:  # distributed configures its own loggers at import (workers inherit the env)
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         for name in [n for n in logging.root.manager.loggerDict if n.startswith("distributed")] + ["distributed"]:

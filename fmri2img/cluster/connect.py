@@ -28,6 +28,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -78,10 +79,14 @@ def _local(spec: str = "local", *, n_workers: int = 0, threads_per_worker: int =
     kwargs: dict[str, Any] = {"security": sec} if sec is not None else {}
     if processes:  # in-process clusters talk over inproc://, which takes no host
         kwargs["host"] = ("tls://" if sec is not None else "") + _host_of(dashboard_address)
-    cluster = LocalCluster(
-        n_workers=0, threads_per_worker=threads_per_worker, processes=processes,
-        memory_limit=memory_limit, dashboard_address=dashboard_address, **kwargs,
-    )
+    with warnings.catch_warnings():
+        # "Port 8787 is already in use ... Hosting the HTTP server on port N instead": the dashboard
+        # moves to a free port, and the CLI prints the link with the port it really got
+        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
+        cluster = LocalCluster(
+            n_workers=0, threads_per_worker=threads_per_worker, processes=processes,
+            memory_limit=memory_limit, dashboard_address=dashboard_address, **kwargs,
+        )
     _add_workers(cluster, n_cpu, n_gpu, processes)
     client = Client(cluster, security=sec)
     client.wait_for_workers(total, timeout=120)
