@@ -37,7 +37,7 @@ import xarray as xr
 
 from fmri2img.pipeline import decode_page
 from fmri2img.pipeline.reconstruct import STAGE1, RunSpec, _gpu_resources, _stage2, recon_group
-from fmri2img.pipeline.regress import _regions_along, _write_blocks, load_model, model_group
+from fmri2img.pipeline.regress import regions_along, write_blocks, load_model, model_group
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.storage import decoded as inputs
 from fmri2img.storage import nsd, schema, urls
@@ -186,11 +186,11 @@ def predict(store: Store, subject: int, data: DecodeInput, models: Mapping[str, 
         pred = pred.rechunk({0: -1})  # coordinates stay NumPy: written with the template, not as lazy arrays
         template = xr.Dataset({"features": (("trial", *dims), pred)}, coords=_row_coords(data))
         template["features"].attrs["long_name"] = f"predicted {feature} features of the decoded trials"
-        regions = _regions_along(pred.chunks[1], dims[0] if dims else "feature", "block")
+        regions = regions_along(pred.chunks[1], dims[0] if dims else "feature", "block")
         pgroup = group(data.name, "predictions", feature)
         todo = store.ensure_template(pgroup, template, regions, salt=salt,
                                      attrs={**(attrs or {}), "model": model_group(subject, feature)})
-        _write_blocks(store, pgroup, pred, todo, f"decode-{data.name}-{feature}", client, progress)
+        write_blocks(store, pgroup, pred, todo, f"decode-{data.name}-{feature}", client, progress)
         salts[feature] = salt
     return salts
 

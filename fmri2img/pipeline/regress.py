@@ -148,7 +148,7 @@ def _write_block(store: Store, group: str, region: Region, values: np.ndarray) -
     return store.write_region(group, region, {"features": values})
 
 
-def _write_blocks(store: Store, group: str, lazy: da.Array, todo: list[Region], stage: str,
+def write_blocks(store: Store, group: str, lazy: da.Array, todo: list[Region], stage: str,
                   client, progress: bool) -> None:
     """Compute ``lazy[:, region]`` for every region and write it (one task per region)."""
     writes = [
@@ -161,7 +161,7 @@ def _write_blocks(store: Store, group: str, lazy: da.Array, todo: list[Region], 
     compute_writes(writes, stage=stage, client=client, progress=progress)
 
 
-def _regions_along(chunks: tuple[int, ...], dim: str, prefix: str) -> list[Region]:
+def regions_along(chunks: tuple[int, ...], dim: str, prefix: str) -> list[Region]:
     out, start = [], 0
     for i, c in enumerate(chunks):
         out.append(Region(i, dim, start, start + c, f"{prefix}-{i:04d}"))
@@ -222,7 +222,7 @@ def regress(
     pred = est.predict(test.fmri.values)
     pred = pred if isinstance(pred, da.Array) else da.from_array(pred)
     axis_dim = dims[0] if dims else "feature"
-    regions = _regions_along(pred.chunks[1], axis_dim, "block")
+    regions = regions_along(pred.chunks[1], axis_dim, "block")
     template = xr.Dataset(
         {"features": (("image", *dims), pred.astype(np.float32))},
         coords={"image": ("image", test.image.values.astype(np.int64))},
@@ -230,7 +230,7 @@ def regress(
     template["features"].attrs["long_name"] = f"predicted {name} features of the test images"
     template = template.chunk({"image": -1})
     todo = store.ensure_template(pgroup, template, regions, attrs=attrs, overwrite=refit)
-    _write_blocks(store, pgroup, pred.astype(np.float32), todo, f"regress-{schema.subject_key(subject)}-{name}",
+    write_blocks(store, pgroup, pred.astype(np.float32), todo, f"regress-{schema.subject_key(subject)}-{name}",
                   client, progress)
 
     if save_weights:
@@ -238,9 +238,9 @@ def regress(
         W = W if isinstance(W, da.Array) else da.from_array(W)
         wgroup = f"{mgroup}/weights"
         wtemplate = xr.Dataset({"features": (("voxel", *dims), W.astype(np.float32))}).chunk({"voxel": -1})
-        wregions = _regions_along(W.chunks[1], axis_dim, "block")
+        wregions = regions_along(W.chunks[1], axis_dim, "block")
         wtodo = store.ensure_template(wgroup, wtemplate, wregions, attrs=attrs, overwrite=refit)
-        _write_blocks(store, wgroup, W.astype(np.float32), wtodo, f"weights-{name}", client, progress)
+        write_blocks(store, wgroup, W.astype(np.float32), wtodo, f"weights-{name}", client, progress)
 
     alpha = est.alpha_
     summary = {
