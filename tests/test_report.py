@@ -99,7 +99,7 @@ def test_main_grid_and_plot_hold_results_only(store, tmp_path, monkeypatch):
     assert published is None  # mini-NSD: the paper's line is never drawn
     from PIL import Image
 
-    assert Image.open(tmp_path / "report/subj01/grid.png").size[0] == round(1.6 * 2 * 110)  # two columns
+    assert Image.open(tmp_path / "report/subj01/grid.png").size[1] == round(1.5 * 2 * 110)  # two rows
 
 
 def test_published_numbers_only_where_they_compare(store, tmp_path, monkeypatch):

@@ -86,6 +86,8 @@ def write_report(store: Store, subject: int, outputs: Outputs, runs: Sequence[st
     NothingToReport
         When ``subject`` has no finished reconstruction.
     """
+    from fmri2img.metrics.scores import METRICS
+
     runs = list(runs) if runs else available_runs(store, subject)
     parts = finished_parts(store, subject, runs)
     if not parts:
@@ -101,7 +103,7 @@ def write_report(store: Store, subject: int, outputs: Outputs, runs: Sequence[st
     page.notes = [f"{p.label}: {p.note}" for p in parts if p.note]
     if real:
         png["grid.png"] = figs.grid_png(_columns(store, subject, real, ids), ids)
-        page.grid, page.grid_caption = "grid.png", "Ground truth (left) and each run's reconstructions."
+        page.grid, page.grid_caption = "grid.png", "Ground truth (top row) and each run's reconstructions below it."
     if fake:
         png["plumbing_grid.png"] = figs.grid_png(_columns(store, subject, fake, ids), ids,
                                                  title="random weights †: a plumbing check, not a result")
@@ -116,6 +118,9 @@ def write_report(store: Store, subject: int, outputs: Outputs, runs: Sequence[st
         png["metrics.png"] = figs.metrics_png([r.part.label for r in rows if r.result_metrics()], values,
                                               _published() if source.comparable else None)
         page.metrics_png = "metrics.png"
+        page.metrics_caption = "Mean ± standard error over the test images" + (
+            "; dotted line: chance (two-way identification)." if any(
+                METRICS[m].kind == "identification" for m in values if m in METRICS) else ".")
     for row in rows:
         if not row.part.random and row.result_metrics():
             page.details.append(_detail(store, subject, row, n_extremes, png))

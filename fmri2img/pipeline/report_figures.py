@@ -1,6 +1,6 @@
 """The report's PNG figures, drawn from arrays (no store access here).
 
-- :func:`grid_png`: ground truth beside each run/part's reconstructions, one row per image;
+- :func:`grid_png`: ground truth above each run/part's reconstructions, one column per image;
 - :func:`roi_grid_png`: one row per run/part, one column per ROI, labelled and captioned;
 - :func:`metrics_png`: one bar plot per metric, the published value only when it compares;
 - :func:`extremes_png`: the best and the worst reconstructions of one part with their ground truth.
@@ -46,24 +46,25 @@ def _blank(ax) -> None:
 
 def grid_png(columns: Sequence[tuple[str, np.ndarray, bool]], ids: Sequence[int], tile: int = 128,
              title: str | None = None) -> bytes:
-    """A picture grid: one column per ``(title, images (n, h, w, 3), random)``, one row per image id.
+    """A picture grid: one row per ``(label, images (n, h, w, 3), random)``, one column per image id.
 
-    Columns made with random weights get a red title ending in "(random weights) †".
+    The first entry is the ground truth; rows made with random weights get a red label ending
+    in "(random weights) †".
     """
     plt = _pyplot()
     n = len(ids)
-    fig, axes = plt.subplots(n, len(columns), figsize=(1.6 * len(columns), 1.6 * n + (0.4 if title else 0)),
+    fig, axes = plt.subplots(len(columns), n, figsize=(1.5 * n + 0.6, 1.5 * len(columns) + (0.4 if title else 0)),
                              squeeze=False)
-    for c, (label, images, random) in enumerate(columns):
-        for r in range(n):
+    for r, (label, images, random) in enumerate(columns):
+        for c in range(n):
             ax = axes[r, c]
-            ax.imshow(_resize(images[r], tile))
+            ax.imshow(_resize(images[c], tile))
             _blank(ax)
             if r == 0:
-                text = f"{label}\n(random weights) †" if random else label
-                ax.set_title(text, fontsize=7, color=RANDOM_COLOUR if random else "black")
+                ax.set_title(f"NSD {int(ids[c])}", fontsize=7)
             if c == 0:
-                ax.set_ylabel(f"NSD {int(ids[r])}", fontsize=7)
+                text = f"{label}\n(random weights) †" if random else label
+                ax.set_ylabel(text, fontsize=7, color=RANDOM_COLOUR if random else "black")
     if title:
         fig.suptitle(title, fontsize=9, color=RANDOM_COLOUR)
     fig.tight_layout()

@@ -17,15 +17,15 @@ from fmri2img.pipeline.report_tables import Cell, Table
 CSS = """
 *{box-sizing:border-box}
 body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d1d1f;background:#fff}
-main{max-width:1200px;margin:0 auto;padding:1rem 1.25rem 3rem}
+main{max-width:1320px;margin:0 auto;padding:1rem 1.25rem 3rem}
 h1{font-size:1.6rem;margin:.5rem 0 1rem}h2{font-size:1.25rem;margin-top:2.2rem;border-bottom:1px solid #ddd}
 h3{font-size:1.05rem;margin-top:1.6rem}
 img{max-width:100%;height:auto;display:block}
 figure{margin:1rem 0}figcaption{font-size:.85rem;color:#555;margin-top:.3rem}
 .scroll{max-width:100%;overflow-x:auto;margin:.8rem 0}
-table{border-collapse:collapse;font-size:.85rem}
+table{border-collapse:collapse;font-size:.8rem}
 caption{text-align:left;font-weight:600;padding:.3rem 0}
-th,td{border:1px solid #d0d0d0;padding:.25rem .5rem;text-align:left;vertical-align:top}
+th,td{border:1px solid #d0d0d0;padding:.2rem .4rem;text-align:left;vertical-align:top}
 thead th{background:#f3f3f3}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .warn{background:#fdecea;border-left:4px solid #b3261e;padding:.6rem .9rem}
@@ -102,6 +102,7 @@ class SubjectPage:
     main: Table | None = None
     comparison: str = ""
     metrics_png: str | None = None
+    metrics_caption: str = ""
     details: list[PartDetail] = field(default_factory=list)
     roi_grid: str | None = None
     roi_caption: str = ""
@@ -138,7 +139,7 @@ def _results(page: SubjectPage) -> list[str]:
         out.append(paragraph(page.comparison, "note"))
     if page.metrics_png:
         out.append(figure(page.metrics_png, "bar plots of the result metrics, one bar per run and part",
-                          "Mean ± standard error over the test images; dotted: chance (identification)."))
+                          page.metrics_caption))
     out.append("</section>")
     return out
 
