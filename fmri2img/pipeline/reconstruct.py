@@ -175,7 +175,7 @@ def _compute_unconditional(run: RunSpec) -> tuple[np.ndarray, np.ndarray]:
     return vision, text
 
 
-def _stage2(stage1: np.ndarray, ids: np.ndarray, contexts: dict[str, np.ndarray | None], run: RunSpec):
+def run_stage2(stage1: np.ndarray, ids: np.ndarray, contexts: dict[str, np.ndarray | None], run: RunSpec):
     from fmri2img.models.vd_sampler import preset, reconstruct
 
     comps = _vd_components(run)
@@ -205,7 +205,7 @@ def reconstruct_block(store: Store, subject: int, run: RunSpec, region: Region, 
     if run.preset:
         contexts = {name: np.asarray(preds[name][region.slice], dtype=np.float32)
                     for name in (run.vision, run.text) if name in preds}
-        final, info = _stage2(stage1, ids, contexts, run)
+        final, info = run_stage2(stage1, ids, contexts, run)
         flags = np.asarray(info.get("redone_fp32", np.zeros(len(ids), bool)), dtype=bool)
         redone = int(flags.sum())
         store.write_region(g2, region, {"images": final, "redone_fp32": flags})
@@ -230,7 +230,7 @@ def _template(ids: np.ndarray, size: int, chunk: int, final: bool) -> xr.Dataset
     return ds
 
 
-def _gpu_resources(client, device: str) -> dict | None:
+def gpu_resources(client, device: str) -> dict | None:
     if client is None or str(device).startswith("cpu"):
         return None
     workers = client.scheduler_info().get("workers", {}).values()
@@ -335,7 +335,7 @@ def reconstruct_run(store: Store, subject: int, run: RunSpec, *, client=None, im
     device = str(run.vd.get("device", "auto"))
     tasks = [Task(r.label, reconstruct_block, (store, subject, run, r, outputs)) for r in todo]
     results = run_tasks(tasks, stage=f"reconstruct-{schema.subject_key(subject)}-{run.name}", client=client,
-                        progress=progress, resources=_gpu_resources(client, device) if run.preset else None)
+                        progress=progress, resources=gpu_resources(client, device) if run.preset else None)
     summary = {"subject": int(subject), "run": run.name, "images": int(len(ids)), "blocks_written": len(todo),
                "stage2": bool(run.preset), "redone_fp32": int(sum(r["redone_fp32"] for r in results)),
                "random_weights": attrs["random_weights"], "seconds": round(time.perf_counter() - t0, 3)}
