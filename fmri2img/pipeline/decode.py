@@ -36,7 +36,7 @@ import numpy as np
 import xarray as xr
 
 from fmri2img.pipeline import decode_page
-from fmri2img.pipeline.reconstruct import STAGE1, RunSpec, _gpu_resources, _stage2, recon_group
+from fmri2img.pipeline.reconstruct import STAGE1, RunSpec, gpu_resources, run_stage2, recon_group
 from fmri2img.pipeline.regress import regions_along, write_blocks, load_model, model_group
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.storage import decoded as inputs
@@ -217,7 +217,7 @@ def reconstruct_rows(predictions: Mapping[str, np.ndarray], seed_ids: np.ndarray
     if not run.preset:
         return stage1, None, None
     contexts = {n: np.asarray(predictions[n], np.float32) for n in (run.vision, run.text) if n in predictions}
-    final, info = _stage2(stage1, ids, contexts, run)
+    final, info = run_stage2(stage1, ids, contexts, run)
     return stage1, final, np.asarray(info.get("redone_fp32", np.zeros(len(ids), bool)), bool)
 
 
@@ -272,7 +272,7 @@ def reconstruct(store: Store, data: DecodeInput, run: RunSpec, salts: Mapping[st
                                                                                               key=lambda r: r.index)]
     device = str(run.vd.get("device", "auto"))
     run_tasks(tasks, stage=f"decode-{data.name}-{run.name}", client=client, progress=progress,
-              resources=_gpu_resources(client, device) if run.preset else None)
+              resources=gpu_resources(client, device) if run.preset else None)
     return {"regions_written": len(tasks), "parts": list(parts)}
 
 

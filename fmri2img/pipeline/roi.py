@@ -21,7 +21,7 @@ import dask
 import numpy as np
 import xarray as xr
 
-from fmri2img.pipeline.reconstruct import STAGE1, RunSpec, _stage2
+from fmri2img.pipeline.reconstruct import STAGE1, RunSpec, run_stage2
 from fmri2img.pipeline.regress import _aligned_targets, load_model, model_group
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.ridge.roi import CLIP_SCALES, roi_clip_embeddings, roi_vdvae_latents
@@ -101,7 +101,7 @@ def roi_block(store: Store, subject: int, run: RunSpec, names: list[str], output
     stage1 = STAGE1[run.stage1_kind](feats[run.stage1], ids, run)
     parts = {"stage1": stage1}
     if run.preset:
-        parts["final"], _ = _stage2(stage1, ids, {n: feats[n] for n in (run.vision, run.text) if n in feats}, run)
+        parts["final"], _ = run_stage2(stage1, ids, {n: feats[n] for n in (run.vision, run.text) if n in feats}, run)
     for part, images in parts.items():
         group = roi_group(subject, run.name, part)
         ds = xr.Dataset({"images": (("roi", "y", "x", "rgb"), images)}, coords={"roi": ("roi", np.array(names, object))})
