@@ -68,7 +68,7 @@ def betas_template(design: nsdi.ImageryDesign, target: np.ndarray, voxels: np.nd
                                 "target": ("trial", np.asarray(target, np.int64)),
                                 **schema.voxel_coords(voxels, volume_shape)}
     coords.update({name: ("trial", np.asarray(getattr(design, name), dtype=object)) for name in _LABELS})
-    ds = xr.Dataset({"betas": (("trial", "voxel"), schema._lazy((n, len(voxels)), (n, schema.VOXEL_CHUNK),
+    ds = xr.Dataset({"betas": (("trial", "voxel"), schema.lazy_zeros((n, len(voxels)), (n, schema.VOXEL_CHUNK),
                                                                  np.float32))}, coords=coords)
     ds["betas"].attrs.update(units="percent signal change", long_name="NSD-Imagery single-trial betas (int16 ÷ 300)")
     ds["target"].attrs["long_name"] = "row of imagery/targets (-1: not among the targets)"
@@ -78,7 +78,7 @@ def betas_template(design: nsdi.ImageryDesign, target: np.ndarray, voxels: np.nd
 def targets_template(targets: nsdi.ImageryTargets, side: int) -> xr.Dataset:
     n = len(targets.condition)
     ds = xr.Dataset(
-        {"images": (("target", "y", "x", "rgb"), schema._lazy((n, side, side, 3), (n, side, side, 3), np.uint8)),
+        {"images": (("target", "y", "x", "rgb"), schema.lazy_zeros((n, side, side, 3), (n, side, side, 3), np.uint8)),
          "has_image": ("target", np.asarray([bool(f) for f in targets.file_name.tolist()]))},
         coords={"target": ("target", np.arange(n, dtype=np.int64)),
                 "condition": ("target", np.asarray(targets.condition, dtype=object)),

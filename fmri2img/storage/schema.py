@@ -96,7 +96,8 @@ def voxel_coords(voxels: np.ndarray, volume_shape: Sequence[int]) -> dict[str, t
     }
 
 
-def _lazy(shape: Sequence[int], chunks: Sequence[int], dtype) -> da.Array:
+def lazy_zeros(shape: Sequence[int], chunks: Sequence[int], dtype) -> da.Array:
+    """A lazy all-zeros array (a template's placeholder), chunks clipped to the shape (at least 1)."""
     return da.zeros(tuple(shape), chunks=tuple(min(c, s) or 1 for c, s in zip(chunks, shape)), dtype=dtype)
 
 
@@ -107,7 +108,7 @@ def betas_template(
     """Per-trial betas: (trial, voxel) float32, one chunk row per session."""
     n, v = len(trial_index), len(voxels)
     ds = xr.Dataset(
-        {"betas": (("trial", "voxel"), _lazy((n, v), (trials_per_session, VOXEL_CHUNK), np.float32))},
+        {"betas": (("trial", "voxel"), lazy_zeros((n, v), (trials_per_session, VOXEL_CHUNK), np.float32))},
         coords={
             "trial": ("trial", np.asarray(trial_index, dtype=np.int64)),
             "session": ("trial", np.asarray(trial_session, dtype=np.int16)),
@@ -125,7 +126,7 @@ def averaged_template(image_ids: np.ndarray, voxels: np.ndarray, volume_shape: S
     n, v = len(image_ids), len(voxels)
     ds = xr.Dataset(
         {
-            "fmri": (("image", "voxel"), _lazy((n, v), (IMAGE_CHUNK, VOXEL_CHUNK), np.float32)),
+            "fmri": (("image", "voxel"), lazy_zeros((n, v), (IMAGE_CHUNK, VOXEL_CHUNK), np.float32)),
         },
         coords={"image": ("image", np.asarray(image_ids, dtype=np.int64)), **voxel_coords(voxels, volume_shape)},
     )
@@ -138,7 +139,7 @@ def rois_template(names: Sequence[str], sources: Sequence[str], voxels: np.ndarr
                   volume_shape: Sequence[int]) -> xr.Dataset:
     """ROI masks over the nsdgeneral voxels: masks (roi, voxel) bool."""
     ds = xr.Dataset(
-        {"masks": (("roi", "voxel"), _lazy((len(names), len(voxels)), (len(names), len(voxels)), bool))},
+        {"masks": (("roi", "voxel"), lazy_zeros((len(names), len(voxels)), (len(names), len(voxels)), bool))},
         coords={
             "roi": ("roi", np.asarray(names, dtype=object)),
             "roi_source": ("roi", np.asarray(sources, dtype=object)),
@@ -154,7 +155,7 @@ def stimuli_template(image_ids: np.ndarray, side: int, n_captions: int) -> xr.Da
     n = len(image_ids)
     ds = xr.Dataset(
         {
-            "images": (("image", "y", "x", "rgb"), _lazy((n, side, side, 3), (STIMULUS_CHUNK, side, side, 3), np.uint8)),
+            "images": (("image", "y", "x", "rgb"), lazy_zeros((n, side, side, 3), (STIMULUS_CHUNK, side, side, 3), np.uint8)),
             # strings cannot be lazy zeros: a small array of '' written with the template, filled by regions
             "captions": (("image", "caption"), np.full((n, n_captions), "", dtype=object)),
         },
