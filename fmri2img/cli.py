@@ -175,7 +175,6 @@ def cluster_from(args, config_cluster=None, outputs: str | None = None) -> Itera
     import dataclasses
 
     from fmri2img.cluster import cluster_failure, connect_section, dashboard_link, logs_under
-    from fmri2img.cluster.faults import close_quietly
 
     section = dataclasses.asdict(config_cluster) if config_cluster else {}
     if args.cluster:
@@ -187,15 +186,53 @@ def cluster_from(args, config_cluster=None, outputs: str | None = None) -> Itera
     link = dashboard_link(client)
     if link:
         print(f"Dask dashboard: {link}{_tunnel_hint(link)}", file=sys.stderr)
+    ok = False
     try:
         yield client
+        ok = True
     except BaseException:
         failure = cluster_failure(client)
         if failure is None:
             raise
         raise failure from None
     finally:
+        _close(client, orderly=ok)
+
+
+#: seconds a local cluster's workers get to end on their own after a successful command
+ORDERLY_CLOSE_S = 60
+
+
+def _close(client, *, orderly: bool) -> None:
+    """Close ``client`` and the cluster it owns.
+
+    After a successful command a local cluster is closed in order: its workers get
+    :data:`ORDERLY_CLOSE_S` seconds to end (a loaded machine can take more than the nanny's
+    default 4 s, after which it kills them with a warning per worker).  After a failure the
+    close is quick (the failure's own error line says what happened) and the nannies'
+    "killing" warnings are not shown.
+    """
+    from fmri2img.cluster.faults import close_quietly
+
+    cluster = getattr(client, "cluster", None)
+    if orderly and cluster is not None and getattr(cluster, "workers", None):
+        import asyncio
+
+        async def _close_workers() -> None:  # each nanny waits up to its timeout before it kills
+            await asyncio.gather(*(w.close(timeout=ORDERLY_CLOSE_S) for w in list(cluster.workers.values())),
+                                 return_exceptions=True)
+
+        try:
+            cluster.sync(_close_workers)
+        except Exception as exc:  # noqa: BLE001 - the close below still ends everything
+            logger.debug("closing the workers: %s", exc)
+    nanny = logging.getLogger("distributed.nanny")
+    level = nanny.level
+    nanny.setLevel(logging.ERROR)
+    try:
         close_quietly(client)
+    finally:
+        nanny.setLevel(level)
 
 
 def _tunnel_hint(link: str) -> str:
@@ -381,7 +418,8 @@ def cmd_report(args) -> int:
     written = 0
     for subject in args.subject:
         try:
-            result = write_report(store, subject, outputs, runs, n_images=args.n_images, config=config)
+            result = write_report(store, subject, outputs, runs, n_images=args.n_images, config=config,
+                                  index_link=len(args.subject) > 1)
         except NothingToReport as exc:
             print(f"skipped: {exc}", file=sys.stderr)
             continue
