@@ -269,7 +269,9 @@ def test_files_tables_and_json(written, store):
 
 def test_pages_are_valid_html(written, store, tmp_path):
     _, folder = written
-    check_html((folder / "index.html").read_text(encoding="utf-8"))
+    p = check_html((folder / "index.html").read_text(encoding="utf-8"), folder)
+    assert {"grid.png", "plumbing_grid.png", "metrics.png", "roi_grid.png", "plumbing_roi_grid.png",
+            "extremes_px_stage1.png"} <= set(p.files) and "../index.html" not in p.files  # no index written
     across_subjects(store, [1, 2], Outputs(str(tmp_path)))
     check_html((tmp_path / "report/index.html").read_text(encoding="utf-8"))
 
@@ -317,6 +319,8 @@ def test_cli_reports_the_subjects_it_can(store, tmp_path, capsys):
     lines = [x for x in err.splitlines() if "subject 2" in x]
     assert len(lines) == 1 and "run the reconstruct stage for subject 2" in lines[0]
     assert (out / "report/subj01/index.html").exists() and (out / "report/index.html").exists()
+    check_html((out / "report/subj01/index.html").read_text(encoding="utf-8"), out / "report/subj01")
+    assert 'href="../index.html"' in (out / "report/subj01/index.html").read_text(encoding="utf-8")
     assert not (out / "report/subj02").exists()
     assert main(["report", store.url, "--subject", "2", "--out", str(out)]) == 1
     assert "no report written" in capsys.readouterr().err
@@ -334,6 +338,7 @@ class StrictHTML(HTMLParser):
         self.stack: list[str] = []
         self.ids: list[str] = []
         self.hrefs: list[str] = []
+        self.files: list[str] = []
         self.doctype = ""
         self.seen: dict[str, list[dict]] = {}
         self.title = ""
@@ -348,6 +353,8 @@ class StrictHTML(HTMLParser):
             self.ids.append(a["id"])
         if tag == "a" and a.get("href", "").startswith("#"):
             self.hrefs.append(a["href"][1:])
+        elif a.get("href") or a.get("src"):
+            self.files.append(a.get("href") or a.get("src"))
         if tag == "img":
             assert a.get("alt") and a.get("src"), f"img without alt or src: {a}"
         if tag in ("thead", "tbody", "caption"):
@@ -369,11 +376,17 @@ class StrictHTML(HTMLParser):
             self.title += data
 
 
-def check_html(page: str) -> StrictHTML:
-    """Parse ``page`` strictly (html.parser plus the checks of :class:`StrictHTML`); raise on a fault."""
+def check_html(page: str, folder=None) -> StrictHTML:
+    """Parse ``page`` strictly (html.parser plus the checks of :class:`StrictHTML`); raise on a fault.
+
+    With ``folder`` (the page's folder), every linked file must exist there.
+    """
     p = StrictHTML()
     p.feed(page)
     p.close()
+    if folder is not None:
+        missing = [f for f in p.files if not (folder / f).is_file()]
+        assert not missing, f"links to missing files: {missing}"
     assert p.doctype == "doctype html" and not p.stack, f"unclosed: {p.stack}"
     assert len(p.ids) == len(set(p.ids)), f"duplicate ids: {sorted(i for i in p.ids if p.ids.count(i) > 1)}"
     assert set(p.hrefs) <= set(p.ids), f"links to missing anchors: {set(p.hrefs) - set(p.ids)}"

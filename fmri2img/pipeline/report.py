@@ -61,7 +61,8 @@ def _nothing(subject: int, runs: Sequence[str] | None) -> NothingToReport:
 
 
 def write_report(store: Store, subject: int, outputs: Outputs, runs: Sequence[str] | None = None,
-                 n_images: int = 8, *, config: Any = None, n_extremes: int = 5) -> dict[str, Any]:
+                 n_images: int = 8, *, config: Any = None, n_extremes: int = 5,
+                 index_link: bool = False) -> dict[str, Any]:
     """Write the report files of ``subject``; return their URLs and the tables.
 
     Parameters
@@ -74,6 +75,8 @@ def write_report(store: Store, subject: int, outputs: Outputs, runs: Sequence[st
         The run's configuration, shown redacted in the provenance block.
     n_extremes : int
         Best and worst reconstructions shown per part.
+    index_link : bool
+        Link the page to ``report/index.html`` (when :func:`across_subjects` writes it too).
 
     Returns
     -------
@@ -99,7 +102,7 @@ def write_report(store: Store, subject: int, outputs: Outputs, runs: Sequence[st
     ids = _grid_ids(store, subject, parts[0], n_images)
     folder = f"report/{schema.subject_key(subject)}"
     png: dict[str, bytes] = {}
-    page = SubjectPage(subject, banner=ALL_RANDOM if not real else "")
+    page = SubjectPage(subject, banner=ALL_RANDOM if not real else "", index_link=index_link)
     page.notes = [f"{p.label}: {p.note}" for p in parts if p.note]
     if real:
         png["grid.png"] = figs.grid_png(_columns(store, subject, real, ids), ids)
@@ -195,7 +198,8 @@ def _roi(store: Store, subject: int, parts: Sequence[Part], page: SubjectPage, p
             random = p.random or bool(g.attrs.get("random_weights", False))
             rows.append((p.label, [str(r) for r in g["roi"][:]], np.asarray(g["images"][:]), random))
     caption = ("Each column: the reconstruction from the synthetic fMRI of one region (Brain-Diffuser's ROI "
-               "analysis; V1–V4 from prf-visualrois, the others from floc). Rows: run/part.")
+               "analysis; V1–V4 from prf-visualrois, ecc* from prf-eccrois, floc-* from the floc localisers). "
+               "Rows: run/part.")
     real = [r for r in rows if not r[3]]
     fake = [r for r in rows if r[3]]
     if real:

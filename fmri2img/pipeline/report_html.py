@@ -96,6 +96,7 @@ class SubjectPage:
 
     subject: int
     banner: str = ""
+    index_link: bool = False
     notes: list[str] = field(default_factory=list)
     grid: str | None = None
     grid_caption: str = ""
@@ -119,7 +120,9 @@ def _nav(page: SubjectPage) -> str:
     shown = {"results": True, "per-image": bool(page.details), "roi": bool(page.roi_grid),
              "plumbing": bool(page.plumbing or page.plumbing_grid), "provenance": True}
     links = "".join(f'<li><a href="#{a}">{esc(t)}</a></li>' for a, t in items if shown[a])
-    return f'<nav aria-label="sections"><ul>{links}<li><a href="../index.html">All subjects</a></li></ul></nav>'
+    if page.index_link:
+        links += '<li><a href="../index.html">All subjects</a></li>'
+    return f'<nav aria-label="sections"><ul>{links}</ul></nav>'
 
 
 def _results(page: SubjectPage) -> list[str]:
