@@ -145,7 +145,7 @@ FULL = {"vdvae": {"tiny": True}, "clip-text": {"tiny": True}, "clip-vision": {"t
     ({"vdvae-10": {"kind": "vdae"}}, None, r"features.extractors.vdvae-10.kind = 'vdae' is not a feature extractor"),
     ({"v": {"kind": "vdvae", "tokens": "first77"}}, None, r"features.extractors.v: unknown option\(s\) \['tokens'\]"),
     ({**FULL, "cv": {"kind": "clip-vision", "tiny": True}}, {"r": {"stage1": "cv", "tiny": True}},
-     r"reconstruct.runs.r.stage1 = 'cv' \(kind 'clip-vision'\); expected a feature of kind pixels or vdvae"),
+     r"reconstruct.runs.r.stage1 = 'cv' \(kind 'clip-vision'\); expected one of \['pixels', 'vdvae'\] or a feature"),
     ({**FULL, "v2": {"kind": "vdvae", "tiny": True}}, {"r": {"vision": "v2", "tiny": True}},
      r"reconstruct.runs.r.vision = 'v2' is a feature of kind 'vdvae'; expected one of kind 'clip-vision'"),
     (FULL, {"r": {"preset": "seed-half", "vision": "clip-vision-77", "tiny": True}},

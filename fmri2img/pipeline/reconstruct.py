@@ -240,9 +240,9 @@ def gpu_resources(client, device: str) -> dict | None:
 def _check_stage1(run: RunSpec) -> None:
     if run.stage1_kind not in STAGE1:
         kind = f" (kind {run.stage1_kind!r})" if run.stage1_kind != run.stage1 else ""
-        raise ReconstructError(f"reconstruct.runs.{run.name}.stage1 = {run.stage1!r}{kind}; expected a feature of "
-                               f"kind {' or '.join(sorted(STAGE1))} (e.g. \"vdvae\", or a [features.extractors] "
-                               f"entry with kind = \"vdvae\")")
+        raise ReconstructError(f"reconstruct.runs.{run.name}.stage1 = {run.stage1!r}{kind}; expected one of "
+                               f"{sorted(STAGE1)} or a feature of that kind (a [features.extractors] entry with "
+                               f"kind = \"vdvae\")")
 
 
 def _check_contexts(run: RunSpec) -> None:
