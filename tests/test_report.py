@@ -6,6 +6,7 @@ evaluated with a random-weight AlexNet, and the ROI analysis of both.
 """
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -204,6 +205,8 @@ token = "{SECRETS[3]}"
     shutil.copytree(store.url, copy)
     s = Store(str(copy))
     s.group("subjects/subj01/test", mode="r+").attrs["source"] = f"https://labuser:{SECRETS[2]}@host/nsd"
+    note = "VDVAE trained by the demo on mini-NSD's images for 300 steps"
+    s.group("recon/subj01/px/stage1", mode="r+").attrs["weights_note"] = f"{note} (https://u:{SECRETS[2]}@x/y)"
     result = write_report(s, 1, Outputs(str(tmp_path / "out")), n_images=2, config=config)
     across_subjects(s, [1, 2], Outputs(str(tmp_path / "out")), config=config)
     files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
@@ -212,7 +215,9 @@ token = "{SECRETS[3]}"
         data = path.read_bytes()
         for secret in SECRETS:
             assert secret.encode() not in data, f"{secret} in {path.name}"
-    prov = _section((tmp_path / "out/report/subj01/index.html").read_text(encoding="utf-8"), "provenance")
+    page = (tmp_path / "out/report/subj01/index.html").read_text(encoding="utf-8")
+    assert f'<p class="note">px/stage1: {html.escape(note)} (https://u:***@x/y)</p>' in page  # the weights note
+    prov = _section(page, "provenance")
     assert "https://labuser:***@host/nsd" in prov and "lab-bucket/alexnet.pth" in prov
     assert "&quot;seed&quot;: 11" in prov and "Configuration (credentials redacted)" in prov
     commit = re.search(r"fmri2img git commit</dt><dd>([^<]*)</dd>", prov).group(1)

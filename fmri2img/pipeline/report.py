@@ -290,7 +290,7 @@ def across_subjects(store: Store, subjects: Sequence[int], outputs: Outputs,
                          ([tabs.to_markdown(plumbing), tabs.PLUMBING_NOTE, ""] if plumbing.rows else []))
     secrets = secrets_in(config)
     url = outputs.write_bytes("report/subjects.md", scrub(markdown, secrets).encode("utf-8"))
-    page = index_html(links, main, plumbing, [note] + ([tabs.PLUMBING_NOTE] if plumbing.rows else []))
+    page = index_html(links, main, plumbing, [note], tabs.PLUMBING_NOTE)
     html_url = outputs.write_bytes("report/index.html", scrub(page, secrets).encode("utf-8"))
     return {"table": markdown, "file": url, "html": html_url, "rows": [r.part.label for r in rows],
             "missing": [s for s, href, _ in links if not href]}

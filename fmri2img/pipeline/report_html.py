@@ -228,7 +228,7 @@ def subject_html(page: SubjectPage) -> str:
 
 
 def index_html(subjects: Sequence[tuple[int, str, str]], main: Table | None, plumbing: Table | None,
-               notes: Sequence[str]) -> str:
+               notes: Sequence[str], plumbing_note: str = "") -> str:
     """The page across subjects: links to each subject's page (or why it has none) and the tables."""
     items = "".join(f'<li><a href="{esc(href)}">subject {s}</a></li>' if href else
                     f"<li>subject {s}: {esc(why)}</li>" for s, href, why in subjects)
@@ -244,5 +244,5 @@ def index_html(subjects: Sequence[tuple[int, str, str]], main: Table | None, plu
     if plumbing is not None and plumbing.rows:
         body += ['<section id="plumbing" class="plumbing">',
                  "<h2>Plumbing check (random weights: tests the pipeline, not picture quality)</h2>",
-                 table_html(plumbing, "plumbing-table"), "</section>"]
+                 paragraph(plumbing_note), table_html(plumbing, "plumbing-table"), "</section>"]
     return document("fmri2img report: all subjects", body)
