@@ -185,6 +185,8 @@ class EvaluateConfig:
     nets: list = field(default_factory=list)
     images_per_task: int = 16
     device: str = "auto"
+    #: true: nets without [weights] become tiny random stand-ins (cheap; the demo); false: the full-size nets
+    tiny: bool = False
 
 
 @dataclass

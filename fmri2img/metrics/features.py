@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from .nets import build_alexnet, build_efficientnet_b1, build_inception_v3, build_resnet50
+from .nets.tiny import build_tiny_cnn
 from .scores import _as_uint8, _check_images
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,33 @@ EVAL_NETS: dict[str, EvalNet] = {
 }
 
 
+def _tiny(seed: int) -> Callable[..., Any]:
+    def build(weights: str | None = None, storage_options: Mapping[str, Any] | None = None, seed: int = seed):
+        return build_tiny_cnn(weights, storage_options, seed)
+    build.__name__ = f"build_tiny_cnn_{seed}"
+    return build
+
+
+#: cheap stand-ins for :data:`EVAL_NETS` without weights (``[evaluate] tiny = true``, the demo): the same
+#: feature kinds from tiny seeded random CNNs, one seed per network; CLIP is already the tiny random model
+#: when no weights are given.  Random weights either way: their scores are plumbing checks.
+TINY_EVAL_NETS: dict[str, EvalNet] = {
+    "alexnet2": EvalNet(_tiny(1), "features.4", "imagenet", 12 * 27 * 27, "alexnet", _tap("features.4")),
+    "alexnet5": EvalNet(_tiny(1), "features.11", "imagenet", 16 * 13 * 13, "alexnet", _tap("features.11")),
+    "inceptionv3": EvalNet(_tiny(2), "avgpool", "imagenet", 16, "inception_v3", _tap("avgpool")),
+    "clip": EVAL_NETS["clip"],
+    "efficientnet_b1": EvalNet(_tiny(3), "avgpool", "imagenet", 16, "efficientnet_b1", _tap("avgpool")),
+    "swav": EvalNet(_tiny(4), "avgpool", "imagenet", 16, "swav", _tap("avgpool")),
+}
+
+
+def eval_net_spec(name: str, weights: Mapping[str, Any] | None = None, tiny: bool = False) -> EvalNet:
+    """The :class:`EvalNet` that computes feature set ``name``: the full-size network, or with ``tiny``
+    and no weights for it in ``weights`` (the ``[weights]`` entries), its tiny random stand-in."""
+    spec = _eval_net(name)
+    return TINY_EVAL_NETS[name] if tiny and not (weights or {}).get(spec.weights_key) else spec
+
+
 def _eval_net(name: str) -> EvalNet:
     try:
         return EVAL_NETS[name]
@@ -155,7 +183,8 @@ def _device_dtype(net: Any) -> tuple[torch.device, torch.dtype]:
     return p.device, p.dtype
 
 
-def eval_features(name: str, net: Any, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def eval_features(name: str, net: Any, images: np.ndarray, batch_size: int = 64, spec: EvalNet | None = None
+                  ) -> np.ndarray:
     """Features ``name`` of :data:`EVAL_NETS` for a batch of images, flattened per image.
 
     Parameters
@@ -168,13 +197,15 @@ def eval_features(name: str, net: Any, images: np.ndarray, batch_size: int = 64)
     images : array of shape (n, H, W, 3), uint8 (or float in [0, 255]; an image with a NaN pixel
         gets a row of NaN and is never passed to the network)
     batch_size : int
+    spec : EvalNet, optional
+        How to run ``net`` (:func:`eval_net_spec`; default ``EVAL_NETS[name]``).
 
     Returns
     -------
     array of shape (n, d), float32
         d is the network's tap size (:attr:`EvalNet.dims` for the published configurations).
     """
-    spec = _eval_net(name)
+    spec = spec or _eval_net(name)
     if int(batch_size) < 1:
         raise ValueError(f"batch_size={batch_size!r}; expected a positive integer")
     images = _check_images("images", images)

@@ -53,12 +53,13 @@ def gt_features_group(subject: int) -> str:
     return f"evalfeatures/{schema.subject_key(subject)}/groundtruth"
 
 
-def get_net(name: str, weights: Mapping[str, Any], device: str = "auto") -> Any:
-    """Evaluation network ``name`` of :data:`fmri2img.metrics.features.EVAL_NETS`, once per process."""
-    from fmri2img.metrics.features import EVAL_NETS
+def get_net(name: str, weights: Mapping[str, Any], device: str = "auto", tiny: bool = False) -> Any:
+    """Evaluation network ``name`` of :data:`fmri2img.metrics.features.EVAL_NETS` (or its tiny stand-in
+    when ``tiny`` and no weights are given for it), once per process."""
+    from fmri2img.metrics.features import eval_net_spec
     from fmri2img.models.weights import pick_device
 
-    spec = EVAL_NETS[name]
+    spec = eval_net_spec(name, weights, tiny)
     path = weights.get(spec.weights_key) or None
     key = json.dumps([spec.builder.__name__, path, device])
     with _LOCK:
@@ -68,10 +69,12 @@ def get_net(name: str, weights: Mapping[str, Any], device: str = "auto") -> Any:
         return _NETS[key]
 
 
-def net_features(images: np.ndarray, nets: Sequence[str], weights: Mapping[str, Any], device: str) -> dict:
-    from fmri2img.metrics.features import eval_features
+def net_features(images: np.ndarray, nets: Sequence[str], weights: Mapping[str, Any], device: str,
+                 tiny: bool = False) -> dict:
+    from fmri2img.metrics.features import eval_features, eval_net_spec
 
-    return {name: eval_features(name, get_net(name, weights, device), images, batch_size=16) for name in nets}
+    return {name: eval_features(name, get_net(name, weights, device, tiny), images, batch_size=16,
+                                spec=eval_net_spec(name, weights, tiny)) for name in nets}
 
 
 def stimuli_for(store: Store, ids: np.ndarray) -> np.ndarray:
@@ -88,16 +91,16 @@ def stimuli_for(store: Store, ids: np.ndarray) -> np.ndarray:
 
 
 def gt_block(store: Store, subject: int, ids: np.ndarray, region: Region, nets: Sequence[str],
-             weights: Mapping[str, Any], device: str) -> dict:
+             weights: Mapping[str, Any], device: str, tiny: bool = False) -> dict:
     """Evaluation features of the ground-truth test images of one partition (task)."""
     images = stimuli_for(store, ids[region.slice])
-    feats = net_features(images, nets, weights, device)
+    feats = net_features(images, nets, weights, device, tiny)
     store.write_region(gt_features_group(subject), region, feats)
     return {"images": len(images)}
 
 
 def eval_block(store: Store, subject: int, run: str, part: str, ids: np.ndarray, region: Region,
-               nets: Sequence[str], weights: Mapping[str, Any], device: str) -> dict:
+               nets: Sequence[str], weights: Mapping[str, Any], device: str, tiny: bool = False) -> dict:
     """Image metrics and evaluation features of one partition of reconstructions (task)."""
     from fmri2img.metrics.scores import per_image_scores
 
@@ -106,7 +109,7 @@ def eval_block(store: Store, subject: int, run: str, part: str, ids: np.ndarray,
     rec = np.asarray(store.group(recon_group(subject, run, part))["images"][region.slice])
     scores = per_image_scores(gt_images=gt, rec_images=rec, metrics=list(IMAGE_METRICS))
     data = {METRIC_VARS[m]: np.asarray(v, dtype=np.float64) for m, v in scores.items()}
-    data.update({f"features_{k}": v for k, v in net_features(rec, nets, weights, device).items()})
+    data.update({f"features_{k}": v for k, v in net_features(rec, nets, weights, device, tiny).items()})
     store.write_region(features_group(subject, run, part), region, data)
     return {"images": len(gt), "seconds": time.perf_counter() - t0}
 
@@ -122,16 +125,16 @@ def _feature_template(ids: np.ndarray, dims: Mapping[str, int], chunk: int, pref
     return xr.Dataset(data, coords={"image": ("image", np.asarray(ids, dtype=np.int64))})
 
 
-def _dims(nets: Sequence[str], weights: Mapping[str, Any], device: str) -> dict[str, int]:
+def _dims(nets: Sequence[str], weights: Mapping[str, Any], device: str, tiny: bool = False) -> dict[str, int]:
     """Feature length of each net at 224² (from one grey image: random-weight test nets may differ from §5)."""
     grey = np.full((1, 224, 224, 3), 128, np.uint8)
-    return {k: int(v.shape[1]) for k, v in net_features(grey, nets, weights, device).items()}
+    return {k: int(v.shape[1]) for k, v in net_features(grey, nets, weights, device, tiny).items()}
 
 
 def evaluate(store: Store, subject: int, runs: Sequence[str], *, parts: Sequence[str] = ("stage1", "final"),
              nets: Sequence[str] | None = None, weights: Mapping[str, Any] | None = None, device: str = "auto",
              client=None, images_per_task: int = 16, progress: bool = True,
-             config: Mapping[str, Any] | None = None) -> dict:
+             config: Mapping[str, Any] | None = None, tiny: bool = False) -> dict:
     """Score the reconstructions of ``runs`` for ``subject``; returns the summaries.
 
     Parameters
@@ -145,6 +148,9 @@ def evaluate(store: Store, subject: int, runs: Sequence[str], *, parts: Sequence
     weights : mapping, optional
         ``[weights]`` entries (alexnet, inception_v3, efficientnet_b1, swav, clip); a net
         without weights runs with seeded random weights and the summary says so.
+    tiny : bool
+        Nets without weights become tiny random stand-ins (``TINY_EVAL_NETS``; the demo): cheap,
+        and as random as the full-size ones (the summary says ``random_weights``).
     """
     from fmri2img.metrics.features import EVAL_NETS
     from fmri2img.metrics.scores import METRICS, per_image_scores, summarize
@@ -159,19 +165,20 @@ def evaluate(store: Store, subject: int, runs: Sequence[str], *, parts: Sequence
     test = store.open_dataset(schema.subject_group(subject, "test"))
     ids = test.image.values
     regions = regular_regions("image", len(ids), images_per_task, "images")
-    salt = json.dumps({"nets": nets, "weights": {n: weights.get(EVAL_NETS[n].weights_key) for n in nets}},
-                      sort_keys=True)
+    salt = json.dumps({"nets": nets, "weights": {n: weights.get(EVAL_NETS[n].weights_key) for n in nets},
+                       **({"tiny": True} if tiny else {})}, sort_keys=True)
     keys = _inputs_keys(store, subject, runs, parts, salt, ids, images_per_task)
     finished = _finished(store, subject, keys)
     if finished is not None:  # a rerun loads no network and computes nothing (the runner's promise)
         logger.info("evaluate subj%02d: %d run parts finished with the same inputs, skipped", subject, len(keys))
         return finished
-    dims = _dims(nets, weights, device)
+    dims = _dims(nets, weights, device, tiny)
     attrs = schema.provenance(config=config)
 
     todo = store.ensure_template(gt_features_group(subject), _feature_template(ids, dims, images_per_task, "", False),
                                  regions, attrs=attrs, salt=salt)
-    tasks = [Task(f"groundtruth-{r.label}", gt_block, (store, subject, ids, r, nets, weights, device)) for r in todo]
+    tasks = [Task(f"groundtruth-{r.label}", gt_block, (store, subject, ids, r, nets, weights, device, tiny))
+             for r in todo]
     jobs = []
     for run in runs:
         for part in parts:
@@ -183,7 +190,7 @@ def evaluate(store: Store, subject: int, runs: Sequence[str], *, parts: Sequence
                                          _feature_template(ids, dims, images_per_task, "features_", True),
                                          regions, attrs=attrs, salt=rsalt)
             tasks += [Task(f"{run}-{part}-{r.label}", eval_block, (store, subject, run, part, ids, r, nets, weights,
-                                                                   device)) for r in todo]
+                                                                   device, tiny)) for r in todo]
             jobs.append((run, part))
     run_tasks(tasks, stage=f"evaluate-{schema.subject_key(subject)}", client=client, progress=progress)
 

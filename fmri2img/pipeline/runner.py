@@ -111,7 +111,7 @@ def stage_evaluate(ctx: RunContext) -> dict:
         f"subj{subject:02d}": evaluate(ctx.store, subject, runs, parts=ev.parts, nets=ev.nets or None,
                                        weights=dataclasses.asdict(cfg.weights), device=ev.device, client=ctx.client,
                                        images_per_task=ev.images_per_task, progress=ctx.progress,
-                                       config=cfg.redacted())
+                                       config=cfg.redacted(), tiny=ev.tiny)
         for subject in cfg.stage_subjects("evaluate")
     }
 
