@@ -69,26 +69,22 @@ def add_clinical_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_decode(args) -> int:
     from fmri2img import config as cfgmod
     from fmri2img.cli import cluster_from
-    from fmri2img.pipeline.decode import decode, decode_config
+    from fmri2img.pipeline.decode import decode_config
+    from fmri2img.pipeline.decode_imagery import decoder
     from fmri2img.storage import identity, lock
     from fmri2img.storage.outputs import Outputs
 
     config = cfgmod.load(args.config) if args.config else None
     if args.store is None and config is None:
         raise ValueError("give the store (fmri2img decode STORE ...) or --config with a [store] section")
-    imagery_betas = "imagery" if args.imagery else None  # decode_config needs an input; --imagery names the store's
-    kwargs = decode_config(config, args.store, subject=args.subject, betas=args.betas or imagery_betas,
-                           trials=args.trials,
+    kwargs = decode_config(config, args.store, subject=args.subject, betas=args.betas, trials=args.trials,
                            trials_file=args.trials_file, runs=args.runs.split(",") if args.runs else None,
                            name=args.name, betas_scale=args.betas_scale, mask=args.mask,
                            calibration=args.calibration, nets=args.nets.split(",") if args.nets else None,
-                           storage_options=dict(args.betas_option) or None, via=args.via)
+                           storage_options=dict(args.betas_option) or None, via=args.via,
+                           imagery=args.imagery or None, tasks=args.tasks.split(",") if args.tasks else None)
     store = kwargs.pop("store")
-    run_decode = decode
-    if args.imagery:
-        from fmri2img.pipeline.decode_imagery import imagery_decoder
-        run_decode, kwargs = imagery_decoder(kwargs, args.tasks.split(",") if args.tasks else None,
-                                             (args.betas, args.trials, args.trials_file))
+    run_decode, kwargs = decoder(kwargs)
     if args.store_option:
         store = type(store)(store.url, dict(args.store_option))
     out = args.out or (config.outputs.url if config else None)

@@ -226,6 +226,11 @@ class DecodeConfig:
     device: str = "auto"
     #: fsspec options of the betas, trials and mask URLs (credentials never stored)
     storage_options: dict = field(default_factory=dict)
+    #: true: decode the subject's ingested NSD-Imagery betas (ingest experiment "nsdimagery") instead of
+    #: betas, scored per task against the imagery targets (as decode --imagery)
+    imagery: bool = False
+    #: with imagery: the tasks to decode, some of "vision", "imagery", "attention"; empty: all three
+    tasks: list = field(default_factory=list)
 
 
 @dataclass

@@ -95,6 +95,28 @@ def _check_run_features(config: Config, specs: list) -> None:
                                   f"[features.extractors.{feature}] or name one of those")
 
 
+def _check_decode(config: Config) -> None:
+    """[decode]: an input to decode (betas, or the subject's NSD-Imagery betas), never both."""
+    from fmri2img.storage.nsd.imagery import TASKS
+
+    d = config.decode
+    if d.imagery:
+        given = [k for k in ("betas", "trials", "trials_file", "via") if getattr(d, k)]
+        if given:
+            raise ConfigError(f"decode.imagery = true decodes the subject's ingested NSD-Imagery betas, but "
+                              f"decode.{given[0]} is set too; remove {', '.join('decode.' + g for g in given)} "
+                              f"(decode.tasks selects vision, imagery, attention), or set imagery = false")
+        unknown = [t for t in d.tasks if t not in TASKS]
+        if unknown:
+            raise ConfigError(f"decode.tasks: {unknown} are not NSD-Imagery tasks; expected some of {list(TASKS)}")
+    elif d.tasks:
+        raise ConfigError(f"decode.tasks = {d.tasks} applies to NSD-Imagery only; set decode.imagery = true, or "
+                          f"remove decode.tasks")
+    elif "decode" in config.stages and not d.betas:
+        raise ConfigError("decode.betas: empty, but stages include \"decode\"; give the session file or masked "
+                          "voxels to decode (or decode.imagery = true for the subject's NSD-Imagery betas)")
+
+
 def validate(config: Config) -> Config:
     """Cross-field checks that types alone cannot express."""
     config.ingest.session_list()
@@ -149,9 +171,7 @@ def validate(config: Config) -> Config:
                                          config.align.reference):
         raise ConfigError(f"align.subject: {config.align.subject!r} is not a new subject to align to align.reference "
                           f"{config.align.reference}; give the new subject's number (another than the reference)")
-    if "decode" in config.stages and not config.decode.betas:
-        raise ConfigError("decode.betas: empty, but stages include \"decode\"; give the session file or masked "
-                          "voxels to decode")
+    _check_decode(config)
     if not config.store.url:
         raise ConfigError("store.url: empty; give the store's URL, e.g. './runs/x/store.zarr' or 's3://bucket/x.zarr'")
     return config

@@ -184,8 +184,68 @@ def test_decode_imagery_refuses_bad_requests(imagery_store, capsys):
     store, _ = imagery_store
     assert main(["decode", store.url, "--subject", "1", "--imagery", "--betas", "x.npy", "--runs", "px"]) != 0
     assert "--imagery decodes the subject's ingested NSD-Imagery betas" in capsys.readouterr().err
+    assert main(["decode", store.url, "--subject", "1", "--tasks", "vision", "--betas", "x.npy", "--runs", "px"]) != 0
+    assert "tasks ['vision'] apply to NSD-Imagery only: add --imagery" in capsys.readouterr().err
     with pytest.raises(dec.DecodeError, match=r"tasks \['dreaming'\] are not NSD-Imagery tasks"):
         decode_imagery(store, 1, [_runs()[1]], tasks=["dreaming"], progress=False)
+
+
+def _imagery_config(store_url: str, decode: str, head: str = "") -> str:
+    """A configuration with the tests' pixel run and the given [decode] lines."""
+    return f"""{head}
+[store]
+url = "{store_url}"
+[features.extractors.pixels]
+side = 8
+[reconstruct.runs.px]
+stage1 = "pixels"
+preset = ""
+[decode]
+subject = 1
+{decode}
+"""
+
+
+def test_decode_config_imagery_key_decodes_like_the_flag(imagery_store, tmp_path, capsys):
+    """[decode] imagery = true (and tasks) in `decode --config` and in `fmri2img run`'s decode stage."""
+    from fmri2img import config as cfgmod
+    from fmri2img.cli import main
+    from fmri2img.pipeline import decode_imagery
+    from fmri2img.pipeline.runner import run
+
+    store, _ = imagery_store
+    text = _imagery_config(store.url, 'imagery = true\ntasks = ["vision"]\nname = "cfg-imagery"\nnets = ["alexnet2"]',
+                           head=f'stages = ["decode"]\n[outputs]\nurl = "{tmp_path / "out"}"')
+    (tmp_path / "run.toml").write_text(text)
+    assert main(["decode", "--config", str(tmp_path / "run.toml"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "px/stage1/vision" in printed and "px/stage1/imagery" not in printed
+    by_config = decode_imagery.read_summary(store, "cfg-imagery", "px", "stage1")
+    flag = ["decode", store.url, "--subject", "1", "--imagery", "--tasks", "vision", "--runs", "px", "--nets",
+            "alexnet2", "--name", "flag-imagery", "--no-progress"]
+    assert main(flag) == 0
+    assert by_config == decode_imagery.read_summary(store, "flag-imagery", "px", "stage1")
+    assert set(by_config) == {"vision"} and by_config["vision"]["PixCorr"]["n_valid"] == 18
+    out = run(cfgmod.loads(text.replace("cfg-imagery", "run-imagery")), progress=False)["decode"]
+    assert out["betas_per_task"] == {"vision": 18} and set(out["metrics"]) == {"px/stage1/vision"}
+    assert decode_imagery.read_summary(store, "run-imagery", "px", "stage1") == by_config
+    # the same section without imagery needs betas, as before
+    with pytest.raises(cfgmod.ConfigError, match="decode.betas: empty"):
+        cfgmod.loads(text.replace("imagery = true\ntasks = [\"vision\"]\n", ""))
+
+
+@pytest.mark.parametrize("lines, match", [
+    ('imagery = true\nbetas = "scan.npy"', r"decode.imagery = true decodes .* but decode.betas is set too"),
+    ('imagery = true\nvia = "align-to-subj02"', r"remove decode.via"),
+    ('imagery = true\ntasks = ["dreaming"]', r"decode.tasks: \['dreaming'\] are not NSD-Imagery tasks"),
+    ('tasks = ["vision"]\nbetas = "scan.npy"', r"decode.tasks = \['vision'\] applies to NSD-Imagery only"),
+    ("imagery = 1", r"decode.imagery: expected bool"),
+])
+def test_decode_config_imagery_key_refuses_bad_sections(lines, match):
+    from fmri2img import config as cfgmod
+
+    with pytest.raises(cfgmod.ConfigError, match=match):
+        cfgmod.loads(_imagery_config("./s.zarr", lines))
 
 
 @pytest.fixture()

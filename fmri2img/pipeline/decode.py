@@ -383,6 +383,9 @@ def decode_config(config, store_url: str | None = None, **overrides: Any) -> dic
 
     Runs come from ``[reconstruct.runs]`` (named by ``decode.runs``, default all); without a
     configuration file (``config=None``) from what the reconstruct stage recorded in the store.
+    With ``imagery`` (``[decode] imagery = true`` or the override), those of
+    :func:`fmri2img.pipeline.decode_imagery.decode_imagery` instead, plus ``imagery=True``:
+    :func:`fmri2img.pipeline.decode_imagery.decoder` picks the function.
     """
     from fmri2img.config import Config
 
@@ -407,9 +410,25 @@ def decode_config(config, store_url: str | None = None, **overrides: Any) -> dic
         prefix = f"recon/{schema.subject_key(runs_of)}/"
         names = names or sorted({g[len(prefix):].rsplit("/", 1)[0] for g in store.list_groups(prefix)})
         runs = [stored_run(store, runs_of, n) for n in names]
-    if not section["betas"]:
-        raise DecodeError("no betas to decode: give --betas URL (or [decode] betas in the configuration)")
+    imagery, tasks = bool(section["imagery"]), list(section["tasks"] or ())
+    if imagery:
+        clash = [k for k in ("betas", "trials", "trials_file", "via") if section.get(k)]
+        if clash:
+            raise DecodeError(f"decode.imagery / --imagery decodes the subject's ingested NSD-Imagery betas "
+                              f"(subjects/subjNN/imagery), but {', '.join(clash)} given too: remove them (tasks / "
+                              f"--tasks selects vision, imagery, attention)")
+    elif tasks:
+        raise DecodeError(f"tasks {tasks} apply to NSD-Imagery only: add --imagery (or [decode] imagery = true)")
+    elif not section["betas"]:
+        raise DecodeError("no betas to decode: give --betas URL (or [decode] betas in the configuration), or "
+                          "--imagery for the subject's NSD-Imagery betas")
     options = dict(section["storage_options"])
+    if imagery:  # the keyword arguments of decode_imagery.decode_imagery, marked for decode_imagery.decoder
+        return {"store": store, "subject": subject, "runs": runs, "name": section["name"] or None,
+                "calibration": section["calibration"], "nets": section["nets"] or None,
+                "weights": dataclasses.asdict(config.weights), "device": section["device"],
+                "images_per_task": int(section["images_per_task"]),
+                "config": config.redacted() if given else None, "tasks": tasks or None, "imagery": True}
     return {"store": store, "subject": subject, "betas": section["betas"], "runs": runs,
             "name": section["name"] or None, "trials": section["trials"] or None,
             "trials_file": section["trials_file"] or None, "betas_scale": section["betas_scale"],

@@ -212,18 +212,11 @@ def decode_imagery(store: Store, subject: int, runs: Sequence, *, name: str | No
     return summary
 
 
-def imagery_decoder(kwargs: Mapping[str, Any], tasks: Sequence[str] | None, given: Sequence[Any] = ()):
-    """``(decode_imagery with tasks, its keyword arguments)`` from :func:`~fmri2img.pipeline.decode.decode_config`'s.
+def decoder(kwargs: Mapping[str, Any]):
+    """``(function, its keyword arguments)`` for :func:`~fmri2img.pipeline.decode.decode_config`'s result.
 
-    ``given``: the command's ``--betas``, ``--trials`` and ``--trials-file``, refused with ``--imagery``.
+    :func:`decode_imagery` when the configuration asked for NSD-Imagery (``imagery=True``, which
+    is removed), else :func:`fmri2img.pipeline.decode.decode`.
     """
-    import functools
-
-    if any(given):
-        raise dec.DecodeError("--imagery decodes the subject's ingested NSD-Imagery betas "
-                              "(subjects/subjNN/imagery): give it without --betas, --trials and --trials-file "
-                              "(--tasks selects vision, imagery, attention)")
-    if kwargs.get("via"):
-        raise dec.DecodeError("--imagery decodes a fitted subject's own imagery betas; --via does not apply")
-    keep = ("subject", "runs", "name", "calibration", "nets", "weights", "device", "images_per_task", "config")
-    return functools.partial(decode_imagery, tasks=tasks), {k: kwargs[k] for k in keep if k in kwargs}
+    kwargs = dict(kwargs)
+    return (decode_imagery if kwargs.pop("imagery", False) else dec.decode), kwargs

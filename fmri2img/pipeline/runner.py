@@ -137,13 +137,15 @@ def stage_align(ctx: RunContext) -> dict:
 
 
 def stage_decode(ctx: RunContext) -> dict:
-    """``[decode]``: new scans through a fitted (or aligned) subject's models, with the [reconstruct.runs]."""
-    from fmri2img.pipeline.decode import decode, decode_config
+    """``[decode]``: new scans (or, with ``imagery``, the subject's NSD-Imagery betas) through a fitted (or
+    aligned) subject's models, with the [reconstruct.runs]."""
+    from fmri2img.pipeline.decode import decode_config
+    from fmri2img.pipeline.decode_imagery import decoder
 
-    kwargs = decode_config(ctx.config)
+    run_decode, kwargs = decoder(decode_config(ctx.config))
     kwargs.pop("store")  # the run's own store (the same URL)
     outputs = Outputs(ctx.config.outputs.url, dict(ctx.config.outputs.storage_options))
-    return decode(ctx.store, outputs=outputs, client=ctx.client, progress=ctx.progress, **kwargs)
+    return run_decode(ctx.store, outputs=outputs, client=ctx.client, progress=ctx.progress, **kwargs)
 
 
 #: stage name → function, in run order (the same names as fmri2img.config.STAGES)
