@@ -1,6 +1,6 @@
 """The report: results apart from plumbing checks, tables, per-image scores, provenance, valid HTML.
 
-The store holds two runs of subject 1 on mini-NSD: ``px`` (stage 1 from the pixel regression:
+The store holds subject 2 ingested only, and two runs of subject 1 on mini-NSD: ``px`` (stage 1 from the pixel regression:
 no network, a result) and ``vd`` (stage 1 from the tiny random-weight VDVAE: a plumbing check),
 evaluated with a random-weight AlexNet, and the ROI analysis of both.
 """
@@ -23,20 +23,23 @@ from fmri2img.pipeline import report_data
 from fmri2img.pipeline.report import NothingToReport, across_subjects, write_report
 from fmri2img.storage.outputs import Outputs
 from fmri2img.storage.store import Store
-from tests.minifixtures import EXTRACTORS, mini_nsd, predicted_store  # noqa: F401
+from tests.minifixtures import EXTRACTORS, SESSIONS, mini_nsd, predicted_store  # noqa: F401
 
 SECRETS = ("AKIAFAKEKEYID0123456", "sup3r-s3cret-value", "hunter2hunter2", "tok-abcdef123456")
 
 
 @pytest.fixture(scope="module")
-def store(predicted_store, tmp_path_factory):
+def store(predicted_store, mini_nsd, tmp_path_factory):
     from fmri2img.pipeline.evaluate import evaluate
+    from fmri2img.pipeline.ingest import ingest
     from fmri2img.pipeline.reconstruct import reconstruct_run, run_spec
     from fmri2img.pipeline.roi import roi_analysis
+    from fmri2img.storage.source import Source
 
     path = tmp_path_factory.mktemp("report") / "store.zarr"
     shutil.copytree(predicted_store.url, path)
     s = Store(str(path))
+    ingest(s, Source(str(mini_nsd)), 2, SESSIONS, progress=False)  # subject 2: ingested, never reconstructed
     for name, stage1 in (("px", "pixels"), ("vd", "vdvae")):
         spec = run_spec(name, {"stage1": stage1, "preset": ""}, extractor_options=EXTRACTORS, weights={}, seed=0)
         reconstruct_run(s, 1, spec, images_per_task=8, progress=False)
@@ -141,7 +144,7 @@ def test_data_source_rule(store, tmp_path, mini_nsd):
     few = fake("s3://natural-scenes-dataset", 300)
     assert not few.comparable and "300 images, not NSD's 982" in few.reason
     assert fake(str(mini_nsd), 982).kind == "mini-NSD"  # the manifest wins over the count
-    assert "not ingested" in report_data.data_source(store, 2).reason
+    assert "not ingested" in report_data.data_source(store, 3).reason
 
 
 def test_per_image_scores_and_best_worst(written, store):
@@ -293,6 +296,24 @@ def test_subject_without_reconstructions(store):
         write_report(store, 2, Outputs("memory://unused"))
 
 
+def test_subject_not_ingested(store):
+    with pytest.raises(NothingToReport, match=r"subject 3: not in the store \(not ingested\).*run the ingest"):
+        write_report(store, 3, Outputs("memory://unused"))
+
+
+def test_reconstructed_but_not_evaluated(store, tmp_path):
+    copy = tmp_path / "s.zarr"
+    shutil.copytree(store.url, copy)
+    shutil.rmtree(copy / "_progress/metrics/subj01/px")  # px/stage1's scores no longer count as finished
+    result = write_report(Store(str(copy)), 1, Outputs(str(tmp_path / "out")), n_images=2)
+    folder = tmp_path / "out/report/subj01"
+    page = (folder / "index.html").read_text(encoding="utf-8")
+    assert result["results"] == ["px/stage1"] and (folder / "grid.png").exists()
+    assert not (folder / "metrics.png").exists() and 'id="results-table"' not in page
+    assert "No metric of these reconstructions is a result yet: run the evaluate stage" in _section(page, "results")
+    check_html(page, folder)
+
+
 def test_across_subjects(store, tmp_path):
     root = tmp_path / "two.zarr"
     shutil.copytree(store.url, root)
@@ -311,7 +332,7 @@ def test_across_subjects(store, tmp_path):
     assert [r[0] for r in _table_rows(_section(page, "plumbing"), "plumbing-table")][-1] == \
         "mean of 2 subjects: vd/stage1 (random weights)"
     subjects = _section(page, "subjects")
-    assert 'href="subj01/index.html"' in subjects and "subject 3: no finished reconstructions" in subjects
+    assert 'href="subj01/index.html"' in subjects and "subject 3: not in the store" in subjects
     assert (tmp_path / "report/subjects.md").exists()
 
 

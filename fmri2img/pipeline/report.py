@@ -52,7 +52,11 @@ class NothingToReport(ValueError):
     """The subject has no finished reconstruction: the message names the subject and the stage to run."""
 
 
-def _nothing(subject: int, runs: Sequence[str] | None) -> NothingToReport:
+def _nothing(store: Store, subject: int, runs: Sequence[str] | None) -> NothingToReport:
+    if not store.has_group(schema.subject_group(subject, "test")):
+        return NothingToReport(
+            f"subject {subject}: not in the store (not ingested): add {subject} to [ingest] subjects and run the "
+            f"ingest, features, regress, reconstruct and evaluate stages for it")
     which = f" of run(s) {', '.join(runs)}" if runs else ""
     return NothingToReport(
         f"subject {subject}: no finished reconstructions{which} in the store: run the reconstruct stage for "
@@ -94,7 +98,7 @@ def write_report(store: Store, subject: int, outputs: Outputs, runs: Sequence[st
     runs = list(runs) if runs else available_runs(store, subject)
     parts = finished_parts(store, subject, runs)
     if not parts:
-        raise _nothing(subject, runs)
+        raise _nothing(store, subject, runs)
     rows = collect_rows(store, subject, parts)
     source = data_source(store, subject)
     real = [p for p in parts if not p.random]
@@ -268,7 +272,7 @@ def across_subjects(store: Store, subjects: Sequence[int], outputs: Outputs,
     for s in subjects:
         parts = finished_parts(store, s, list(runs) if runs else available_runs(store, s))
         if not parts:
-            links.append((s, "", str(_nothing(s, runs)).split(": ", 1)[1]))
+            links.append((s, "", str(_nothing(store, s, runs)).split(": ", 1)[1]))
             continue
         links.append((s, f"{schema.subject_key(s)}/index.html", ""))
         sources.append(data_source(store, s))
