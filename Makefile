@@ -14,12 +14,18 @@ PIP     = $(VENV)/bin/python -m pip
 
 setup: $(VENV)/.installed
 
+# pip runs with --quiet (its resolver output is pages long), so each slow step says what it does first
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -c constraints.txt -e ".[all]"
-	touch $@
+	@echo "creating $(VENV) ..."
+	@$(PYTHON) -m venv $(VENV)
+	@echo "upgrading pip ..."
+	@$(PIP) install --quiet --upgrade pip
+	@echo "installing $(TORCH) (the largest download; minutes) ..."
+	@$(PIP) install --quiet $(TORCH)
+	@echo "installing fmri2img[all] pinned by constraints.txt (Dask, Zarr, xarray, diffusers, cloud clients; minutes) ..."
+	@$(PIP) install --quiet -c constraints.txt -e ".[all]"
+	@touch $@
+	@echo "installed into $(VENV)"
 
 demo: setup
 	$(VENV)/bin/fmri2img demo --workdir runs/demo
