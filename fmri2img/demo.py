@@ -1,9 +1,16 @@
 """``fmri2img demo``: the embedded default run.
 
-Generates mini-NSD (real photographs shipped with scikit-image, a simulated
-visual cortex, files in the exact NSD layout) under ``WORKDIR/mini-nsd``, then
-runs every stage that exists on it into ``WORKDIR/store.zarr`` and prints where
-the outputs are.  No download, minutes on two cores.
+Generates mini-NSD (real photographs shipped with scikit-image, a simulated visual cortex,
+files in the exact NSD layout) under ``WORKDIR/mini-nsd``, trains the demo's VDVAE on the
+subjects' training photographs (cached under ``WORKDIR/models``, see :mod:`fmri2img.demo_vdvae`),
+then runs every stage on it into ``WORKDIR/store.zarr`` for both subjects and prints where the
+outputs are.  No download, about two minutes on two cores.
+
+What is trained and what is random: stage 1 of the Brain-Diffuser run decodes with the trained
+VDVAE (a result, though of a tiny model on a tiny dataset); its stage 2 uses tiny seeded
+random-weight CLIP and Versatile Diffusion, and the evaluation networks are tiny random stand-ins,
+so the final images and the network-based metrics are plumbing checks, and the report keeps them
+apart from the results.
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ from pathlib import Path
 
 from fmri2img.config import (METHOD_STAGES, Config, EvaluateConfig, FeaturesConfig, IngestConfig, OutputsConfig,
                              ReconstructConfig, RoiConfig, SourceConfig, StoreConfig, validate)
-from fmri2img.pipeline.report import write_report
+from fmri2img.pipeline.report import NothingToReport, across_subjects, write_report
 from fmri2img.pipeline.runner import run, status
 from fmri2img.storage.outputs import Outputs
 from fmri2img.storage.store import Store
@@ -25,16 +32,18 @@ logger = logging.getLogger(__name__)
 
 #: mini-NSD settings of the demo (small stimuli keep it fast on a laptop)
 DEMO_SPEC = {"seed": 0, "subjects": (1, 2), "side": 128}
-#: the demo's features: the weight-free pixel feature, and Brain-Diffuser's three feature sets
-#: computed by tiny seeded random-weight models (they prove the plumbing, not the pictures)
+#: the demo's features: the weight-free pixel feature, the VDVAE latents of the demo's trained VDVAE
+#: (its weights file is filled in by :func:`demo_config`), and CLIP-text/vision from tiny seeded
+#: random-weight models (they prove the plumbing, not the pictures)
 DEMO_FEATURES = {
     "pixels": {"side": 64},
-    "vdvae": {"tiny": True, "n_blocks": 8},
+    "vdvae": {"hparams": "demo", "n_blocks": 7},
     "clip-text": {"tiny": True},
     "clip-vision": {"tiny": True},
 }
-#: the demo's reconstruction runs: Brain-Diffuser's two stages with tiny random-weight models (small
-#: output, few DDIM steps: plumbing, not pictures), and the pixel decoder (real blobs, no weights)
+#: the demo's reconstruction runs: Brain-Diffuser's two stages (stage 1 with the trained VDVAE; stage 2
+#: with tiny random-weight Versatile Diffusion, small output, few DDIM steps: plumbing, not pictures),
+#: and the pixel decoder (no weights)
 DEMO_RUNS = {
     "brain-diffuser": {"stage1": "vdvae", "preset": "brain-diffuser", "tiny": True,
                        "settings": {"size": 32, "steps": 10, "dtype": "float32"}},
@@ -42,17 +51,33 @@ DEMO_RUNS = {
 }
 
 
-def demo_config(workdir: Path) -> Config:
-    """The configuration the demo runs (also a template for real runs)."""
+def demo_config(workdir: Path, vdvae_weights: str | Path | None = None, vdvae_note: str = "") -> Config:
+    """The configuration the demo runs (also a template for real runs).
+
+    Parameters
+    ----------
+    workdir : Path
+    vdvae_weights : path, optional
+        The demo VDVAE's state-dict file (:func:`fmri2img.demo_vdvae.ensure_demo_vdvae`); without
+        it the VDVAE features use the tiny random-weight VDVAE (a plumbing check).
+    vdvae_note : str
+        Provenance of that file, recorded with the features and reconstructions.
+    """
+    features = {k: dict(v) for k, v in DEMO_FEATURES.items()}
+    if vdvae_weights is not None:
+        features["vdvae"].update(weights=str(vdvae_weights), note=vdvae_note)
+    else:
+        features["vdvae"] = {"tiny": True, "n_blocks": 8}
+    subjects = list(DEMO_SPEC["subjects"])
     return validate(Config(
         stages=list(METHOD_STAGES),
         store=StoreConfig(url=str(workdir / "store.zarr")),
         source=SourceConfig(url=str(workdir / "mini-nsd")),
-        ingest=IngestConfig(subjects=list(DEMO_SPEC["subjects"])),
-        features=FeaturesConfig(extractors={k: dict(v) for k, v in DEMO_FEATURES.items()}, images_per_task=64),
+        ingest=IngestConfig(subjects=subjects),
+        features=FeaturesConfig(extractors=features, images_per_task=64),
         reconstruct=ReconstructConfig(runs={k: dict(v) for k, v in DEMO_RUNS.items()}, images_per_task=15,
-                                      subjects=[1]),
-        evaluate=EvaluateConfig(subjects=[1], images_per_task=30),
+                                      subjects=subjects),
+        evaluate=EvaluateConfig(subjects=subjects, images_per_task=30, tiny=True),
         roi=RoiConfig(subjects=[1]),
         outputs=OutputsConfig(url=str(workdir / "outputs")),
     ))
@@ -72,24 +97,49 @@ def ensure_mini_nsd(root: Path) -> dict:
 
 
 def run_demo(workdir: str | Path, *, client=None, fresh: bool = False, progress: bool = True) -> dict:
+    """Generate mini-NSD, train (or reuse) the demo VDVAE, run every stage and write the reports."""
+    from fmri2img.demo_vdvae import ensure_demo_vdvae
+
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     if fresh and (workdir / "store.zarr").exists():
         shutil.rmtree(workdir / "store.zarr")
     t0 = time.perf_counter()
-    print(f"[1/2] mini-NSD in {workdir / 'mini-nsd'}", file=sys.stderr)
+    print(f"[1/3] mini-NSD in {workdir / 'mini-nsd'}", file=sys.stderr)
     ensure_mini_nsd(workdir / "mini-nsd")
-    config = demo_config(workdir)
+    t1 = time.perf_counter()
+    print(f"[2/3] demo VDVAE in {workdir / 'models'} (trained on the subjects' training photographs, "
+          f"never a test image)", file=sys.stderr)
+    weights, manifest = ensure_demo_vdvae(workdir / "mini-nsd", workdir / "models", DEMO_SPEC["subjects"])
+    t2 = time.perf_counter()
+    config = demo_config(workdir, weights, manifest["note"])
     (workdir / "config.toml").write_text(_config_text(config))
-    print(f"[2/2] stages {', '.join(config.stages)} → {config.store.url}", file=sys.stderr)
+    print(f"[3/3] stages {', '.join(config.stages)} → {config.store.url}", file=sys.stderr)
     results = run(config, client=client, progress=progress)
+    results["demo"] = {"mini_nsd_seconds": round(t1 - t0, 1), "vdvae_seconds": round(t2 - t1, 1),
+                       "vdvae_reused": bool(manifest["reused"]), "vdvae_weights": str(weights)}
     store = Store(config.store.url)
-    report = write_report(store, 1, Outputs(config.outputs.url, dict(config.outputs.storage_options)))
+    outputs = Outputs(config.outputs.url, dict(config.outputs.storage_options))
+    subjects = list(config.reconstruct.subjects)
+    report = None
+    for subject in subjects:
+        try:
+            out = write_report(store, subject, outputs, config=config, index_link=len(subjects) > 1)
+        except NothingToReport as exc:
+            print(f"  subject {subject}: {exc}", file=sys.stderr)
+            continue
+        report = report or out
+    index = across_subjects(store, subjects, outputs, config=config) if len(subjects) > 1 else None
     rows = status(store)
     done = sum(1 for _, d, t in rows if t and d == t)
     print(f"\nfmri2img demo finished in {time.perf_counter() - t0:.0f} s ({done}/{len(rows)} store groups complete)\n")
-    print(report["table"])
-    print(f"  report:  {report['files']['html']}  (grid.png, metrics.png, metrics.md beside it)")
+    print(f"demo VDVAE: {manifest['note']} ({'reused' if manifest['reused'] else 'trained'} "
+          f"{weights.name}; ELBO {manifest['loss']['elbo_first']} -> {manifest['loss']['elbo_last']} nats/dim)\n")
+    if report is not None:
+        print(report["table"])
+        print(f"  report:  {report['files']['html']}  (grid.png, metrics.png, metrics.md beside it)")
+    if index is not None:
+        print(f"  both subjects: {index['html']}")
     print(f"  store:   {config.store.url}   (fmri2img status {config.store.url})")
     print(f"  config:  {workdir / 'config.toml'}   (rerun: fmri2img run {workdir / 'config.toml'})")
     print(f"  read it: xarray.open_zarr({config.store.url!r}, group='predictions/subj01/pixels')")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fmri2img.models.vdvae_blocks import IMAGENET64, TINY, VDVAE, VDVAEHparams, init_random_weights
+from fmri2img.models.vdvae_blocks import DEMO, IMAGENET64, TINY, VDVAE, VDVAEHparams, init_random_weights
 from fmri2img.models.weights import WeightsError, check_state_dict, image_generator, load_state_dict, pick_device
 
 logger = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ DTYPES: dict[str, torch.dtype] = {
 }
 """Compute dtypes by name (the ``dtype`` option)."""
 
-HPARAMS: dict[str, VDVAEHparams] = {"imagenet64": IMAGENET64, "tiny": TINY}
-"""Known configurations by name."""
+HPARAMS: dict[str, VDVAEHparams] = {"imagenet64": IMAGENET64, "tiny": TINY, "demo": DEMO}
+"""Known configurations by name (``demo``: trained by ``fmri2img demo``, see :mod:`fmri2img.models.vdvae_train`)."""
 
 _U_LO, _U_HI = 1e-5, 1.0 - 1e-5  # the official uniform range for Gumbel and logistic draws
 
@@ -452,7 +452,7 @@ class VDVAEExtractor:
 
 def make_vdvae_extractor(*, weights: str | None = None, storage_options: Any = None, tiny: bool = False,
                          device: str = "auto", dtype: str = "float32", batch_size: int = 30, n_blocks: int = 31,
-                         hparams: str = "imagenet64", seed: int = 0) -> VDVAEExtractor:
+                         hparams: str = "imagenet64", seed: int = 0, note: str = "") -> VDVAEExtractor:
     """Build the 'vdvae' extractor.
 
     Parameters
@@ -468,9 +468,11 @@ def make_vdvae_extractor(*, weights: str | None = None, storage_options: Any = N
     n_blocks : int
         Leading decoder blocks whose latents are kept (31; the reduced variant 10).
     hparams : str
-        Configuration name for real weights (``"imagenet64"``).
+        Configuration name for real weights (``"imagenet64"``; ``"demo"`` for the demo's trained file).
     seed : int
         Seed of the random weights when ``tiny``.
+    note : str
+        Provenance of the weights (recorded as ``weights_note``; the demo names its training run).
 
     Returns
     -------
@@ -495,4 +497,5 @@ def make_vdvae_extractor(*, weights: str | None = None, storage_options: Any = N
     hp = HPARAMS[hparams]
     n_blocks = _check_n_blocks(hp, n_blocks)
     model = load_vdvae(weights, storage_options, hp, device=device, dtype=dtype)
-    return VDVAEExtractor(model, n_blocks, int(batch_size), weights_name(weights), False)
+    extra = {"weights_note": str(note)} if note else {}
+    return VDVAEExtractor(model, n_blocks, int(batch_size), weights_name(weights), False, extra=extra)

@@ -104,7 +104,16 @@ TINY = VDVAEHparams(
     enc_blocks="64x1,64d2,32x1,32d2,16x1,16d2,8x1,8d2,4x1,4d4,1x1",
     dec_blocks="1x2,4m1,4x1,8m4,8x1,16m8,16x1,32m16,32x1,64m32,64x1",
 )
-"""Same structure rules at width 16, zdim 4, 12 decoder blocks: for tests and the demo."""
+"""Same structure rules at width 16, zdim 4, 12 decoder blocks: for tests (seeded random weights)."""
+
+DEMO = VDVAEHparams(
+    name="demo", width=32, zdim=8, bottleneck_multiple=0.5, num_mixtures=4, no_bias_above=64,
+    enc_blocks="32x1,32d2,16x1,16d2,8x1,8d2,4x1,4d4,1x1",
+    dec_blocks="1x1,4m1,4x1,8m4,8x1,16m8,16x1,32m16,32x1", image_size=32,
+)
+"""32×32, width 32, zdim 8, 9 decoder blocks: the demo trains it on mini-NSD photographs
+(:mod:`fmri2img.models.vdvae_train`); the demo keeps the latents of its first 7 blocks (1² to 16²,
+5,384 values), as Brain-Diffuser keeps the imagenet64 blocks up to about 16² (31 of 75)."""
 
 
 def parse_layer_string(s: str, what: str = "blocks") -> list[tuple[int, int | None]]:

@@ -296,6 +296,31 @@ def run_spec(name: str, options: Mapping[str, Any], *, extractor_options: Mappin
     return spec
 
 
+def part_provenance(run: RunSpec) -> dict[str, dict[str, Any]]:
+    """``random_weights`` and ``weights_note`` of each part (the attrs of ``recon/.../stage1`` and ``final``).
+
+    stage 1 is random iff its feature's extractor has random weights (``tiny``); the final image is
+    random iff Versatile Diffusion is tiny or any feature it uses (stage 1, CLIP-vision, CLIP-text) is.
+    The note joins the extractors' ``note`` options (e.g. weights the demo trained) and names what is random.
+    """
+    def random(name: str) -> bool:
+        return bool(run.extractor_options.get(name, {}).get("tiny"))
+
+    def notes(names: list[str]) -> list[str]:
+        return [str(run.extractor_options.get(n, {}).get("note")) for n in names
+                if run.extractor_options.get(n, {}).get("note")]
+
+    s1 = random(run.stage1)
+    out = {"stage1": {"random_weights": s1, "weights_note": "; ".join(
+        notes([run.stage1]) + ([f"{run.stage1}: seeded random weights (plumbing check)"] if s1 else []))}}
+    if run.preset:
+        used = run.features_needed()
+        rand = [n for n in used if random(n)] + (["Versatile Diffusion"] if run.vd.get("tiny") else [])
+        out["final"] = {"random_weights": bool(rand), "weights_note": "; ".join(
+            notes(used) + ([f"seeded random weights: {', '.join(rand)} (plumbing check)"] if rand else []))}
+    return out
+
+
 def reconstruct_run(store: Store, subject: int, run: RunSpec, *, client=None, images_per_task: int = 8,
                     outputs: Outputs | None = None, progress: bool = True,
                     config: Mapping[str, Any] | None = None) -> dict:
@@ -311,9 +336,9 @@ def reconstruct_run(store: Store, subject: int, run: RunSpec, *, client=None, im
             raise ReconstructError(f"run {run.name!r} needs the {name!r} extractor's settings ([features] {name})")
     ids = np.asarray(store.group(prediction_group(subject, run.stage1))["image"][:])
     regions = regular_regions("image", len(ids), images_per_task, "images")
-    attrs = {**schema.provenance(config=config), "run": json.dumps(run.__dict__, default=str, sort_keys=True),
-             "random_weights": bool(run.vd.get("tiny") or any(run.extractor_options.get(n, {}).get("tiny")
-                                                               for n in run.features_needed()))}
+    base = {**schema.provenance(config=config), "run": json.dumps(run.__dict__, default=str, sort_keys=True)}
+    prov = part_provenance(run)
+    attrs = {**base, **prov["stage1"]}
     salt = {"stage1": run.stage1, "seed": run.seed, "opts": run.extractor_options.get(run.stage1),
             "predictions": {name: store.group(prediction_group(subject, name)).attrs.get("fmri2img_salt")
                             for name in run.features_needed()}}
@@ -329,8 +354,8 @@ def reconstruct_run(store: Store, subject: int, run: RunSpec, *, client=None, im
         salt2 = json.dumps({**salt, "preset": run.preset, "settings": run.settings, "vd": run.vd,
                             "contexts": [run.extractor_options.get(run.vision), run.extractor_options.get(run.text)]},
                            sort_keys=True, default=str)
-        todo2 = store.ensure_template(recon_group(subject, run.name, "final"), t2, regions, attrs=attrs,
-                                      overwrite=bool(todo1), salt=salt2)
+        todo2 = store.ensure_template(recon_group(subject, run.name, "final"), t2, regions,
+                                      attrs={**base, **prov["final"]}, overwrite=bool(todo1), salt=salt2)
         todo = sorted({r.index: r for r in todo1 + todo2}.values(), key=lambda r: r.index)
     device = str(run.vd.get("device", "auto"))
     tasks = [Task(r.label, reconstruct_block, (store, subject, run, r, outputs)) for r in todo]
@@ -338,6 +363,8 @@ def reconstruct_run(store: Store, subject: int, run: RunSpec, *, client=None, im
                         progress=progress, resources=gpu_resources(client, device) if run.preset else None)
     summary = {"subject": int(subject), "run": run.name, "images": int(len(ids)), "blocks_written": len(todo),
                "stage2": bool(run.preset), "redone_fp32": int(sum(r["redone_fp32"] for r in results)),
-               "random_weights": attrs["random_weights"], "seconds": round(time.perf_counter() - t0, 3)}
+               "random_weights": any(p["random_weights"] for p in prov.values()),
+               "random_weights_parts": {k: p["random_weights"] for k, p in prov.items()},
+               "seconds": round(time.perf_counter() - t0, 3)}
     logger.info("reconstruct %s: %s", run.name, summary)
     return summary
