@@ -116,13 +116,15 @@ def test_published_numbers_only_where_they_compare(store, tmp_path, monkeypatch)
     rows = _table_rows(_section(page, "results"), "results-table")
     assert rows[0][:4] == ["Brain-Diffuser (paper, mean of subjects 1/2/5/7)", "0.254", "0.356", "—"]
     assert [r[0] for r in rows[1:]] == ["px/stage1"]  # still no random-weight row beside the paper
+    result, page = _report_with_source(store, tmp_path / "nsd-random", nsd, runs=["vd"])
+    assert not result["published_shown"] and "Brain-Diffuser (paper" not in page and "published numbers" not in page
 
 
-def _report_with_source(store, out, source):
+def _report_with_source(store, out, source, runs=None):
     with pytest.MonkeyPatch.context() as mp:
         if source is not None:
             mp.setattr(rep, "data_source", lambda *a: source)
-        result = write_report(store, 1, Outputs(str(out)), n_images=2)
+        result = write_report(store, 1, Outputs(str(out)), runs=runs, n_images=2)
     return result, (out / "report/subj01/index.html").read_text(encoding="utf-8")
 
 

@@ -117,7 +117,8 @@ def write_report(store: Store, subject: int, outputs: Outputs, runs: Sequence[st
         page.plumbing_grid = "plumbing_grid.png"
     page.main = tabs.main_table(rows, source)
     page.plumbing = tabs.plumbing_table(rows)
-    page.comparison = _comparison(source)
+    shown = source.comparable and bool(page.main.rows)  # the paper's numbers, beside results only
+    page.comparison = _comparison(source) if shown or not source.comparable else ""
     page.plumbing_note = tabs.PLUMBING_NOTE
     values = {m: {r.part.label: r.summary[m] for r in rows if m in r.result_metrics()}
               for m in tabs.result_columns(rows)}
@@ -135,7 +136,7 @@ def write_report(store: Store, subject: int, outputs: Outputs, runs: Sequence[st
     page.provenance = provenance(store, subject, parts, source, config)
     markdown = _markdown(page)
     data = {"subject": subject, "data": {"source": source.url, "kind": source.kind, "n_test": source.n_test},
-            "published_shown": source.comparable,
+            "published_shown": shown,
             "parts": {r.part.label: {"random_weights": r.part.random, "weights_note": r.part.note,
                                      "metrics": {m: {**s, "plumbing": m in r.random_cells}
                                                  for m, s in r.summary.items()}} for r in rows}}
@@ -144,7 +145,7 @@ def write_report(store: Store, subject: int, outputs: Outputs, runs: Sequence[st
         "index.html": subject_html(page)}, secrets_in(config))
     logger.info("report for subject %d written to %s", subject, files["html"])
     return {"files": files, "table": markdown, "runs": runs, "results": [p.label for p in real],
-            "plumbing": [p.label for p in fake], "published_shown": source.comparable}
+            "plumbing": [p.label for p in fake], "published_shown": shown}
 
 
 def _grid_ids(store: Store, subject: int, part: Part, n: int) -> np.ndarray:

@@ -72,16 +72,16 @@ def main_table(rows: Sequence[Row], source: DataSource | None, caption: str = "R
 
     names = result_columns(rows)
     table = Table(caption, ["run/part"] + [metric_head(m) for m in names])
-    if source is not None and source.comparable:
-        table.rows.append([Cell(PAPER_LABEL)] + [
-            Cell("—") if METRICS.get(m) is None or METRICS[m].published is None
-            else Cell(f"{METRICS[m].published:.3f}", numeric=True) for m in names])
     for row in rows:
         if not row.result_metrics():
             continue
         table.rows.append([Cell(row.part.label)] + [
             Cell("—", title="random weights: in the plumbing check") if m in row.random_cells
             else fmt(row.summary[m]) if m in row.summary else Cell("—", title="not scored") for m in names])
+    if table.rows and source is not None and source.comparable:  # the paper's row beside results only
+        table.rows.insert(0, [Cell(PAPER_LABEL)] + [
+            Cell("—") if METRICS.get(m) is None or METRICS[m].published is None
+            else Cell(f"{METRICS[m].published:.3f}", numeric=True) for m in names])
     return table
 
 
