@@ -47,6 +47,11 @@ def _cli_options(**options) -> list[str]:
     return out
 
 
+def _progress_note(line: str) -> bool:
+    """A line the CLI prints on the way (log records with -v; by default stage lines and the dashboard link)."""
+    return " INFO fmri2img" in line or line.startswith(("stage ", "Dask dashboard: "))
+
+
 def _no_jobs_left(lab: SlurmLab, timeout: float = 60) -> list[str]:
     """The lab's jobs once cancelled ones have left the queue (a job is COMPLETING for a moment)."""
     t0 = time.monotonic()
@@ -106,7 +111,7 @@ def test_bad_gres_is_one_error_line(slurm, mini_nsd, tmp_path):  # noqa: F811
         capture_output=True, text=True, timeout=300, env={**os.environ})
     seconds = time.monotonic() - t0
     print(f"bad gres: {seconds:.1f} s")
-    lines = [x for x in done.stderr.strip().splitlines() if " INFO fmri2img" not in x]  # progress notes
+    lines = [x for x in done.stderr.strip().splitlines() if not _progress_note(x)]
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1, done.stderr
     assert "Traceback" not in done.stderr
@@ -131,7 +136,7 @@ def test_workers_that_never_arrive_time_out(slurm, mini_nsd, tmp_path, capsys): 
     err = capsys.readouterr().err
     print(f"no worker: {seconds:.1f} s")
     assert code == 2
-    lines = [x for x in err.splitlines() if x.strip() and " INFO fmri2img" not in x]
+    lines = [x for x in err.splitlines() if x.strip() and not _progress_note(x)]
     assert len(lines) == 1 and lines[0].startswith("error: slurm cluster: no Dask worker connected within "), err
     assert "PENDING (BeginTime)" in err and "`squeue -j " in err
     assert str(tmp_path / "outputs" / "cluster-logs") in err
