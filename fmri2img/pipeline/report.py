@@ -290,12 +290,13 @@ def across_subjects(store: Store, subjects: Sequence[int], outputs: Outputs,
     shared = next((src for src in sources if not src.comparable), sources[0] if sources else None)
     main = tabs.main_table(rows, shared if comparable else None, "Results across subjects")
     plumbing = tabs.plumbing_table(rows, "Plumbing check across subjects (random weights)")
-    note = (_comparison(shared) if shared is not None else "No subject has finished reconstructions.")
+    note = ("No subject has finished reconstructions." if shared is None
+            else _comparison(shared) if main.rows or not comparable else "")
     markdown = "\n".join([tabs.to_markdown(main), note, ""] +
                          ([tabs.to_markdown(plumbing), tabs.PLUMBING_NOTE, ""] if plumbing.rows else []))
     secrets = secrets_in(config)
     url = outputs.write_bytes("report/subjects.md", scrub(markdown, secrets).encode("utf-8"))
-    page = index_html(links, main, plumbing, [note], tabs.PLUMBING_NOTE)
+    page = index_html(links, main, plumbing, [note] if note else [], tabs.PLUMBING_NOTE)
     html_url = outputs.write_bytes("report/index.html", scrub(page, secrets).encode("utf-8"))
     return {"table": markdown, "file": url, "html": html_url, "rows": [r.part.label for r in rows],
             "missing": [s for s, href, _ in links if not href]}

@@ -51,8 +51,10 @@ def fmt(summary: Mapping, dagger: bool = False) -> Cell:
     text = f"{mean:.3f}" + (f" ± {sem:.3f}" if sem is not None else "")
     if summary.get("n_excluded"):
         text += f" ({summary['n_excluded']} excl.)"
+    over = (f"{summary['n_valid']} images" if "n_valid" in summary
+            else f"mean of {summary.get('n_subjects', '?')} subjects")
     return Cell(text + (f" {DAGGER}" if dagger else ""), numeric=True,
-                title=f"{summary.get('n_valid', '?')} images" + ("; random weights" if dagger else ""))
+                title=over + ("; random weights" if dagger else ""))
 
 
 def _ordered(names) -> list[str]:
@@ -130,7 +132,7 @@ def subject_mean(rows_by_subject: Mapping[int, Sequence[Row]]) -> dict[str, Row]
             means = [r.summary[m]["mean"] for r in rows if m in r.summary and r.summary[m].get("mean") is not None]
             if not means:
                 continue
-            summary[m] = {"mean": float(np.mean(means)), "n_valid": len(means),
+            summary[m] = {"mean": float(np.mean(means)), "n_subjects": len(means),
                           "sem": float(np.std(means, ddof=1) / np.sqrt(len(means))) if len(means) > 1 else None}
             if any(m in r.random_cells for r in rows if m in r.summary):
                 random_cells.add(m)
