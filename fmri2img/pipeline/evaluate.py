@@ -71,6 +71,7 @@ def get_net(name: str, weights: Mapping[str, Any], device: str = "auto", tiny: b
 
 def net_features(images: np.ndarray, nets: Sequence[str], weights: Mapping[str, Any], device: str,
                  tiny: bool = False) -> dict:
+    """Each evaluation net's features of uint8 ``images`` (n, H, W, 3): net name → array of shape (n, d)."""
     from fmri2img.metrics.features import eval_features, eval_net_spec
 
     return {name: eval_features(name, get_net(name, weights, device, tiny), images, batch_size=16,
@@ -78,6 +79,7 @@ def net_features(images: np.ndarray, nets: Sequence[str], weights: Mapping[str, 
 
 
 def stimuli_for(store: Store, ids: np.ndarray) -> np.ndarray:
+    """The stored stimuli of NSD ids ``ids``, uint8 array of shape (n, H, W, 3), in the order of ``ids``."""
     stim = store.group(schema.STIMULI)
     index = {int(v): i for i, v in enumerate(np.asarray(stim["image"][:]))}
     missing = [int(i) for i in ids if int(i) not in index]
@@ -260,6 +262,7 @@ def read_summary(store: Store, subject: int, run: str, part: str) -> dict:
 
 
 def json_default(value: Any) -> Any:
+    """``json.dumps(..., default=json_default)``: NumPy scalars and arrays as Python values, anything else as str."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -176,6 +176,10 @@ def _compute_unconditional(run: RunSpec) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_stage2(stage1: np.ndarray, ids: np.ndarray, contexts: dict[str, np.ndarray | None], run: RunSpec):
+    """Versatile Diffusion img2img of stage-1 images ``(n, H, W, 3)`` with the run's predicted contexts.
+
+    Each row is seeded by (run seed, its id in ``ids``); returns (final images, sampler facts).
+    """
     from fmri2img.models.vd_sampler import preset, reconstruct
 
     comps = _vd_components(run)
@@ -231,6 +235,7 @@ def _template(ids: np.ndarray, size: int, chunk: int, final: bool) -> xr.Dataset
 
 
 def gpu_resources(client, device: str) -> dict | None:
+    """``{"GPU": 1}`` when the work should land on the cluster's GPU workers (some have one), else None."""
     if client is None or str(device).startswith("cpu"):
         return None
     workers = client.scheduler_info().get("workers", {}).values()

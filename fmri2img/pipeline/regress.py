@@ -149,7 +149,7 @@ def _write_block(store: Store, group: str, region: Region, values: np.ndarray) -
 
 
 def write_blocks(store: Store, group: str, lazy: da.Array, todo: list[Region], stage: str,
-                  client, progress: bool) -> None:
+                 client, progress: bool) -> None:
     """Compute ``lazy[:, region]`` for every region and write it (one task per region)."""
     writes = [
         dask.delayed(_write_block, pure=False)(store, group, r, lazy[(slice(None), r.slice)],
@@ -162,6 +162,7 @@ def write_blocks(store: Store, group: str, lazy: da.Array, todo: list[Region], s
 
 
 def regions_along(chunks: tuple[int, ...], dim: str, prefix: str) -> list[Region]:
+    """One :class:`Region` per chunk of ``chunks`` along ``dim``, labelled ``{prefix}-NNNN``."""
     out, start = [], 0
     for i, c in enumerate(chunks):
         out.append(Region(i, dim, start, start + c, f"{prefix}-{i:04d}"))
