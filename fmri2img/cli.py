@@ -325,6 +325,7 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_run(args) -> int:
+    _probe_configured(args.config, args.stages)  # before the heavy imports of the configuration and the stages
     from fmri2img import config as cfgmod
     from fmri2img.pipeline.runner import run
     from fmri2img.storage import logredact
@@ -333,15 +334,33 @@ def cmd_run(args) -> int:
     logredact.add_secrets(sum((logredact.secrets_of(section.storage_options) for section in
                                (config.store, config.source, config.outputs, config.weights)), []))
     stages = [s for s in args.stages.split(",") if s] if args.stages else None
-    from fmri2img.storage.neterrors import probe
-
-    if "ingest" in (stages or config.stages):  # out of reach: one error line within seconds, before a cluster starts
-        probe(config.source.url, config.source.storage_options)
-    probe(config.store.url, config.store.storage_options)
     with cluster_from(args, config.cluster, config.outputs.url) as client:
         results = run(config, stages=stages, client=client, progress=not args.no_progress)
     print(json.dumps(results, indent=1, default=str))
     return 0
+
+
+def _probe_configured(path: str, stages: str | None) -> None:
+    """A configured store or ingest source out of reach: one error line within seconds (see neterrors.probe).
+
+    Reads only the TOML's ``[store]`` and ``[source]`` tables; anything unreadable is left to the
+    configuration's own checks, which follow.
+    """
+    import tomllib
+
+    from fmri2img.storage.neterrors import probe
+
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+        wanted = [s for s in stages.split(",") if s] if stages else list(raw.get("stages") or ["ingest"])
+        sections = (["source"] if "ingest" in wanted else []) + ["store"]
+        targets = [(str(raw[k]["url"]), dict(raw[k].get("storage_options") or {})) for k in sections
+                   if isinstance(raw.get(k), dict) and raw[k].get("url")]
+    except (OSError, ValueError, TypeError, KeyError):
+        return
+    for url, options in targets:
+        probe(url, options)
 
 
 def cmd_status(args) -> int:

@@ -196,3 +196,30 @@ def test_readme_cites_only_files_a_user_has():
     assert len(files) >= 4, cited
     missing = sorted(c for c in files if not (ROOT / c).exists())
     assert not missing, missing
+
+
+# -- offline S3 ----------------------------------------------------------------------------------------
+def test_run_with_an_unreachable_configured_source_is_one_error_line_within_seconds(tmp_path):
+    """`fmri2img run CONFIG` whose [source] is out of reach ends like `ingest` does: one line, seconds."""
+    pytest.importorskip("s3fs")
+    import os
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "c.toml"
+    config.write_text(f'stages = ["ingest"]\n[store]\nurl = "{tmp_path / "s.zarr"}"\n[source]\n'
+                      f'url = "s3://natural-scenes-dataset"\n[source.storage_options]\n'
+                      f'endpoint_url = "http://127.0.0.1:{port}"\n[ingest]\nsubjects = [1]\n')
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "fmri2img.cli", "run", str(config)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ})
+    seconds = time.monotonic() - t0
+    lines = [x for x in done.stderr.splitlines() if x.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: cannot reach 127.0.0.1:{port}") and "Fix:" in lines[0]
+    assert seconds < 10, f"{seconds:.1f} s"
+    assert not (tmp_path / "s.zarr").exists()
