@@ -31,7 +31,7 @@ class IngestResumeError(ValueError):
     """A resume would mix regions from different inputs; nothing was written."""
 
 
-def _file_id(info: Mapping[str, Any] | None) -> str:
+def file_id(info: Mapping[str, Any] | None) -> str:
     if not info:
         return "absent"
     tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("mtime") or info.get("updated")
@@ -49,7 +49,7 @@ def session_files(source: Source, subject: int, sessions: Sequence[int]) -> dict
         listing = {}
     out = {}
     for s in sessions:
-        ids = [f"{fmt}={_file_id(listing.get(posixpath.basename(layout.betas(subject, s, fmt))))}"
+        ids = [f"{fmt}={file_id(listing.get(posixpath.basename(layout.betas(subject, s, fmt))))}"
                for fmt in ("hdf5", "nii.gz")]
         out[f"session-{int(s):02d}"] = " ".join(ids)
     return out
