@@ -92,7 +92,8 @@ def score(store: Store, data, runs, *, nets: Sequence[str] | None, weights: Mapp
                                     "image": ("trial", data.images[rows].astype(np.int64))})
             g = group(data.name, "metrics", run, part)
             region = Region(0, "trial", 0, len(rows), "all")
-            store.write_template(g, ds, [region], attrs={**(attrs or {}), "summary": json.dumps(summary, default=json_default),
+            text = json.dumps(summary, default=json_default)
+            store.write_template(g, ds, [region], attrs={**(attrs or {}), "summary": text,
                                                          "run": run, "part": part, "random_nets": random_nets,
                                                          INPUTS_ATTR: keys[(run, part)]})
             store.mark_done(g, region)

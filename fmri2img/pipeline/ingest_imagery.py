@@ -174,7 +174,7 @@ def ingest_imagery(store: Store, source: Source, subject: int, *, client=None, p
     attrs = schema.provenance(source=source.safe_url, config=config, subject=int(subject), experiment="nsdimagery")
     targets_written = _write_targets(store, source, targets, attrs)
     files = {fmt: ingest_resume.file_id(fs.info(layout.betas(subject, fmt)) if fs.exists(layout.betas(subject, fmt))
-                                         else None) for fmt in ("hdf5", "nii.gz")}
+                                        else None) for fmt in ("hdf5", "nii.gz")}
     salt = _digest(FORMAT, source.safe_url, files, prefer, str(betas_scale), nan_policy)
     template = betas_template(design, targets.index_of(design.condition), voxels, shape)
     region = Region(0, "trial", 0, design.n_betas, "betas_nsdimagery")

@@ -32,6 +32,7 @@ class IngestResumeError(ValueError):
 
 
 def file_id(info: Mapping[str, Any] | None) -> str:
+    """A betas file's identity for resume keys: its ETag/md5/mtime and size from an fsspec ``info``, or ``"absent"``."""
     if not info:
         return "absent"
     tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("mtime") or info.get("updated")
