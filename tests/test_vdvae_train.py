@@ -74,7 +74,6 @@ def test_dmol_log_likelihood_equals_scipy_logistic_bins():
     v[0, 0, 0] = [0, 255, 128]  # both edge bins
     x = v / 127.5 - 1
     params = rng.normal(0, 0.5, (2, 3, 3, nr_mix * 10))
-    params[..., nr_mix:] = params[..., nr_mix:]  # means, log-scales in about ±1, coefficients
     got = dmol_log_likelihood(torch.tensor(x), torch.tensor(params), nr_mix).numpy()
     np.testing.assert_allclose(got, _dmol_reference(x, params, nr_mix), rtol=1e-9, atol=1e-9)
 
