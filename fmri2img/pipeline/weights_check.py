@@ -141,7 +141,10 @@ def check(config: Config, *, load: bool = False) -> list[WeightsStatus]:
             continue
         own = dict(options.get("storage_options") or {})
         build = (lambda n=name, o=dict(options): extractors.build(n, **o)) if load else None
-        rows.append(_file_row(f"features.{name}", "weights", str(url), own, f"features.{name}", build))
+        row = _file_row(f"features.{name}", "weights", str(url), own, f"features.{name}", build)
+        if options.get("note") and row.ok:
+            row.detail += f" ({options['note']})"
+        rows.append(row)
     for key, url in weights.items():
         using = who.get(key, [])
         real = [u for u, random in using if not random]
