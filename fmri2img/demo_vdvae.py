@@ -136,8 +136,8 @@ def ensure_demo_vdvae(source_root: str | Path, models_dir: str | Path, subjects:
 
 def weights_note(n_images: int, steps: int) -> str:
     """The provenance line recorded with reconstructions made with the demo VDVAE."""
-    return (f"stage 1: the project's VDVAE at demo size (32x32, width 32) trained by fmri2img demo on "
-            f"{n_images} mini-NSD training photographs (no test image) for {steps} steps; not the imagenet64 "
+    return (f"VDVAE: the project's architecture at demo size (32x32, width 32), trained by fmri2img demo on "
+            f"{n_images} mini-NSD training photographs (no test image) for {steps} steps, not the imagenet64 "
             f"checkpoint")
 
 
