@@ -310,7 +310,7 @@ class Config:
         return list(self.regress.features or self.features.extractors)
 
     def extractor_kind(self, name: str) -> str:
-        """The registered kind of extractor ``name``: its ``kind`` option, else the name (``vdvae-10`` → ``vdvae``)."""
+        """The registered kind of extractor ``name``: its ``kind`` option, else the name (vdvae-10 → vdvae)."""
         return (self.features.extractors.get(name) or {}).get("kind", name)
 
     def extractor_options(self, name: str) -> dict:
