@@ -537,7 +537,7 @@ class _StageLines(logging.StreamHandler):
         self.setFormatter(logging.Formatter("%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stderr)
+        self.stream = sys.stderr  # not setStream: it flushes the previous stream, which may be closed
         super().emit(record)
 
 
@@ -553,6 +553,14 @@ def _stage_lines(enabled: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``fmri2img`` command line ``argv`` (default: this process's); return the exit code."""
+    try:
+        return _main(argv)
+    finally:
+        _stage_lines(False)  # called in-process (tests, notebooks): leave logging as it was
+
+
+def _main(argv: list[str] | None) -> int:
     from fmri2img.storage import logredact
 
     args = build_parser().parse_args(argv)
