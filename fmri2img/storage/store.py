@@ -31,7 +31,7 @@ import xarray as xr
 import zarr
 from zarr.core.sync import sync
 
-from fmri2img.storage import identity, urls, verify
+from fmri2img.storage import consolidated, identity, urls, verify
 
 logger = logging.getLogger(__name__)
 
@@ -378,7 +378,7 @@ class Store:
             Whether it was written (a failure is logged, never raised: readers then only warn).
         """
         try:
-            sync(_consolidate(self.zarr_store()))
+            sync(consolidated.consolidate(self.zarr_store(), NOT_CONSOLIDATED))
         except Exception as exc:  # noqa: BLE001 - a missing convenience for readers must not fail a run
             logger.warning("could not consolidate the metadata of %s (%s: %s); readers will open it with a "
                            "warning", self.describe(), type(exc).__name__, exc)
@@ -387,47 +387,11 @@ class Store:
 
     def unconsolidate(self) -> None:
         """Drop the store's consolidated metadata, if any (one small read; a write only when present)."""
-        sync(_unconsolidate(self.zarr_store()))
+        sync(consolidated.unconsolidate(self.zarr_store()))
 
 
 #: top-level groups left out of the consolidated metadata: bookkeeping that changes on its own
 NOT_CONSOLIDATED = (PROGRESS_GROUP, "_lock", "_runlog")
-
-
-async def _consolidate(zstore: Any) -> None:
-    """The root's consolidated metadata over every node but :data:`NOT_CONSOLIDATED` (as zarr's own
-    ``consolidate_metadata`` builds it, which has no way to leave nodes out)."""
-    import dataclasses
-
-    from zarr.core.group import AsyncGroup, ConsolidatedMetadata, GroupMetadata
-    from zarr.storage import StorePath
-
-    root = await AsyncGroup.open(StorePath(zstore), zarr_format=3, use_consolidated=False)
-    members = {}
-    async for path, node in root.members(max_depth=None, use_consolidated_for_children=False):
-        if path.split("/", 1)[0] in NOT_CONSOLIDATED:
-            continue
-        meta = node.metadata
-        if isinstance(meta, GroupMetadata) and meta.consolidated_metadata is None:
-            meta = dataclasses.replace(meta, consolidated_metadata=ConsolidatedMetadata(metadata={}))
-        members[path] = meta
-    ConsolidatedMetadata._flat_to_nested(members)
-    metadata = dataclasses.replace(root.metadata, consolidated_metadata=ConsolidatedMetadata(metadata=members))
-    await dataclasses.replace(root, metadata=metadata)._save_metadata()
-
-
-async def _unconsolidate(zstore: Any) -> None:
-    from zarr.core.buffer import default_buffer_prototype
-
-    proto = default_buffer_prototype()
-    raw = await zstore.get("zarr.json", prototype=proto)
-    if raw is None:
-        return
-    doc = json.loads(raw.to_bytes())
-    if doc.get("consolidated_metadata") is None:
-        return
-    doc.pop("consolidated_metadata")
-    await zstore.set("zarr.json", proto.buffer.from_bytes(json.dumps(doc, indent=2, allow_nan=True).encode()))
 
 
 def _appended_regions(dim: str, start: int, stop: int, step: int, prefix: str, first_index: int) -> list[Region]:
