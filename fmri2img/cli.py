@@ -16,11 +16,10 @@ import json
 import logging
 import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from fmri2img.cli_clinical import add_clinical_parsers, cmd_align, cmd_decode
+from fmri2img.cli_runtime import cluster_from, exit_promptly, os_error_line, probe_configured, stage_lines
 
 logger = logging.getLogger("fmri2img")
 
@@ -168,83 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextmanager
-def cluster_from(args, config_cluster=None, outputs: str | None = None) -> Iterator:
-    """The configured cluster's client; batch-job logs go to ``<outputs>/cluster-logs``; a failure the
-    cluster's watch reports replaces the cancellation it caused."""
-    import dataclasses
-
-    from fmri2img.cluster import cluster_failure, connect_section, dashboard_link, logs_under
-
-    section = dataclasses.asdict(config_cluster) if config_cluster else {}
-    if args.cluster:
-        section["spec"] = args.cluster
-    if args.workers:
-        section["n_workers"] = args.workers
-    section["options"] = {**(section.get("options") or {}), **dict(args.cluster_option)}
-    client = connect_section(section, logs=logs_under(outputs) if outputs else None)
-    link = dashboard_link(client)
-    if link:
-        print(f"Dask dashboard: {link}{_tunnel_hint(link)}", file=sys.stderr)
-    ok = False
-    try:
-        yield client
-        ok = True
-    except BaseException:
-        failure = cluster_failure(client)
-        if failure is None:
-            raise
-        raise failure from None
-    finally:
-        _close(client, orderly=ok)
-
-
-#: seconds a local cluster's workers get to end on their own after a successful command
-ORDERLY_CLOSE_S = 60
-
-
-def _close(client, *, orderly: bool) -> None:
-    """Close ``client`` and the cluster it owns.
-
-    After a successful command a local cluster is closed in order: its workers get
-    :data:`ORDERLY_CLOSE_S` seconds to end (a loaded machine can take more than the nanny's
-    default 4 s, after which it kills them with a warning per worker).  After a failure the
-    close is quick (the failure's own error line says what happened) and the nannies'
-    "killing" warnings are not shown.
-    """
-    from fmri2img.cluster.faults import close_quietly
-
-    cluster = getattr(client, "cluster", None)
-    if orderly and cluster is not None and getattr(cluster, "workers", None):
-        import asyncio
-
-        async def _close_workers() -> None:  # each nanny waits up to its timeout before it kills
-            await asyncio.gather(*(w.close(timeout=ORDERLY_CLOSE_S) for w in list(cluster.workers.values())),
-                                 return_exceptions=True)
-
-        try:
-            cluster.sync(_close_workers)
-        except Exception as exc:  # noqa: BLE001 - the close below still ends everything
-            logger.debug("closing the workers: %s", exc)
-    nanny = logging.getLogger("distributed.nanny")
-    level = nanny.level
-    nanny.setLevel(logging.ERROR)
-    try:
-        close_quietly(client)
-    finally:
-        nanny.setLevel(level)
-
-
-def _tunnel_hint(link: str) -> str:
-    """For a dashboard on this machine's loopback: the ssh tunnel that shows it elsewhere, with its real port."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(link)
-    if parts.hostname not in ("127.0.0.1", "localhost") or not parts.port:
-        return ""
-    return f" (from another machine: ssh -L {parts.port}:localhost:{parts.port} THIS-HOST)"
-
-
 def _betas_scale(text: str) -> str | float:
     if text == "nsd":
         return text
@@ -325,7 +247,7 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_run(args) -> int:
-    _probe_configured(args.config, args.stages)  # before the heavy imports of the configuration and the stages
+    probe_configured(args.config, args.stages)  # before the heavy imports of the configuration and the stages
     from fmri2img import config as cfgmod
     from fmri2img.pipeline.runner import run
     from fmri2img.storage import logredact
@@ -338,29 +260,6 @@ def cmd_run(args) -> int:
         results = run(config, stages=stages, client=client, progress=not args.no_progress)
     print(json.dumps(results, indent=1, default=str))
     return 0
-
-
-def _probe_configured(path: str, stages: str | None) -> None:
-    """A configured store or ingest source out of reach: one error line within seconds (see neterrors.probe).
-
-    Reads only the TOML's ``[store]`` and ``[source]`` tables; anything unreadable is left to the
-    configuration's own checks, which follow.
-    """
-    import tomllib
-
-    from fmri2img.storage.neterrors import probe
-
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-        wanted = [s for s in stages.split(",") if s] if stages else list(raw.get("stages") or ["ingest"])
-        sections = (["source"] if "ingest" in wanted else []) + ["store"]
-        targets = [(str(raw[k]["url"]), dict(raw[k].get("storage_options") or {})) for k in sections
-                   if isinstance(raw.get(k), dict) and raw[k].get("url")]
-    except (OSError, ValueError, TypeError, KeyError):
-        return
-    for url, options in targets:
-        probe(url, options)
 
 
 def cmd_status(args) -> int:
@@ -512,52 +411,12 @@ def _secrets_of_args(args) -> list[str]:
     return out
 
 
-def _os_error_line(exc: OSError) -> str:
-    """One line for an OSError: the path, what happened and what to do."""
-    from fmri2img.storage.urls import redact
-
-    path = exc.filename if exc.filename is not None else ""
-    what = exc.strerror or str(exc)
-    fix = {
-        FileExistsError: "a file is where a directory is needed: choose another path or move that file",
-        NotADirectoryError: "a part of the path is a regular file, not a directory: choose another path",
-        IsADirectoryError: "a directory is where a file is expected: give the file's path",
-        FileNotFoundError: "check the path",
-        PermissionError: "check the permissions of the path, or choose a location you may write to",
-    }.get(type(exc), "check the path and the disk (space, permissions, mounts)")
-    where = f"{redact(str(path))}: " if path else ""
-    return f"{where}{what} ({type(exc).__name__}). Fix: {fix}"
-
-
-class _StageLines(logging.StreamHandler):
-    """The runner's ``stage X: start`` / ``done in N s`` lines, bare, on the current ``sys.stderr``."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-        self.setFormatter(logging.Formatter("%(message)s"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stderr  # not setStream: it flushes the previous stream, which may be closed
-        super().emit(record)
-
-
-def _stage_lines(enabled: bool) -> None:
-    """Show the runner's stage lines on their own at the default verbosity (with -v they are INFO records)."""
-    runner = logging.getLogger("fmri2img.pipeline.runner")
-    for h in [h for h in runner.handlers if isinstance(h, _StageLines)]:
-        runner.removeHandler(h)
-    runner.propagate = not enabled
-    runner.setLevel(logging.INFO if enabled else logging.NOTSET)
-    if enabled:
-        runner.addHandler(_StageLines())
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the ``fmri2img`` command line ``argv`` (default: this process's); return the exit code."""
     try:
         return _main(argv)
     finally:
-        _stage_lines(False)  # called in-process (tests, notebooks): leave logging as it was
+        stage_lines(False)  # called in-process (tests, notebooks): leave logging as it was
 
 
 def _main(argv: list[str] | None) -> int:
@@ -570,7 +429,7 @@ def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose >= 2 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("fmri2img").setLevel({0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG))
-    _stage_lines(not args.verbose)
+    stage_lines(not args.verbose)
     if args.verbose < 2:  # distributed configures its own loggers at import (workers inherit the env)
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         for name in [n for n in logging.root.manager.loggerDict if n.startswith("distributed")] + ["distributed"]:
@@ -588,7 +447,7 @@ def _main(argv: list[str] | None) -> int:
 
             print(logredact.redact_text(traceback.format_exc()), file=sys.stderr, end="")
         raw_os = isinstance(exc, OSError) and exc.errno is not None  # ours carry their own message
-        line = _os_error_line(exc) if raw_os else str(exc)
+        line = os_error_line(exc) if raw_os else str(exc)
         print(f"error: {logredact.redact_text(line)}", file=sys.stderr)
         if argv is None:  # this process's own command line: it ends promptly, whatever still runs
             exit_promptly(2)
@@ -604,33 +463,6 @@ def _main(argv: list[str] | None) -> int:
             exit_promptly(2)
         return 2
 
-
-#: seconds the process may take to end after its error line before it is ended regardless
-EXIT_GRACE_S = float(os.environ.get("FMRI2IMG_EXIT_GRACE_S", "10"))
-
-
-def exit_promptly(code: int, grace: float | None = None) -> None:
-    """End the process with ``code`` within ``grace`` seconds, even if threads or exit hooks hang.
-
-    After an error nothing is left to save (finished regions are recorded as they finish), so a
-    cluster that does not shut down, a thread stuck on a dead connection or an exit hook that
-    waits must not keep a failed command alive with no further message.
-    """
-    import threading
-
-    def _end() -> None:
-        alive = [t.name for t in threading.enumerate()
-                 if t is not threading.current_thread() and t is not threading.main_thread() and not t.daemon]
-        print(f"fmri2img: exiting ({code}) {grace_s:.0f} s after the error"
-              + (f"; still running: {', '.join(alive[:5])}" if alive else ""), file=sys.stderr)
-        sys.stderr.flush()
-        sys.stdout.flush()
-        os._exit(code)
-
-    grace_s = EXIT_GRACE_S if grace is None else grace
-    timer = threading.Timer(grace_s, _end)
-    timer.daemon = True
-    timer.start()
 
 if __name__ == "__main__":
     sys.exit(main())
