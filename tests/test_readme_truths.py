@@ -112,14 +112,20 @@ def test_dashboard_link_is_the_real_port_when_8787_is_taken(capsys):
 
 # -- one progress style --------------------------------------------------------------------------------
 def test_one_progress_style_on_stderr(capsys):
-    from fmri2img.pipeline.tasks import Task, compute_writes, run_tasks
+    import time
 
     import dask
 
-    assert run_tasks([Task("a", int, ("3",))], stage="stage-one") == [3]
-    compute_writes([dask.delayed(int)("4"), dask.delayed(int)("5")], stage="stage-two")
+    from fmri2img.pipeline.tasks import Task, compute_writes, run_tasks
+
+    def slow_int(text: str) -> int:  # bars appear after 0.5 s (quicker steps show none)
+        time.sleep(0.6)
+        return int(text)
+
+    assert run_tasks([Task("a", slow_int, ("3",)), Task("b", slow_int, ("4",))], stage="stage-one") == [3, 4]
+    compute_writes([dask.delayed(slow_int)("4"), dask.delayed(slow_int)("5")], stage="stage-two")
     out, err = capsys.readouterr()
-    assert out == "" and "stage-one" in err and "stage-two" in err
+    assert out == "" and "stage-one" in err and "stage-two" in err, err
     assert "Completed" not in err  # not Dask's ProgressBar
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "fmri2img").rglob("*.py")
                  if re.search(r"dask\.diagnostics import ProgressBar|from distributed import progress",

@@ -64,7 +64,7 @@ def run_tasks(
 def progress_bar(total: int, stage: str, enabled: bool = True, unit: str = "region") -> tqdm:
     """The one progress style of every stage: a tqdm line on stderr, named after the stage, cleared when done."""
     return tqdm(total=total, desc=stage, unit=unit, disable=not enabled, file=sys.stderr, leave=False,
-                dynamic_ncols=True)
+                dynamic_ncols=True, delay=0.5)  # a step done within 0.5 s shows no bar
 
 
 def compute_writes(writes: Sequence[Any], *, stage: str, client=None, progress: bool = True) -> None:
