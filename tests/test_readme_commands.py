@@ -71,8 +71,8 @@ NOT_RUN = {
     "scores every NSD-Imagery trial with all six evaluation networks (over 5 minutes even at mini size on two "
     "loaded cores); tests/test_imagery.py runs `fmri2img decode STORE --subject 1 --imagery` with --runs and --nets, "
     "and the `ingest --experiment nsdimagery` line before it runs here",
-    "fmri2img demo": "the full demo takes minutes on two cores; tests/test_deploy.py runs it, and every stage it runs "
-    "is run here by `fmri2img run config.toml`",
+    "fmri2img demo": "the full demo takes minutes on two cores (7 min on a loaded 2-core VM); tests/test_deploy.py "
+    "runs it on a scheduler, and here the module's store goes through its stages but roi (`fmri2img run config.toml`)",
 }
 #: inline spans that name a program or subcommand in prose (they are not commands)
 MENTIONS = {"make", "python", "dask worker", "fmri2img run", "fmri2img decode", "fmri2img align"}
@@ -228,7 +228,7 @@ ENV = {**os.environ, "COLUMNS": "120"}  # what a user's shell gives (no PYTHONWA
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("readme_command", _to_run())
+@pytest.mark.parametrize("readme_command", _to_run(), ids=lambda c: as_run(c).replace(" ", "_"))
 def test_readme_command_runs_as_written(readme_command, work):
     cmd = as_run(readme_command)
     t0 = time.monotonic()
