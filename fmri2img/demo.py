@@ -4,7 +4,7 @@ Generates mini-NSD (real photographs shipped with scikit-image, a simulated visu
 files in the exact NSD layout) under ``WORKDIR/mini-nsd``, trains the demo's VDVAE on the
 subjects' training photographs (cached under ``WORKDIR/models``, see :mod:`fmri2img.demo_vdvae`),
 then runs every stage on it into ``WORKDIR/store.zarr`` for both subjects and prints where the
-outputs are.  No download, about two minutes on two cores.
+outputs are.  No download, a few minutes on two cores (benchmarks/README.md, "Demo").
 
 What is trained and what is random: stage 1 of the Brain-Diffuser run decodes with the trained
 VDVAE (a result, though of a tiny model on a tiny dataset); its stage 2 uses tiny seeded

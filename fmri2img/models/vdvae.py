@@ -461,7 +461,7 @@ def make_vdvae_extractor(*, weights: str | None = None, storage_options: Any = N
         Path or fsspec URL of ``imagenet64-iter-1600000-model-ema.th`` (the ``[weights] vdvae`` key).
     storage_options : mapping, optional
     tiny : bool
-        Use the TINY configuration with seeded random weights (tests, demo); ``weights`` must be None.
+        Use the TINY configuration with seeded random weights (tests; plumbing only); ``weights`` must be None.
     device, dtype : str
     batch_size : int
         Images per forward pass (Brain-Diffuser: 30).
