@@ -133,7 +133,7 @@ def run_demo(workdir: str | Path, *, client=None, fresh: bool = False, progress:
     rows = status(store)
     done = sum(1 for _, d, t in rows if t and d == t)
     print(f"\nfmri2img demo finished in {time.perf_counter() - t0:.0f} s ({done}/{len(rows)} store groups complete)\n")
-    print(f"demo VDVAE: {manifest['note']} ({'reused' if manifest['reused'] else 'trained'} "
+    print(f"{manifest['note']} ({'reused' if manifest['reused'] else 'trained'} "
           f"{weights.name}; ELBO {manifest['loss']['elbo_first']} -> {manifest['loss']['elbo_last']} nats/dim)\n")
     if report is not None:
         print(report["table"])
