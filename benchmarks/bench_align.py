@@ -7,19 +7,25 @@ fit) are decoded by
   (a) S's own models, fitted on all its sessions (the regress stage);
   (b) S's own models, fitted on its first session only (same ridge options);
   (c) R's models (fitted on all R's sessions) through S's alignment fitted on S's first
-      session (`fmri2img align`), once per alignment target (encoding / shared / hybrid).
+      session (`fmri2img align`), once per --targets kind (default: encoding only).
 
 Each set of predicted features is reconstructed with the pixel decoder (stage 1 "pixels") and
 with the Brain-Diffuser run (tiny VDVAE stage 1 + tiny Versatile Diffusion, seeded random
 weights), and scored with PixCorr and two-way identification on AlexNet(2) and CLIP features:
 the *tiny seeded evaluation nets the tests use* (no weights), so the identification numbers
 measure relative decodability, not Brain-Diffuser's published scale. Two-way identification on
-the predicted features themselves (pixels, CLIP-vision) is also reported.
+the predicted features themselves (all four sets) is also reported.
 `fmri2img align` for the one-session subject is timed as a command (a fresh process).
 
-  python benchmarks/bench_align.py [--workdir DIR] [--seed 0] [--side 64] [--noise 2] [--n-sessions 10]
-                                   [--calibration loo|none]
+  python benchmarks/bench_align.py [--workdir DIR] [--seed 0] [--side 64] [--noise 2] [--n-sessions 37]
+                                   [--pixel-side 64] [--targets encoding[,shared,hybrid]] [--calibration loo|none]
   python benchmarks/bench_align.py --nsd-shape     # the alignment math alone at NSD's size (cost)
+
+Defaults follow NSD's proportions where they decide the comparison: one session is 1/37 of a
+subject's trials (NSD: 750 of 27,750) and the pixel decoder's features (64 × 64 × 3 = 12,288)
+outnumber the voxels (about 2,500-3,200) as NSD's do (VDVAE 91,168 vs 12,682-15,724). Earlier
+runs used 10 sessions and 16 × 16 pixels (one session = 10 %, 768 features): see
+benchmarks/README.md, "align".
 """
 from __future__ import annotations
 
@@ -54,7 +60,7 @@ from minisettings import EXTRACTORS, NETS, RIDGE, VD  # noqa: E402
 
 
 
-def build(workdir: Path, seed: int, side: int, noise: float, n_sessions: int) -> Store:
+def build(workdir: Path, seed: int, side: int, noise: float, n_sessions: int, extractors: dict = EXTRACTORS) -> Store:
     root, url = workdir / "mini", workdir / "store.zarr"
     if not (workdir / "built").exists():
         spec = MiniNSDSpec.sized(seed=seed, subjects=(1, 2), side=side, noise=noise, n_sessions=n_sessions)
@@ -62,12 +68,12 @@ def build(workdir: Path, seed: int, side: int, noise: float, n_sessions: int) ->
         store = Store(str(url))
         for s in (1, 2):
             ingest(store, Source(str(root)), s, list(range(1, n_sessions + 1)), progress=False)
-        for name, options in EXTRACTORS.items():
+        for name, options in extractors.items():
             extract_features(store, name, options, images_per_task=64, progress=False)
         (workdir / "built").write_text("")
     store = Store(str(url))
     for s in (1, 2):
-        for name in EXTRACTORS:
+        for name in extractors:
             regress(store, s, name, RIDGE, progress=False)
     return store
 
@@ -88,7 +94,7 @@ def one_session_models(store: Store, subject: int) -> dict:
 def score(store: Store, ids: np.ndarray, preds: dict, runs) -> dict:
     truth = stimuli_for(store, ids)
     out = {}
-    for name in ("pixels", "clip-vision"):
+    for name in EXTRACTORS:
         g = store.group(f"features/{name}")
         index = {int(v): i for i, v in enumerate(np.asarray(g["image"][:]))}
         true = np.asarray(g["features"].get_orthogonal_selection((np.array([index[int(i)] for i in ids]),)))
@@ -141,7 +147,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--side", type=int, default=64)
     parser.add_argument("--noise", type=float, default=2.0, help="mini-NSD trial noise (percent signal change)")
-    parser.add_argument("--n-sessions", type=int, default=10, help="sessions per subject (one is aligned on)")
+    parser.add_argument("--n-sessions", type=int, default=37,
+                        help="sessions per subject (one is aligned on; NSD: 37, so one session = 1/37 of the data)")
+    parser.add_argument("--pixel-side", type=int, default=64,
+                        help="side of the pixel decoder's features (64: 12,288 features, more than the voxels)")
+    parser.add_argument("--targets", default="encoding", help="alignment targets to run, comma-separated "
+                        f"(of {list(al.TARGETS)})")
     parser.add_argument("--calibration", choices=("loo", "none"), default="loo",
                         help="of every decoder's predictions (decode's default: loo)")
     parser.add_argument("--nsd-shape", action="store_true",
@@ -157,8 +168,9 @@ def main() -> None:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     RIDGE["calibration"] = args.calibration
+    EXTRACTORS["pixels"] = {"side": args.pixel_side}
     load0, t0 = os.getloadavg(), time.perf_counter()
-    store = build(workdir, args.seed, args.side, args.noise, args.n_sessions)
+    store = build(workdir, args.seed, args.side, args.noise, args.n_sessions, EXTRACTORS)
     build_s = time.perf_counter() - t0
     runs = [run_spec("pixels", {"stage1": "pixels", "preset": ""}, extractor_options=EXTRACTORS, weights={}, seed=7),
             run_spec("bd", {"stage1": "vdvae", "preset": "brain-diffuser", "tiny": True, "settings": dict(VD)},
@@ -173,7 +185,7 @@ def main() -> None:
         m.calibration = args.calibration
     results["(b) one session"] = score(store, ids, {n: np.asarray(m.predict(X)) for n, m in one.items()}, runs)
     facts = {"n_test_images": len(ids), "n_one_session_train_images": n_one}
-    for targets in al.TARGETS:
+    for targets in args.targets.split(","):
         summary = al.align(store, 2, 1, "1", targets=targets)
         models = al.aligned_models(store, 2, "align-to-subj01", list(EXTRACTORS), args.calibration)
         key = f"(c) aligned, {targets}"
