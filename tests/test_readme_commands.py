@@ -71,6 +71,10 @@ NOT_RUN = {
     "scores every NSD-Imagery trial with all six evaluation networks (over 5 minutes even at mini size on two "
     "loaded cores); tests/test_imagery.py runs `fmri2img decode STORE --subject 1 --imagery` with --runs and --nets, "
     "and the `ingest --experiment nsdimagery` line before it runs here",
+    ".venv/bin/fmri2img run examples/seed_presets.toml": "five runs on the demo's mini-NSD (about 7 minutes on two "
+    "loaded cores); tests/test_presets.py::test_example_config_runs_on_mini_nsd runs this file on a small mini-NSD",
+    ".venv/bin/fmri2img report runs/seed/store.zarr --subject 1": "needs the seed-preset run above; `fmri2img report` "
+    "runs here on the module's store",
     "fmri2img demo": "the full demo takes minutes on two cores (7 min on a loaded 2-core VM); tests/test_deploy.py "
     "runs it on a scheduler, and here the module's store goes through its stages but roi (`fmri2img run config.toml`)",
 }
