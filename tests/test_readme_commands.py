@@ -55,7 +55,7 @@ NOT_RUN = {
     "make demo": "creates .venv and installs everything (minutes, needs PyPI); CI runs it as its own job",
     "make test": "runs this very suite",
     'make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"': "installs torch from the "
-    "PyTorch index (a network this suite does not use); `make demo` itself is CI's demo job",
+    "PyTorch index, a network this suite does not use (the same install with the local torch is `make test`)",
     ".venv/bin/fmri2img ingest --source s3://natural-scenes-dataset --store ./nsd.zarr --subject 1 "
     "--captions-url ./COCO_73k_annots_curated.npy": "reads NSD's bucket over the network; offline it must end in one "
     "error line within seconds: test_offline_nsd_ingest_is_one_error_line_within_seconds",
