@@ -253,3 +253,16 @@ def test_fmri2img_run_has_a_decode_stage(loo_store, tmp_path):
     assert _open(loo_store, "decoded/by-run/recon/px/stage1").trial.values.tolist() == [1, 2, 3]
     with pytest.raises(cfgmod.ConfigError, match="decode.betas: empty"):
         cfgmod.loads(text.replace(f'betas = "{path}"', ""))
+
+
+def test_decode_stage1_follows_the_feature_kind():
+    """A run whose stage 1 is a second extractor of a kind (``kind = "pixels"``) decodes as that kind."""
+    from fmri2img.pipeline.decode import reconstruct_rows
+    from fmri2img.pipeline.reconstruct import STAGE1, run_spec
+
+    extractors = {"pixels": {"side": 8}, "px-coarse": {"kind": "pixels", "side": 8}}
+    spec = run_spec("coarse", {"stage1": "px-coarse", "preset": ""}, extractor_options=extractors, weights={}, seed=0)
+    pred = np.random.default_rng(0).random((2, 8, 8, 3)).astype(np.float32)
+    stage1, final, _ = reconstruct_rows({"px-coarse": pred}, np.array([5, 9]), spec)
+    assert final is None
+    np.testing.assert_array_equal(stage1, STAGE1["pixels"](pred, np.array([5, 9]), spec))

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from fmri2img.pipeline.reconstruct import run_spec
 from fmri2img.pipeline.regress import load_model
+from fmri2img.pipeline.reconstruct import part_provenance, run_spec
 from fmri2img.pipeline.roi import roi_analysis
 from fmri2img.ridge.roi import roi_clip_embeddings, roi_vdvae_latents
 from fmri2img.storage.outputs import Outputs
@@ -52,6 +52,12 @@ def test_roi_stage_end_to_end(predicted_store, tmp_path):
     images = xr.open_zarr(store.url, group="roi/subj01/bd/final", consolidated=False)
     assert images.images.shape == (13, 16, 16, 3) and list(images.roi.values) == names
     assert (tmp_path / "out/roi/subj01/bd/final/V1.png").exists()
+    # each part says whether it was made with random weights, as the reconstruct stage's parts do
+    for part in ("stage1", "final"):
+        attrs = store.group(f"roi/subj01/bd/{part}").attrs
+        expected = part_provenance(spec)[part]
+        assert attrs["random_weights"] == expected["random_weights"] and attrs["weights_note"] == expected["weights_note"]
+    assert store.group("roi/subj01/bd/final").attrs["random_weights"] is True  # tiny Versatile Diffusion
 
 
 def test_missing_model_is_a_clear_error(predicted_store, tmp_path):

@@ -213,7 +213,7 @@ def reconstruct_rows(predictions: Mapping[str, np.ndarray], seed_ids: np.ndarray
     redone_fp32 : bool array of shape (n,), or None
     """
     ids = np.asarray(seed_ids, np.int64)
-    stage1 = STAGE1[run.stage1](np.asarray(predictions[run.stage1]), ids, run)
+    stage1 = STAGE1[run.stage1_kind](np.asarray(predictions[run.stage1]), ids, run)
     if not run.preset:
         return stage1, None, None
     contexts = {n: np.asarray(predictions[n], np.float32) for n in (run.vision, run.text) if n in predictions}

@@ -21,7 +21,7 @@ import dask
 import numpy as np
 import xarray as xr
 
-from fmri2img.pipeline.reconstruct import STAGE1, RunSpec, run_stage2
+from fmri2img.pipeline.reconstruct import STAGE1, RunSpec, part_provenance, run_stage2
 from fmri2img.pipeline.regress import _aligned_targets, load_model, model_group
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.ridge.roi import CLIP_SCALES, roi_clip_embeddings, roi_vdvae_latents
@@ -102,12 +102,12 @@ def roi_block(store: Store, subject: int, run: RunSpec, names: list[str], output
     parts = {"stage1": stage1}
     if run.preset:
         parts["final"], _ = run_stage2(stage1, ids, {n: feats[n] for n in (run.vision, run.text) if n in feats}, run)
+    provenance = part_provenance(run)
     for part, images in parts.items():
         group = roi_group(subject, run.name, part)
         ds = xr.Dataset({"images": (("roi", "y", "x", "rgb"), images)}, coords={"roi": ("roi", np.array(names, object))})
         region = [Region(0, "roi", 0, len(names), "all")]
-        store.write_template(group, ds, region, attrs={"run": run.name, "random_weights": bool(run.vd.get("tiny")),
-                                                       INPUTS_ATTR: key})
+        store.write_template(group, ds, region, attrs={"run": run.name, **provenance[part], INPUTS_ATTR: key})
         store.mark_done(group, region[0])
         if outputs is not None:
             outputs.write_pngs(f"roi/{schema.subject_key(subject)}/{run.name}/{part}", names, images)
