@@ -44,3 +44,19 @@ def predicted_store(mini_nsd, tmp_path_factory):
         extract_features(store, name, options, images_per_task=32, progress=False)
         regress(store, 1, name, {"alpha": 1000.0}, progress=False)
     return store
+
+
+def pixels_decode_config(store_url: str, decode: str, head: str = "") -> str:
+    """A configuration with the tests' pixel run (``px``) and the given ``[decode]`` lines."""
+    return f"""{head}
+[store]
+url = "{store_url}"
+[features.extractors.pixels]
+side = 8
+[reconstruct.runs.px]
+stage1 = "pixels"
+preset = ""
+[decode]
+subject = 1
+{decode}
+"""

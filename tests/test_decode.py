@@ -20,7 +20,8 @@ from fmri2img.pipeline.regress import regress
 from fmri2img.storage import nsd
 from fmri2img.storage.decoded import DecodeInputError
 from fmri2img.storage.store import Store
-from tests.minifixtures import EXTRACTORS, SESSIONS, VD_SETTINGS, mini_nsd, predicted_store  # noqa: F401
+from tests.minifixtures import (EXTRACTORS, SESSIONS, VD_SETTINGS, mini_nsd, pixels_decode_config,  # noqa: F401
+                                predicted_store)
 
 FEATURES = ("vdvae", "clip-text", "clip-vision", "pixels")
 
@@ -203,30 +204,15 @@ def test_bad_inputs_each_get_one_clear_error(loo_store, mini_nsd, tmp_path, caps
     assert len(err) == 1 and err[0].startswith("error: --betas") and "NaN/inf" in err[0]
 
 
-def _pixels_config(store_url: str, decode: str, head: str = "") -> str:
-    """A configuration with the pixel run of the tests and the given [decode] lines."""
-    return f"""{head}
-[store]
-url = "{store_url}"
-[features.extractors.pixels]
-side = 8
-[reconstruct.runs.px]
-stage1 = "pixels"
-preset = ""
-[decode]
-subject = 1
-{decode}
-"""
-
-
 def test_config_section_decodes_with_reconstruct_runs(loo_store, tmp_path):
     from fmri2img import config as cfgmod
 
     betas = _open(loo_store, "subjects/subj01/betas").betas.values[:4]
     path = _npy(tmp_path, betas, "scan.npy")
     (tmp_path / "trials.csv").write_text("trial\n2\n4\n")
-    config = cfgmod.loads(_pixels_config(loo_store.url, f'betas = "{path}"\ntrials_file = "{tmp_path / "trials.csv"}"\n'
-                                                        f'name = "from-config"'))
+    config = cfgmod.loads(pixels_decode_config(loo_store.url,
+                                               f'betas = "{path}"\ntrials_file = "{tmp_path / "trials.csv"}"\n'
+                                               f'name = "from-config"'))
     kwargs = dec.decode_config(config)
     assert [r.name for r in kwargs["runs"]] == ["px"] and kwargs["calibration"] == "loo"
     store = kwargs.pop("store")
@@ -246,7 +232,7 @@ def test_fmri2img_run_has_a_decode_stage(loo_store, tmp_path):
     from fmri2img.pipeline.runner import run
 
     path = _npy(tmp_path, _open(loo_store, "subjects/subj01/betas").betas.values[:3], "scan3.npy")
-    text = _pixels_config(loo_store.url, f'betas = "{path}"\nname = "by-run"',
+    text = pixels_decode_config(loo_store.url, f'betas = "{path}"\nname = "by-run"',
                           head=f'stages = ["decode"]\n[outputs]\nurl = "{tmp_path / "out"}"')
     out = run(cfgmod.loads(text), progress=False)
     assert out["decode"]["trials"] == 3 and out["decode"]["calibration"] == "loo"

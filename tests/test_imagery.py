@@ -18,7 +18,7 @@ from fmri2img.metrics.targets import identification_among_targets
 from fmri2img.storage import nsd
 from fmri2img.storage.nsd import imagery as nsdi
 from fmri2img.storage.store import Store
-from tests.minifixtures import EXTRACTORS, TINY, mini_nsd, predicted_store  # noqa: F401
+from tests.minifixtures import EXTRACTORS, TINY, mini_nsd, pixels_decode_config, predicted_store  # noqa: F401
 
 FS = fsspec.filesystem("file")
 
@@ -190,22 +190,6 @@ def test_decode_imagery_refuses_bad_requests(imagery_store, capsys):
         decode_imagery(store, 1, [_runs()[1]], tasks=["dreaming"], progress=False)
 
 
-def _imagery_config(store_url: str, decode: str, head: str = "") -> str:
-    """A configuration with the tests' pixel run and the given [decode] lines."""
-    return f"""{head}
-[store]
-url = "{store_url}"
-[features.extractors.pixels]
-side = 8
-[reconstruct.runs.px]
-stage1 = "pixels"
-preset = ""
-[decode]
-subject = 1
-{decode}
-"""
-
-
 def test_decode_config_imagery_key_decodes_like_the_flag(imagery_store, tmp_path, capsys):
     """[decode] imagery = true (and tasks) in `decode --config` and in `fmri2img run`'s decode stage."""
     from fmri2img import config as cfgmod
@@ -214,7 +198,8 @@ def test_decode_config_imagery_key_decodes_like_the_flag(imagery_store, tmp_path
     from fmri2img.pipeline.runner import run
 
     store, _ = imagery_store
-    text = _imagery_config(store.url, 'imagery = true\ntasks = ["vision"]\nname = "cfg-imagery"\nnets = ["alexnet2"]',
+    text = pixels_decode_config(store.url,
+                                'imagery = true\ntasks = ["vision"]\nname = "cfg-imagery"\nnets = ["alexnet2"]',
                            head=f'stages = ["decode"]\n[outputs]\nurl = "{tmp_path / "out"}"')
     (tmp_path / "run.toml").write_text(text)
     assert main(["decode", "--config", str(tmp_path / "run.toml"), "--no-progress"]) == 0
@@ -245,7 +230,7 @@ def test_decode_config_imagery_key_refuses_bad_sections(lines, match):
     from fmri2img import config as cfgmod
 
     with pytest.raises(cfgmod.ConfigError, match=match):
-        cfgmod.loads(_imagery_config("./s.zarr", lines))
+        cfgmod.loads(pixels_decode_config("./s.zarr", lines))
 
 
 @pytest.fixture()

@@ -56,7 +56,8 @@ def test_roi_stage_end_to_end(predicted_store, tmp_path):
     for part in ("stage1", "final"):
         attrs = store.group(f"roi/subj01/bd/{part}").attrs
         expected = part_provenance(spec)[part]
-        assert attrs["random_weights"] == expected["random_weights"] and attrs["weights_note"] == expected["weights_note"]
+        assert attrs["random_weights"] == expected["random_weights"]
+        assert attrs["weights_note"] == expected["weights_note"]
     assert store.group("roi/subj01/bd/final").attrs["random_weights"] is True  # tiny Versatile Diffusion
 
 
