@@ -19,6 +19,7 @@ the predicted features themselves (all four sets) is also reported.
 
   python benchmarks/bench_align.py [--workdir DIR] [--seed 0] [--side 64] [--noise 2] [--n-sessions 37]
                                    [--pixel-side 64] [--targets encoding[,shared,hybrid]] [--calibration loo|none]
+                                   [--vdvae tiny|demo]
   python benchmarks/bench_align.py --nsd-shape     # the alignment math alone at NSD's size (cost)
 
 Defaults follow NSD's proportions where they decide the comparison: one session is 1/37 of a
@@ -60,11 +61,24 @@ from minisettings import EXTRACTORS, NETS, RIDGE, VD  # noqa: E402
 
 
 
-def build(workdir: Path, seed: int, side: int, noise: float, n_sessions: int, extractors: dict = EXTRACTORS) -> Store:
+def demo_vdvae(root: Path, models_dir: Path) -> dict:
+    """The demo's VDVAE (the project's architecture at demo size) trained on this mini-NSD's training photographs
+    of both subjects (never a test image), as `fmri2img demo` trains it: extractor options loading it by path."""
+    from fmri2img.demo_vdvae import DEMO_HPARAMS, DEMO_N_BLOCKS, ensure_demo_vdvae
+
+    path, _ = ensure_demo_vdvae(root, models_dir, (1, 2))
+    return {"weights": str(path), "hparams": DEMO_HPARAMS, "n_blocks": DEMO_N_BLOCKS}
+
+
+def build(workdir: Path, seed: int, side: int, noise: float, n_sessions: int, extractors: dict = EXTRACTORS,
+          trained_vdvae: bool = False) -> Store:
     root, url = workdir / "mini", workdir / "store.zarr"
-    if not (workdir / "built").exists():
+    if not (root / "mini_nsd.json").exists():
         spec = MiniNSDSpec.sized(seed=seed, subjects=(1, 2), side=side, noise=noise, n_sessions=n_sessions)
         generate_mini_nsd(root, spec, progress=lambda _: None)
+    if trained_vdvae:
+        extractors["vdvae"] = demo_vdvae(root, workdir / "models")
+    if not (workdir / "built").exists():
         store = Store(str(url))
         for s in (1, 2):
             ingest(store, Source(str(root)), s, list(range(1, n_sessions + 1)), progress=False)
@@ -155,6 +169,10 @@ def main() -> None:
                         f"(of {list(al.TARGETS)})")
     parser.add_argument("--calibration", choices=("loo", "none"), default="loo",
                         help="of every decoder's predictions (decode's default: loo)")
+    parser.add_argument("--vdvae", choices=("tiny", "demo"), default="tiny",
+                        help="tiny: seeded random weights (Brain-Diffuser run = plumbing); demo: the demo's VDVAE "
+                             "trained on this mini-NSD's training photographs, Brain-Diffuser's stage 1 only "
+                             "(use a separate --workdir: the features differ)")
     parser.add_argument("--nsd-shape", action="store_true",
                         help="only time the alignment math at NSD's size on random data (encoding kernel over "
                              "2,000 reference images and the three feature sets; 600 images × 14k → 15.7k voxels)")
@@ -170,11 +188,15 @@ def main() -> None:
     RIDGE["calibration"] = args.calibration
     EXTRACTORS["pixels"] = {"side": args.pixel_side}
     load0, t0 = os.getloadavg(), time.perf_counter()
-    store = build(workdir, args.seed, args.side, args.noise, args.n_sessions, EXTRACTORS)
+    store = build(workdir, args.seed, args.side, args.noise, args.n_sessions, EXTRACTORS, args.vdvae == "demo")
     build_s = time.perf_counter() - t0
-    runs = [run_spec("pixels", {"stage1": "pixels", "preset": ""}, extractor_options=EXTRACTORS, weights={}, seed=7),
-            run_spec("bd", {"stage1": "vdvae", "preset": "brain-diffuser", "tiny": True, "settings": dict(VD)},
-                     extractor_options=EXTRACTORS, weights={}, seed=7)]
+    runs = [run_spec("pixels", {"stage1": "pixels", "preset": ""}, extractor_options=EXTRACTORS, weights={}, seed=7)]
+    if args.vdvae == "demo":  # Brain-Diffuser's stage 1 through a trained VDVAE: a decoded picture, not plumbing
+        runs.append(run_spec("bd-stage1", {"stage1": "vdvae", "preset": ""}, extractor_options=EXTRACTORS,
+                             weights={}, seed=7))
+    else:
+        runs.append(run_spec("bd", {"stage1": "vdvae", "preset": "brain-diffuser", "tiny": True,
+                                    "settings": dict(VD)}, extractor_options=EXTRACTORS, weights={}, seed=7))
     test = store.open_dataset(schema.subject_group(2, "test"))
     ids, X = test.image.values.astype(np.int64), test.fmri.values
     results = {}
