@@ -83,8 +83,9 @@ def demo_config(workdir: Path, vdvae_weights: str | Path | None = None, vdvae_no
     ))
 
 
-def ensure_mini_nsd(root: Path) -> dict:
-    """Generate mini-NSD at ``root`` unless the same spec is already there."""
+def ensure_mini_nsd(root: Path, progress: bool = True) -> dict:
+    """Generate mini-NSD at ``root`` unless the same spec is already there (a progress bar per file written)."""
+    from fmri2img.pipeline.tasks import progress_bar
     from fmri2img.storage.mininsd import MiniNSDSpec, generate_mini_nsd
 
     spec = MiniNSDSpec(**DEMO_SPEC)
@@ -93,7 +94,8 @@ def ensure_mini_nsd(root: Path) -> dict:
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("spec", {}).get("seed") == spec.seed and manifest.get("spec", {}).get("side") == spec.side:
             return manifest
-    return generate_mini_nsd(root, spec)
+    with progress_bar(None, "mini-NSD", progress, unit="file") as bar:
+        return generate_mini_nsd(root, spec, progress=lambda line: bar.update(1))
 
 
 def run_demo(workdir: str | Path, *, client=None, fresh: bool = False, progress: bool = True) -> dict:
@@ -106,7 +108,7 @@ def run_demo(workdir: str | Path, *, client=None, fresh: bool = False, progress:
         shutil.rmtree(workdir / "store.zarr")
     t0 = time.perf_counter()
     print(f"[1/3] mini-NSD in {workdir / 'mini-nsd'}", file=sys.stderr)
-    ensure_mini_nsd(workdir / "mini-nsd")
+    ensure_mini_nsd(workdir / "mini-nsd", progress)
     t1 = time.perf_counter()
     print(f"[2/3] demo VDVAE in {workdir / 'models'} (trained on the subjects' training photographs, "
           f"never a test image)", file=sys.stderr)
