@@ -71,6 +71,16 @@ def grid_png(columns: Sequence[tuple[str, np.ndarray, bool]], ids: Sequence[int]
     return _png(fig)
 
 
+def _cell(ax, images: np.ndarray, c: int, count: int, tile: int) -> bool:
+    """Image ``c`` of a row of ``count`` in ``ax``, or ``ax`` hidden past the row's end; True when drawn."""
+    _blank(ax)
+    if c >= count:
+        ax.axis("off")
+        return False
+    ax.imshow(_resize(images[c], tile))
+    return True
+
+
 def roi_grid_png(rows: Sequence[tuple[str, Sequence[str], np.ndarray, bool]], caption: str,
                  tile: int = 96) -> bytes:
     """One row per ``(run/part label, ROI names, images (n_roi, h, w, 3), random)``, one column per ROI.
@@ -84,11 +94,8 @@ def roi_grid_png(rows: Sequence[tuple[str, Sequence[str], np.ndarray, bool]], ca
     for r, (label, names, images, random) in enumerate(rows):
         for c in range(n):
             ax = axes[r, c]
-            _blank(ax)
-            if c >= len(names):
-                ax.axis("off")
+            if not _cell(ax, images, c, len(names), tile):
                 continue
-            ax.imshow(_resize(images[c], tile))
             if r == 0:
                 ax.set_title(str(names[c]), fontsize=6)
             if c == 0:
@@ -154,11 +161,8 @@ def extremes_png(best: Sequence[tuple[int, float]], worst: Sequence[tuple[int, f
     for r, (label, images, scored) in enumerate(strips):
         for c in range(n):
             ax = axes[r, c]
-            _blank(ax)
-            if c >= len(scored):
-                ax.axis("off")
+            if not _cell(ax, images, c, len(scored), tile):
                 continue
-            ax.imshow(_resize(images[c], tile))
             image_id, score = scored[c]
             if r % 2 == 1:
                 ax.set_xlabel(f"NSD {image_id}\n{metric} {score:.3f}", fontsize=6)
