@@ -112,7 +112,8 @@ def run_demo(workdir: str | Path, *, client=None, fresh: bool = False, progress:
     t1 = time.perf_counter()
     print(f"[2/3] demo VDVAE in {workdir / 'models'} (trained on the subjects' training photographs, "
           f"never a test image)", file=sys.stderr)
-    weights, manifest = ensure_demo_vdvae(workdir / "mini-nsd", workdir / "models", DEMO_SPEC["subjects"])
+    weights, manifest = ensure_demo_vdvae(workdir / "mini-nsd", workdir / "models", DEMO_SPEC["subjects"],
+                                          progress=progress)
     t2 = time.perf_counter()
     config = demo_config(workdir, weights, manifest["note"])
     (workdir / "config.toml").write_text(_config_text(config))

@@ -86,7 +86,8 @@ def cached_weights(models_dir: Path, wanted: dict) -> tuple[Path, dict] | None:
 
 
 def ensure_demo_vdvae(source_root: str | Path, models_dir: str | Path, subjects: Sequence[int],
-                      settings: TrainSettings = DEMO_TRAIN, hparams: str = DEMO_HPARAMS) -> tuple[Path, dict]:
+                      settings: TrainSettings = DEMO_TRAIN, hparams: str = DEMO_HPARAMS,
+                      progress: bool = False) -> tuple[Path, dict]:
     """Train (or reuse) the demo VDVAE on mini-NSD's training photographs.
 
     Parameters
@@ -100,6 +101,8 @@ def ensure_demo_vdvae(source_root: str | Path, models_dir: str | Path, subjects:
     settings : TrainSettings
     hparams : str
         Key of :data:`fmri2img.models.vdvae.HPARAMS`.
+    progress : bool
+        Show the stages' progress bar over the training steps.
 
     Returns
     -------
@@ -117,7 +120,10 @@ def ensure_demo_vdvae(source_root: str | Path, models_dir: str | Path, subjects:
         logger.info("demo VDVAE: reusing %s (manifest matches)", hit[0])
         return hit[0], {**hit[1], "reused": True}
     images = read_stimuli(fsspec.filesystem("file"), NSDLayout(str(source_root)).stimuli(), train_ids)
-    model, hist = train_vdvae(images, HPARAMS[hparams], settings)
+    from fmri2img.pipeline.tasks import progress_bar
+
+    with progress_bar(settings.steps, "demo VDVAE", progress, unit="step") as bar:
+        model, hist = train_vdvae(images, HPARAMS[hparams], settings, on_step=lambda _: bar.update(1))
     models_dir.mkdir(parents=True, exist_ok=True)
     tmp = models_dir / "vdvae-demo.pt.tmp"
     torch.save({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, tmp)

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -194,7 +194,7 @@ def _kl_weight(step: int, s: TrainSettings) -> float:
 
 
 def train_vdvae(images: np.ndarray, hparams: VDVAEHparams, settings: TrainSettings = TrainSettings(),
-                model: VDVAE | None = None) -> tuple[VDVAE, dict]:
+                model: VDVAE | None = None, on_step: Callable[[int], None] | None = None) -> tuple[VDVAE, dict]:
     """Fit a VDVAE to uint8 images by minimising the β-weighted negative ELBO with Adam.
 
     Parameters
@@ -205,6 +205,8 @@ def train_vdvae(images: np.ndarray, hparams: VDVAEHparams, settings: TrainSettin
     settings : TrainSettings
     model : VDVAE, optional
         Continue from this model (float32, CPU); by default a new one with seeded random weights.
+    on_step : callable, optional
+        Called with the number of steps done after each step (a progress bar).
 
     Returns
     -------
@@ -237,6 +239,8 @@ def train_vdvae(images: np.ndarray, hparams: VDVAEHparams, settings: TrainSettin
             opt.step()
             for k in hist:
                 hist[k].append(float(out[k].detach()))
+            if on_step is not None:
+                on_step(step + 1)
     hist["seconds"] = time.perf_counter() - t0
     hist["settings"] = settings.to_dict()
     logger.info("trained VDVAE %s on %d images: %d steps in %.1f s, ELBO %.3f -> %.3f nats/dim", hparams.name,
