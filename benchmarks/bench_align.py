@@ -54,7 +54,7 @@ from fmri2img.pipeline.reconstruct import run_spec  # noqa: E402
 from fmri2img.pipeline.regress import regress  # noqa: E402
 from fmri2img.ridge import BlockRidge  # noqa: E402
 from fmri2img.storage import schema  # noqa: E402
-from fmri2img.storage.mininsd import MiniNSDSpec, generate_mini_nsd  # noqa: E402
+from fmri2img.mininsd.generate import MiniNSDSpec, generate_mini_nsd  # noqa: E402
 from fmri2img.storage.source import Source  # noqa: E402
 from fmri2img.storage.store import Store  # noqa: E402
 from minisettings import EXTRACTORS, NETS, RIDGE, VD  # noqa: E402

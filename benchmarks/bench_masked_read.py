@@ -98,7 +98,7 @@ def main() -> None:
     import numpy as np
     import s3fs
 
-    from fmri2img.storage.mininsd import MiniNSDSpec, generate_mini_nsd
+    from fmri2img.mininsd.generate import MiniNSDSpec, generate_mini_nsd
     from fmri2img.storage.nsd import NSDLayout, read_mask, read_session_betas, session_chunk_map
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-masked-"))

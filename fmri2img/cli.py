@@ -181,7 +181,7 @@ def _betas_scale(text: str) -> str | float:
 
 def mini_nsd_spec(args):
     """The MiniNSDSpec that ``fmri2img mini-nsd`` builds from its arguments."""
-    from fmri2img.storage.mininsd import MiniNSDSpec
+    from fmri2img.mininsd.generate import MiniNSDSpec
 
     fields = {"seed": args.seed, "subjects": tuple(args.subjects) if args.subjects else None, "side": args.side,
               "n_images": args.n_images, "n_shared": args.n_shared, "n_per_subject": args.n_per_subject,
@@ -196,7 +196,7 @@ def mini_nsd_spec(args):
 
 
 def cmd_mini_nsd(args) -> int:
-    from fmri2img.storage.mininsd import generate_mini_nsd
+    from fmri2img.mininsd.generate import generate_mini_nsd
 
     spec = mini_nsd_spec(args)
     manifest = generate_mini_nsd(args.dir, spec, progress=lambda line: print(f"mini-NSD: {line}", file=sys.stderr,

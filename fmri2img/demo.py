@@ -86,7 +86,7 @@ def demo_config(workdir: Path, vdvae_weights: str | Path | None = None, vdvae_no
 def ensure_mini_nsd(root: Path, progress: bool = True) -> dict:
     """Generate mini-NSD at ``root`` unless the same spec is already there (a progress bar per file written)."""
     from fmri2img.pipeline.tasks import progress_bar
-    from fmri2img.storage.mininsd import MiniNSDSpec, generate_mini_nsd
+    from fmri2img.mininsd.generate import MiniNSDSpec, generate_mini_nsd
 
     spec = MiniNSDSpec(**DEMO_SPEC)
     manifest_path = root / "mini_nsd.json"

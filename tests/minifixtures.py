@@ -11,7 +11,7 @@ SESSIONS = (1, 2, 3, 4)
 
 @pytest.fixture(scope="session")
 def mini_nsd(tmp_path_factory):
-    from fmri2img.storage.mininsd import MiniNSDSpec, generate_mini_nsd
+    from fmri2img.mininsd.generate import MiniNSDSpec, generate_mini_nsd
 
     root = tmp_path_factory.mktemp("mini-nsd")
     generate_mini_nsd(root, MiniNSDSpec(**TINY))

@@ -93,7 +93,7 @@ def test_alignment_beats_one_session_when_features_carry_undecodable_variance():
 
 def test_mininsd_subject_with_one_session(mini_nsd, tmp_path):  # noqa: F811
     from fmri2img.cli import main
-    from fmri2img.storage.mininsd import MiniNSDSpec
+    from fmri2img.mininsd.generate import MiniNSDSpec
 
     sizes = {"seed": 3, "subjects": "1,2", "n-images": 120, "n-shared": 16, "n-per-subject": 64, "n-sessions": 4,
              "trials-per-session": 40, "side": 32, "volume": "16,20,16", "sessions-per-subject": "2:1"}

@@ -25,7 +25,7 @@ FS = fsspec.filesystem("file")
 
 @pytest.fixture(scope="module")
 def imagery_root(tmp_path_factory):
-    from fmri2img.storage.mininsd import MiniNSDSpec, generate_mini_nsd
+    from fmri2img.mininsd.generate import MiniNSDSpec, generate_mini_nsd
 
     root = tmp_path_factory.mktemp("mini-nsd-imagery")
     manifest = generate_mini_nsd(root, MiniNSDSpec(**TINY, imagery=True, imagery_repeats=1))

@@ -14,8 +14,8 @@ import pytest
 import scipy.io
 from sklearn.linear_model import Ridge
 
-from fmri2img.storage.cortex import ECC_EDGES
-from fmri2img.storage.mininsd import SOURCES, MiniNSDSpec, generate_mini_nsd
+from fmri2img.mininsd.cortex import ECC_EDGES
+from fmri2img.mininsd.generate import SOURCES, MiniNSDSpec, generate_mini_nsd
 from fmri2img.storage.nsd import (
     ROI_FILES,
     NSDLayout,

@@ -210,7 +210,7 @@ def work(tmp_path_factory):
     """The directory the README's commands run in: mini-NSD, config.toml, the fitted store, two scan files."""
     from fmri2img import config as cfg
     from fmri2img.pipeline.runner import run
-    from fmri2img.storage.mininsd import MiniNSDSpec, generate_mini_nsd
+    from fmri2img.mininsd.generate import MiniNSDSpec, generate_mini_nsd
     from fmri2img.storage.store import Store
 
     work = tmp_path_factory.mktemp("readme")

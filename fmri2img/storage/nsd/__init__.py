@@ -10,7 +10,7 @@
 * :mod:`.imagery`: NSD-Imagery's ``betas_nsdimagery``, run TSVs and target pictures.
 
 The same code reads real NSD from its bucket and the locally generated mini-NSD
-(:mod:`fmri2img.storage.mininsd`). Bad input raises one :class:`NSDError` subclass whose
+(:mod:`fmri2img.mininsd.generate`). Bad input raises one :class:`NSDError` subclass whose
 message names the file, what was expected and the fix.
 """
 

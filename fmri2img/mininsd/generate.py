@@ -2,7 +2,7 @@
 
 Stimuli are real photographs shipped with scikit-image, cropped, mirrored, rotated and
 recoloured into ``n_images`` distinct pictures with captions that describe them. Responses
-come from the simulated visual cortex of :mod:`fmri2img.storage.cortex` plus trial noise.
+come from the simulated visual cortex of :mod:`fmri2img.mininsd.cortex` plus trial noise.
 The files are the ones :mod:`fmri2img.storage.nsd` reads from the real NSD bucket, in NSD's
 layouts as the NSD data manual and public readers (nsd_access, Brain-Diffuser's
 ``prepare_nsddata.py``) describe them:
@@ -44,7 +44,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +51,11 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from fmri2img.storage import cortex
-from fmri2img.storage.nsd import BETA_SCALE, NSDLayout, ROI_FILES
-from fmri2img.storage.mininsd_files import (STIM_INFO_COLUMNS, mat_bytes, nifti_gz,  # noqa: F401
+from fmri2img.mininsd import cortex
+from fmri2img.mininsd.responses import session_betas, subject_anatomy  # noqa: F401
+from fmri2img.mininsd.spec import N_DESIGN_SUBJECTS, MiniNSDSpec, rng_for  # noqa: F401
+from fmri2img.storage.nsd import NSDLayout, ROI_FILES
+from fmri2img.mininsd.files import (STIM_INFO_COLUMNS, mat_bytes, nifti_gz,  # noqa: F401
                                             smallest_uint, stim_info_csv, make_stimpattern, write_betas_hdf5,
                                             write_nifti_gz)
 
@@ -92,139 +93,6 @@ TINTS: dict[str, tuple[float, float, float]] = {
 }
 ROTATIONS: dict[int, str] = {0: "", 1: "turned sideways", 2: "upside down", 3: "turned on its side"}
 _FEATURE_SIZE = 32
-_SHAPE_OFFSETS = ((0, 0, 0), (-2, -2, -1), (1, -1, 0), (-1, 1, -2), (2, 0, -1), (-2, 1, 0), (0, -2, 1), (1, 2, -1))
-_N_DESIGN_SUBJECTS = 8
-
-
-@dataclass(frozen=True)
-class MiniNSDSpec:
-    """Size and randomness of a mini-NSD dataset; defaults are the demo size.
-
-    Attributes
-    ----------
-    seed : int
-    subjects : tuple of int
-        Subjects (1..8) whose fMRI files are written; ``subjectim`` always has 8 rows.
-    n_images : int
-        Distinct stimuli in ``imgBrick`` (mini-NSD's "73k" space).
-    n_shared : int
-        Shared test images seen by every subject (``sharedix``), each shown 3 times.
-    n_per_subject : int
-        Images per subject including the shared ones (``subjectim`` columns).
-    n_sessions, trials_per_session : int
-        All sessions are written; every image is shown 1-3 times in the
-        ``n_sessions * trials_per_session`` trials.
-    side : int
-        Image side in pixels (NSD: 425).
-    volume_shape : tuple of 3 int
-        Subject 1's (X, Y, Z) grid; other subjects get slightly different grids, affines and
-        nsdgeneral voxel counts.
-    noise : float
-        Trial noise standard deviation in percent signal change (signal amplitude is 1-3 %).
-    nan_voxels : int
-        NaN voxels planted in some sessions; when > 0 the betas are written as float32
-        (still × 300), else int16.
-    write_hdf5 : bool
-        Also write the ``betas_sessionNN.hdf5`` twins.
-    hdf5_layout : {"chunked", "contiguous"}
-        NSD's chunks of one voxel's trials, or one contiguous block.
-    nsdgeneral_keep : float
-        Fraction of the simulated posterior cap kept as nsdgeneral: 0.66 covers about 7 % of the
-        volume, 0.22 about 2.3 % (NSD subject 1: 15,724 of 699,192 voxels).
-    sessions_per_subject : mapping of subject to int
-        Subjects scanned for fewer sessions (their first k of the design; NSD's subjects 3, 4, 6 and 8
-        have 32, 30, 32 and 30 of 40), e.g. ``{3: 1}``: a new person with one session.
-    imagery : bool
-        Also write NSD-Imagery's files (:mod:`fmri2img.storage.mininsd_imagery`).
-    imagery_repeats : int
-        Trials per condition in each imagery-session run (NSD-Imagery: 8, so 720 betas).
-    """
-
-    seed: int = 0
-    subjects: tuple[int, ...] = (1, 2)
-    n_images: int = 480
-    n_shared: int = 60
-    n_per_subject: int = 300
-    n_sessions: int = 10
-    trials_per_session: int = 75
-    side: int = 425
-    volume_shape: tuple[int, int, int] = (34, 42, 34)
-    noise: float = 2.0
-    nan_voxels: int = 0
-    write_hdf5: bool = True
-    hdf5_layout: str = "chunked"
-    nsdgeneral_keep: float = 0.66
-    sessions_per_subject: Any = ()
-    imagery: bool = False
-    imagery_repeats: int = 8
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "subjects", tuple(int(s) for s in self.subjects))
-        few = dict(self.sessions_per_subject or {})  # a mapping, stored as sorted pairs (hashable, JSON-able)
-        object.__setattr__(self, "sessions_per_subject", tuple(sorted((int(s), int(k)) for s, k in few.items())))
-        object.__setattr__(self, "volume_shape", tuple(int(s) for s in self.volume_shape))
-        n_trials = self.n_sessions * self.trials_per_session
-        min_trials = 3 * self.n_shared + (self.n_per_subject - self.n_shared)
-        checks = (
-            (self.seed >= 0, f"seed={self.seed} must be >= 0"),
-            (len(self.subjects) > 0 and len(set(self.subjects)) == len(self.subjects)
-             and all(1 <= s <= _N_DESIGN_SUBJECTS for s in self.subjects),
-             f"subjects={self.subjects} must be distinct subject numbers 1..8"),
-            (2 <= self.n_shared < self.n_per_subject,
-             f"n_shared={self.n_shared} must be >= 2 and below n_per_subject={self.n_per_subject}"),
-            (self.n_per_subject <= self.n_images,
-             f"n_per_subject={self.n_per_subject} must be <= n_images={self.n_images}"),
-            (self.n_sessions >= 1 and self.trials_per_session >= 5,
-             f"n_sessions={self.n_sessions} must be >= 1 and trials_per_session={self.trials_per_session} >= 5"),
-            (min_trials <= n_trials <= 3 * self.n_per_subject,
-             f"n_sessions*trials_per_session={n_trials} must lie in {min_trials}..{3 * self.n_per_subject} "
-             f"(shared images 3 times, the others 1-3 times): change n_sessions or trials_per_session"),
-            (16 <= self.side <= 1024, f"side={self.side} must be in 16..1024 pixels"),
-            (len(self.volume_shape) == 3 and all(16 <= s <= 128 for s in self.volume_shape),
-             f"volume_shape={self.volume_shape} must be 3 sizes in 16..128"),
-            (np.isfinite(self.noise) and self.noise >= 0, f"noise={self.noise} must be a finite number >= 0"),
-            (0 <= self.nan_voxels <= 500, f"nan_voxels={self.nan_voxels} must be in 0..500"),
-            (self.hdf5_layout in ("chunked", "contiguous"),
-             f"hdf5_layout={self.hdf5_layout!r} must be 'chunked' (NSD's) or 'contiguous'"),
-            (0.05 <= self.nsdgeneral_keep <= 1.0, f"nsdgeneral_keep={self.nsdgeneral_keep} must be in 0.05..1"),
-            (all(s in self.subjects and 1 <= k <= self.n_sessions for s, k in self.sessions_per_subject),
-             f"sessions_per_subject={dict(self.sessions_per_subject)} must map subjects of {self.subjects} to "
-             f"1..n_sessions={self.n_sessions} sessions"),
-            (1 <= self.imagery_repeats <= 8, f"imagery_repeats={self.imagery_repeats} must be in 1..8"),
-        )
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"MiniNSDSpec: {message}")
-
-    @classmethod
-    def sized(cls, **fields: Any) -> "MiniNSDSpec":
-        """A spec whose unset image counts fit the trials asked for.
-
-        With more trials than the demo's image counts allow (e.g. NSD's 750 per session), the
-        images per subject, shared images and stimuli grow as in NSD: most images shown 2–3
-        times, a fifth of them shared, 1.6× as many stimuli as images per subject.
-        """
-        base = cls()
-        n_trials = fields.get("n_sessions", base.n_sessions) * fields.get("trials_per_session", base.trials_per_session)
-        per = fields.get("n_per_subject")
-        if per is None and not {"n_shared", "n_images"} & fields.keys() and n_trials > 3 * base.n_per_subject:
-            per = -(-n_trials * 2 // 5)  # 2.5 showings per image on average
-            fields.update(n_per_subject=per, n_shared=max(2, per // 5), n_images=max(base.n_images, -(-per * 8 // 5)))
-        return cls(**fields)
-
-    @property
-    def n_trials(self) -> int:
-        """Trials per subject over all sessions."""
-        return self.n_sessions * self.trials_per_session
-
-    def sessions_of(self, subject: int) -> int:
-        """Sessions written for ``subject`` (its first ones in the design)."""
-        return dict(self.sessions_per_subject).get(int(subject), self.n_sessions)
-
-
-def rng_for(spec: MiniNSDSpec, *key: int) -> np.random.Generator:
-    """An independent generator per (seed, purpose, subject, session): order-free determinism."""
-    return np.random.default_rng([spec.seed, *key])
 
 
 # --------------------------------------------------------------------------- stimuli and captions
@@ -315,7 +183,7 @@ def _design(spec: MiniNSDSpec) -> dict[str, np.ndarray]:
     rest = np.setdiff1d(np.arange(1, spec.n_images + 1), shared)
     n_own = spec.n_per_subject - spec.n_shared
     subjectim = np.stack([np.concatenate([shared, rng.choice(rest, n_own, replace=False)])
-                          for _ in range(_N_DESIGN_SUBJECTS)])
+                          for _ in range(N_DESIGN_SUBJECTS)])
     reps = np.concatenate([np.full(spec.n_shared, 3), np.ones(n_own, np.int64)])
     extra = spec.n_trials - reps.sum()
     slots = np.repeat(np.arange(spec.n_shared, spec.n_per_subject), 2)
@@ -337,65 +205,10 @@ def _design(spec: MiniNSDSpec) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- volumes
 
 
-def _subject_anatomy(spec: MiniNSDSpec, subject: int) -> cortex.Anatomy:
-    k = (subject - 1) % len(_SHAPE_OFFSETS)
-    shape = tuple(int(s + o) for s, o in zip(spec.volume_shape, _SHAPE_OFFSETS[k]))
-    origin = (float(k) * 1.3, -4.0 + k, 2.0 - 0.5 * k)
-    keep = spec.nsdgeneral_keep * (0.66 - 0.03 * k) / 0.66
-    return cortex.build_anatomy(shape, rng_for(spec, 4, subject), keep=keep, origin_mm=origin)
-
-
-_NOISE_BLOCK = 64 * 2**20  # bytes of float32 background noise drawn at a time
-
-
-def _zyx(flat_xyz: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """Flat C-order (X, Y, Z) voxel indices → flat indices into a C-order (Z, Y, X) volume."""
-    x, y, z = np.unravel_index(flat_xyz, shape)
-    return (z * shape[1] + y) * shape[0] + x
-
-
-def session_betas(spec: MiniNSDSpec, anat: cortex.Anatomy, subject: int, session: int, trials: np.ndarray,
-                  drive: np.ndarray, tuning: tuple[np.ndarray, np.ndarray], nan: tuple[list[int], np.ndarray]
-                  ) -> np.ndarray:
-    """One session's betas as stored, shape (trials, Z, Y, X): NSD's h5py order, and NIfTI's bytes.
-
-    Brain voxels outside nsdgeneral get noise only; nsdgeneral voxels get
-    baseline + session offset + amplitude × drive[image] + noise, in percent signal change × 300.
-    """
-    baseline, amp = tuning
-    shape = anat.shape
-    n_t = len(trials)
-    srng = rng_for(spec, 6, subject, session)
-    dtype = np.float32 if spec.nan_voxels else np.int16
-    out = np.zeros((n_t, int(np.prod(shape))), dtype)
-    brain = _zyx(np.flatnonzero(anat.brain), shape)
-    step = max(1, _NOISE_BLOCK // (4 * max(len(brain), 1)))
-    for t0 in range(0, n_t, step):
-        t1 = min(n_t, t0 + step)
-        noise = srng.standard_normal((t1 - t0, len(brain)), dtype=np.float32)
-        noise *= np.float32(0.6 * spec.noise * BETA_SCALE)
-        out[t0:t1, brain] = _stored(noise, dtype)
-    offset = srng.normal(0.0, 0.3, len(anat.voxels))
-    signal = baseline + offset + amp * drive[trials]
-    signal += srng.normal(0.0, spec.noise, signal.shape)
-    values = _stored(signal * BETA_SCALE, dtype)
-    if spec.nan_voxels and session in nan[0]:
-        values[:, np.isin(anat.voxels, nan[1])] = np.nan
-    out[:, _zyx(anat.voxels, shape)] = values
-    return out.reshape(n_t, *shape[::-1])
-
-
-def _stored(values: np.ndarray, dtype: Any) -> np.ndarray:
-    rounded = np.round(values)
-    if dtype == np.int16:
-        return np.clip(rounded, -32768, 32767).astype(np.int16)
-    return rounded.astype(np.float32)
-
-
 def _write_subject(root: Path, layout: NSDLayout, spec: MiniNSDSpec, subject: int, design: dict[str, np.ndarray],
                    drive_in: tuple[np.ndarray, np.ndarray], truth: h5py.File,
                    progress: Callable[[str], None]) -> dict[str, Any]:
-    anat = _subject_anatomy(spec, subject)
+    anat = subject_anatomy(spec, subject)
     drive = cortex.voxel_drive(anat, *drive_in)
     for name in ROI_FILES:
         _write(root, layout.roi(subject, name), nifti_gz(anat.rois[name], anat.affine))
@@ -421,7 +234,7 @@ def _write_subject(root: Path, layout: NSDLayout, spec: MiniNSDSpec, subject: in
         del betas
     extra = {}
     if spec.imagery:
-        from fmri2img.storage import mininsd_imagery
+        from fmri2img.mininsd import imagery as mininsd_imagery
         extra = mininsd_imagery.write_subject(root, spec, subject, anat, drive, drive_in, (baseline, amp), design)
     grp = truth.create_group(f"subj{subject:02d}")
     for name in ("voxels", "area", "rf_x", "rf_y", "rf_size", "ecc", "weights", "category"):
@@ -495,7 +308,7 @@ def generate_mini_nsd(root: str | os.PathLike, spec: MiniNSDSpec = MiniNSDSpec()
                       "amplitudes and the noiseless drive (n_images x n_voxels)."),
     )
     if spec.imagery:
-        from fmri2img.storage import mininsd_imagery
+        from fmri2img.mininsd import imagery as mininsd_imagery
         manifest["imagery"] = mininsd_imagery.write_targets(root, spec, design)
     manifest["files"] = {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()
                          and p.name != "mini_nsd.json"}

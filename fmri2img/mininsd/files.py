@@ -1,6 +1,6 @@
 """NSD's file formats as mini-NSD writes them: MATLAB v5 design, stimulus CSV, NIfTI-1 and HDF5 betas.
 
-Split from :mod:`fmri2img.storage.mininsd` (which decides *what* to write); the facts behind
+Split from :mod:`fmri2img.mininsd.generate` (which decides *what* to write); the facts behind
 each format are in that module's docstring. Every writer gives byte-identical output for the
 same input.
 """

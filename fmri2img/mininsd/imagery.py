@@ -1,6 +1,6 @@
 """mini-NSD's imagery session: NSD-Imagery's files, simulated with what is known of mental images.
 
-Written by :func:`fmri2img.storage.mininsd.generate_mini_nsd` when ``spec.imagery`` is set, in
+Written by :func:`fmri2img.mininsd.generate.generate_mini_nsd` when ``spec.imagery`` is set, in
 the layout :mod:`fmri2img.storage.nsd.imagery` reads: one ``betas_nsdimagery.{nii.gz,hdf5}``
 per subject (NSD's int16 × 300, the same voxel grid as the main sessions), the 12 run TSVs
 (columns SUBJECT, SESSION, RUN, TRIAL, CONDITION, CUE, TRIALONSET) and the targets under
@@ -41,9 +41,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from fmri2img.storage import cortex
-from fmri2img.storage import mininsd as _mini
-from fmri2img.storage.mininsd_files import write_betas_hdf5, write_nifti_gz
+from fmri2img.mininsd import cortex
+from fmri2img.mininsd import responses as _responses, spec as _spec
+from fmri2img.mininsd.files import write_betas_hdf5, write_nifti_gz
 from fmri2img.storage.nsd import NSDLayout
 from fmri2img.storage.nsd.imagery import RUNS, ImageryLayout
 
@@ -62,7 +62,7 @@ def choose_targets(spec: Any, design: dict[str, np.ndarray]) -> np.ndarray:
     shared = design["sharedix"][0].astype(np.int64) - 1
     seen = np.unique(np.concatenate([design["subjectim"][s - 1].astype(np.int64) - 1 for s in spec.subjects]))
     unseen = np.setdiff1d(np.arange(spec.n_images), seen)
-    rng = _mini.rng_for(spec, 20)
+    rng = _spec.rng_for(spec, 20)
     pool = np.concatenate([rng.permutation(shared), rng.permutation(unseen)])
     n = sum(len(v) for v in LETTERS.values())
     if len(pool) < n:
@@ -142,7 +142,7 @@ def write_subject(root: Path, spec: Any, subject: int, anat: cortex.Anatomy, see
     ids = choose_targets(spec, design)
     index = {c: i for i, (_, c) in enumerate(_conditions())}
     drives = {"seen": seen[ids], "imagined": imagery_drive(anat, *drive_in)[ids]}
-    rng = _mini.rng_for(spec, 21, subject)
+    rng = _spec.rng_for(spec, 21, subject)
     rows: list[np.ndarray] = []
     for run_number, run in enumerate(RUNS, start=1):
         trials = _run_trials(rng, run.stim_set, run.task, spec.imagery_repeats)
@@ -157,7 +157,7 @@ def write_subject(root: Path, spec: Any, subject: int, anat: cortex.Anatomy, see
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(buf.getvalue())
     drive = np.stack(rows)
-    betas = _mini.session_betas(spec, anat, subject, _SESSION_KEY, np.arange(len(drive)), drive, tuning,
+    betas = _responses.session_betas(spec, anat, subject, _SESSION_KEY, np.arange(len(drive)), drive, tuning,
                                 ([], np.zeros(0, np.int64)))
     nii = root / layout.betas(subject, "nii.gz")
     write_nifti_gz(nii, memoryview(betas).cast("B"), (*anat.shape, len(drive)), betas.dtype, anat.affine)
