@@ -250,10 +250,10 @@ def cmd_run(args) -> int:
     probe_configured(args.config, args.stages)  # before the heavy imports of the configuration and the stages
     from fmri2img import config as cfgmod
     from fmri2img.pipeline.runner import run
-    from fmri2img.storage import logredact
+    from fmri2img.storage import secrets
 
     config = cfgmod.load(args.config)
-    logredact.add_secrets(sum((logredact.secrets_of(section.storage_options) for section in
+    secrets.add_secrets(sum((secrets.secrets_of(section.storage_options) for section in
                                (config.store, config.source, config.outputs, config.weights)), []))
     stages = [s for s in args.stages.split(",") if s] if args.stages else None
     with cluster_from(args, config.cluster, config.outputs.url) as client:
@@ -403,7 +403,7 @@ COMMANDS = {"demo": cmd_demo, "mini-nsd": cmd_mini_nsd, "ingest": cmd_ingest, "r
 
 
 def _secrets_of_args(args) -> list[str]:
-    from fmri2img.storage.logredact import secrets_of
+    from fmri2img.storage.secrets import secrets_of
 
     out: list[str] = []
     for name in ("store_option", "source_option", "cluster_option"):
@@ -420,11 +420,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from fmri2img.storage import logredact
+    from fmri2img.storage import secrets
 
     args = build_parser().parse_args(argv)
     # every record of every logger is redacted, at every verbosity (botocore's -vv DEBUG lines included)
-    logredact.install(_secrets_of_args(args))
+    secrets.install(_secrets_of_args(args))
     # default: warnings, progress bars and one short line per stage; -v: our INFO log; -vv: everyone's DEBUG
     logging.basicConfig(level=logging.DEBUG if args.verbose >= 2 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -445,10 +445,10 @@ def _main(argv: list[str] | None) -> int:
         if args.verbose >= 2:  # the traceback, redacted like every other line
             import traceback
 
-            print(logredact.redact_text(traceback.format_exc()), file=sys.stderr, end="")
+            print(secrets.redact_text(traceback.format_exc()), file=sys.stderr, end="")
         raw_os = isinstance(exc, OSError) and exc.errno is not None  # ours carry their own message
         line = os_error_line(exc) if raw_os else str(exc)
-        print(f"error: {logredact.redact_text(line)}", file=sys.stderr)
+        print(f"error: {secrets.redact_text(line)}", file=sys.stderr)
         if argv is None:  # this process's own command line: it ends promptly, whatever still runs
             exit_promptly(2)
         return 2
@@ -458,7 +458,7 @@ def _main(argv: list[str] | None) -> int:
         line = unreachable_line(exc)
         if line is None:
             raise
-        print(f"error: {logredact.redact_text(line)}", file=sys.stderr)
+        print(f"error: {secrets.redact_text(line)}", file=sys.stderr)
         if argv is None:
             exit_promptly(2)
         return 2

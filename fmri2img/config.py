@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 # the checks live in fmri2img.config_validate; callers import them from here
+from fmri2img.storage import secrets
 from fmri2img.config_validate import ConfigError, from_dict, validate  # noqa: F401
-from fmri2img.storage import urls
 
 
 PUBLIC = "public"
@@ -338,15 +338,14 @@ class Config:
 
 def _redact_tree(data: Any, key: str = "") -> Any:
     if key == "options" and isinstance(data, dict):
-        from fmri2img.cluster.security import redact_options
-
-        return redact_options(data)
+        
+        return secrets.redact(data)
     if key == "storage_options":
-        return urls.redact(data)
+        return secrets.redact(data)
     if isinstance(data, dict):
         return {k: _redact_tree(v, k) for k, v in data.items()}
     if isinstance(data, str) and (key == "url" or key.endswith("_url")):
-        return urls.redact(data)
+        return secrets.redact(data)
     return data
 
 

@@ -51,7 +51,7 @@ def test_secret_from_the_environment_is_redacted_in_botocore_debug(s3_endpoint, 
 
 
 def test_redaction_of_header_dumps():
-    from fmri2img.storage.logredact import redact_text
+    from fmri2img.storage.secrets import redact_text
 
     line = ("Sending http request: <AWSPreparedRequest headers={'Authorization': b'AWS4-HMAC-SHA256 "
             "Credential=ANYKEY/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=abcd', "

@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from fmri2img.storage import secrets
 from fmri2img.cluster import (
     GPU,
     ClusterError,
@@ -17,7 +18,6 @@ from fmri2img.cluster import (
     job_script,
     kubernetes_spec,
     make_security,
-    redact_options,
     section_options,
 )
 from fmri2img.cluster.jobqueue import JobQueueError
@@ -273,11 +273,11 @@ def test_check_options_accepts_security_for_every_kind():
         check_options(spec, {"security": {}})
 
 
-def test_redact_options_hides_secrets():
+def test_redact_hides_cluster_secrets():
     options = {"env": {"AWS_SECRET_ACCESS_KEY": "abc", "AWS_PROFILE": "lab"}, "password": "pw",
                "job_script_prologue": ["export GITHUB_TOKEN=ghp_x", "module load cuda"],
                "security": {"ca_file": "/etc/ca.pem"}, "queue": "gpu"}
-    out = redact_options(options)
+    out = secrets.redact(options)
     text = repr(out)
     assert "abc" not in text and "pw'" not in text and "ghp_x" not in text
     assert out["env"]["AWS_PROFILE"] == "lab" and out["queue"] == "gpu"

@@ -13,6 +13,7 @@ import pytest
 import zarr
 
 from fmri2img.storage import urls
+from fmri2img.storage.secrets import redact
 from fmri2img.storage.urls import (
     SCHEMES,
     BackendNotInstalledError,
@@ -24,7 +25,6 @@ from fmri2img.storage.urls import (
     describe,
     filesystem,
     join,
-    redact,
     resolve_options,
     split_url,
     zarr_store,

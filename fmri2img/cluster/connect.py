@@ -32,7 +32,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from fmri2img.cluster.security import make_security, redact_options
+from fmri2img.storage import secrets
+from fmri2img.cluster.security import make_security
 from fmri2img.storage import urls
 
 logger = logging.getLogger(__name__)
@@ -124,8 +125,8 @@ def _address(spec: str, *, timeout: str = "20s", security: Any = None):
         return Client(spec, timeout=timeout, security=sec)
     except (OSError, TimeoutError) as exc:
         raise ClusterError(
-            f"cannot reach the Dask scheduler at {urls.redact(spec)} ({type(exc).__name__}: {exc}); "
-            f"start one with `dask scheduler` and workers with `dask worker {urls.redact(spec)}`, "
+            f"cannot reach the Dask scheduler at {secrets.redact(spec)} ({type(exc).__name__}: {exc}); "
+            f"start one with `dask scheduler` and workers with `dask worker {secrets.redact(spec)}`, "
             f"or use --cluster local"
         ) from None
 
@@ -276,7 +277,7 @@ def connect(spec: str = "local", *, logs: str | None = None, **options: Any):
         options = {**options, entry.log_option: os.path.abspath(logs)}
     client = entry.factory(spec or "local", **options)
     logger.info("connected to %s cluster (%s), dashboard %s", kind_of(spec or "local"),
-                redact_options(options), dashboard_link(client))
+                secrets.redact(options), dashboard_link(client))
     return client
 
 

@@ -14,7 +14,7 @@ import concurrent.futures
 import logging
 from typing import Any
 
-from fmri2img.storage import urls
+from fmri2img.storage import secrets
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def scheduler_lost(client: Any, exc: BaseException, *, stage: str, done: int, to
     if not isinstance(exc, _LOST) or not _scheduler_gone(client):
         return None
     _silence_reconnect_noise()
-    address = urls.redact(str(getattr(getattr(client, "scheduler", None), "address", "") or "the scheduler"))
+    address = secrets.redact(str(getattr(getattr(client, "scheduler", None), "address", "") or "the scheduler"))
     logger.debug("scheduler lost during %s", stage, exc_info=exc)
     return SchedulerLost(
         f"the Dask scheduler at {address} went away during stage {stage} ({done} of {total} regions finished in "
@@ -82,7 +82,7 @@ class _ConnectionNoise(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None:
             return not isinstance(exc, _LOST)
-        # a record factory may have formatted the traceback already (fmri2img.storage.logredact does)
+        # a record factory may have formatted the traceback already (fmri2img.storage.secrets does)
         last = (record.exc_text or "").strip().rsplit("\n", 1)[-1]
         return last.split(":", 1)[0].rsplit(".", 1)[-1] not in _LOST_NAMES
 

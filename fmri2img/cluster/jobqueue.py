@@ -39,7 +39,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from fmri2img.cluster.security import make_security, redact_options
+from fmri2img.storage import secrets
+from fmri2img.cluster.security import make_security
 
 logger = logging.getLogger(__name__)
 
@@ -327,9 +328,9 @@ def connect_jobqueue(kind: str, **options: Any):
         scheduler_options={"dashboard_address": own.get("dashboard_address", "127.0.0.1:8787")}, **job,
     )
     watch.attach(cluster)
-    logger.info("%s cluster: %s; worker job logs in %s", kind, redact_options(
+    logger.info("%s cluster: %s; worker job logs in %s", kind, secrets.redact(
         {**job, **{k: v for k, v in own.items() if k != "security"}}), job.get("log_directory") or "the job's cwd")
-    logger.debug("%s job script:\n%s", kind, "\n".join(redact_options({"s": cluster.job_script().splitlines()})["s"]))
+    logger.debug("%s job script:\n%s", kind, "\n".join(secrets.redact({"s": cluster.job_script().splitlines()})["s"]))
     if adaptive:
         cluster.adapt(minimum=own["minimum"], maximum=own["maximum"])
     else:

@@ -19,12 +19,13 @@ contacting any cluster; that is what the tests check.
 """
 from __future__ import annotations
 
+from fmri2img.storage import secrets
+
 import copy
 import logging
 import re
 from typing import Any, Mapping
 
-from fmri2img.cluster.security import redact_options
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def connect_kubernetes(spec: str = "kubernetes", **options: Any):
         raise KubernetesError("cluster spec 'kubernetes' needs dask-kubernetes: pip install 'fmri2img[k8s]'") from None
     manifest = kubernetes_spec(**options)
     opts = _check(options)
-    logger.info("kubernetes cluster %s: %s", opts["name"], redact_options(options))
+    logger.info("kubernetes cluster %s: %s", opts["name"], secrets.redact(options))
     cluster = KubeCluster(custom_cluster_spec=manifest, namespace=opts["namespace"])
     if opts["minimum"] is not None:
         cluster.adapt(minimum=opts["minimum"], maximum=opts["maximum"])

@@ -1,4 +1,4 @@
-"""TLS settings for remote clusters and redaction of cluster options.
+"""TLS settings for remote clusters.
 
 A ``security`` option (the ``[cluster.security]`` table) names PEM files::
 
@@ -10,7 +10,7 @@ A ``security`` option (the ``[cluster.security]`` table) names PEM files::
 :func:`make_security` turns it into a :class:`distributed.security.Security`
 that every kind passes to the scheduler, the workers it starts and the Client.
 Only paths are read here; the key material stays in its file and never reaches
-logs, configurations saved in the store, or reports (:func:`redact_options`).
+logs, configurations saved in the store, or reports (:func:`fmri2img.storage.secrets.redact`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import logging
 import os
 from typing import Any, Mapping
 
-from fmri2img.storage import urls
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +33,6 @@ _SERVER_FIELDS: dict[str, tuple[str, ...]] = {
     "key_file": ("tls_scheduler_key", "tls_worker_key"),
 }
 _FLAGS = ("require_encryption",)
-
-#: option names whose values are secrets in any cluster option table (env vars, passwords, tokens)
-_SECRET_WORDS = ("secret", "password", "passwd", "token", "credential", "private", "access_key", "api_key")
 
 
 class SecurityError(ValueError):
@@ -90,40 +86,3 @@ def make_security(settings: Any) -> Any:
     kwargs["require_encryption"] = bool(settings.get("require_encryption", True))
     logger.debug("TLS on: CA %s, certificate %s", settings["ca_file"], settings["cert_file"])
     return Security(**kwargs)
-
-
-def is_secret_name(name: str) -> bool:
-    """Whether an option or environment-variable name denotes a secret (``AWS_SECRET_ACCESS_KEY``...)."""
-    low = str(name).lower()
-    return any(word in low for word in _SECRET_WORDS) or low.endswith("_key") and "file" not in low
-
-
-def redact_options(options: Mapping[str, Any]) -> dict:
-    """A copy of cluster options safe for logs, the run log and reports.
-
-    Values under secret-looking names (and inside ``env`` tables, whose values
-    may be tokens) become ``"***"``; URLs lose ``user:pass@``; a Security object
-    becomes ``"<Security>"``.
-    """
-    out: dict[str, Any] = {}
-    for key, value in options.items():
-        if is_secret_name(key):
-            out[key] = "***"
-        elif key == "env" and isinstance(value, Mapping):
-            out[key] = {k: ("***" if is_secret_name(k) else urls.redact(v)) for k, v in value.items()}
-        elif isinstance(value, Mapping):
-            out[key] = redact_options(value)
-        elif isinstance(value, (list, tuple)):
-            out[key] = [_redact_item(v) for v in value]
-        else:
-            out[key] = urls.redact(value)
-    return out
-
-
-def _redact_item(value: Any) -> Any:
-    """``export AWS_SECRET_ACCESS_KEY=...`` lines (job prologues) keep their name, lose their value."""
-    if isinstance(value, str) and "=" in value:
-        head, _, _ = value.partition("=")
-        if is_secret_name(head.split()[-1] if head.split() else head):
-            return f"{head}=***"
-    return urls.redact(value)

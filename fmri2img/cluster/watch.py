@@ -431,7 +431,7 @@ class _SubmitNoise(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        # a record factory may have formatted the traceback already (fmri2img.storage.logredact does)
+        # a record factory may have formatted the traceback already (fmri2img.storage.secrets does)
         text = record.exc_text or ""
         return not isinstance(exc, JobSubmitError) and f"{__name__}.JobSubmitError" not in text
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fmri2img.storage import secrets
 from fmri2img.models.weights import WeightsError, pick_device
 
 logger = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def load_clip(weights: str, storage_options: Mapping[str, Any] | None = None, *,
     from fmri2img.storage import urls
 
     torch_dtype = _dtype(dtype)
-    shown = urls.redact(str(weights))
+    shown = secrets.redact(str(weights))
     scheme, _ = urls.split_url(str(weights))
     if scheme in ("", "file"):
         if not os.path.isdir(_local_path(str(weights))):
@@ -596,7 +597,7 @@ def _build(weights: str | None, storage_options: Any, tiny: bool, device: str, d
                            "random-weight test model")
     else:
         model, tok = load_clip(weights, storage_options, device=device, dtype=dtype)
-        name = os.path.basename(str(urls.redact(str(weights))).rstrip("/")) or str(urls.redact(str(weights)))
+        name = os.path.basename(str(secrets.redact(str(weights))).rstrip("/")) or str(secrets.redact(str(weights)))
     return dict(model=model, tokenizer=tok, weights_name=name, batch_size=int(batch_size), dtype=dtype)
 
 

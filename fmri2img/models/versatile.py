@@ -35,6 +35,7 @@ import torch
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
+from fmri2img.storage import secrets
 from fmri2img.models.weights import WeightsError, check_state_dict, load_state_dict, pick_device
 
 logger = logging.getLogger(__name__)
@@ -362,7 +363,7 @@ def load_vd(weights: str, storage_options: Mapping[str, Any] | None = None, *, d
     from fmri2img.storage import urls
 
     torch_dtype = _dtype(dtype)
-    shown = urls.redact(str(weights))
+    shown = secrets.redact(str(weights))
     scheme, _ = urls.split_url(str(weights))
     if scheme in ("", "file"):
         local = str(weights)[len("file://"):] if str(weights).startswith("file://") else str(weights)
@@ -443,7 +444,7 @@ def load_vd_original(unet_pth: str, vae_pth: str, storage_options: Mapping[str, 
     image_unet = UNet2DConditionModel(**dict(unet_config or VD_IMAGE_UNET))
     vae = AutoencoderKL(**dict(vae_config or VD_VAE))
     original = _original_state(unet_pth, storage_options, ())
-    shown = urls.redact(str(unet_pth))
+    shown = secrets.redact(str(unet_pth))
     expected = {k: v.shape for k, v in image_unet.state_dict().items()}
     table = unet_key_map(image_unet)
     name = _original_namer(vd_keys.ORIGINAL_PREFIXES["image"])
@@ -461,10 +462,10 @@ def load_vd_original(unet_pth: str, vae_pth: str, storage_options: Mapping[str, 
     vae_state = _original_state(vae_pth, storage_options, ("first_stage_model.", "autokl."))
     vae_expected = {k: v.shape for k, v in vae.state_dict().items()}
     vae.load_state_dict(vd_keys.from_original(vae_key_map(vae), vae_state, vae_expected, lambda s, k: k,
-                                              urls.redact(str(vae_pth))))
+                                              secrets.redact(str(vae_pth))))
     comps = VDComponents(unet=dual_unet(image_unet, texts).eval().requires_grad_(False),
                          vae=vae.eval().requires_grad_(False), scheduler=vd_scheduler())
-    logger.info("loaded Versatile Diffusion from original checkpoints %s and %s", shown, urls.redact(str(vae_pth)))
+    logger.info("loaded Versatile Diffusion from original checkpoints %s and %s", shown, secrets.redact(str(vae_pth)))
     return comps.to(device=pick_device(device), dtype=torch_dtype)
 
 

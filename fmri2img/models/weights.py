@@ -8,6 +8,8 @@ listing the missing, unexpected and misshapen keys.
 """
 from __future__ import annotations
 
+from fmri2img.storage import secrets
+
 import io
 import logging
 from typing import Any, Mapping
@@ -30,7 +32,7 @@ def _open_bytes(url: str, storage_options: Mapping[str, Any] | None) -> bytes:
             return f.read()
     except FileNotFoundError:
         raise WeightsError(
-            f"weights file {urls.redact(url)} not found: set the path in the [weights] section of the "
+            f"weights file {secrets.redact(url)} not found: set the path in the [weights] section of the "
             f"configuration (nothing is downloaded at run time); `fmri2img weights check CONFIG` lists what is missing"
         ) from None
 
@@ -56,7 +58,7 @@ def load_state_dict(url: str, storage_options: Mapping[str, Any] | None = None, 
     from fmri2img.storage import urls
 
     raw = _open_bytes(url, storage_options)
-    name = urls.redact(url)
+    name = secrets.redact(url)
     if str(url).endswith(".safetensors"):
         from safetensors.torch import load as load_safetensors
 

@@ -35,6 +35,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from fmri2img.storage import secrets
 from fmri2img.pipeline import decode_page
 from fmri2img.pipeline.reconstruct import STAGE1, RunSpec, gpu_resources, run_stage2, recon_group
 from fmri2img.pipeline.regress import regions_along, write_blocks, load_model, model_group
@@ -140,7 +141,7 @@ def read_input(store: Store, space: inputs.SubjectSpace, url: str, *, name: str 
     if trials_file:
         rows, ids = inputs.read_trials_csv(trials_file, storage_options, len(fmri))
         if ids is not None:
-            images[rows], images_from = ids, f"trials file {urls.redact(trials_file)}"
+            images[rows], images_from = ids, f"trials file {secrets.redact(trials_file)}"
     else:
         rows = inputs.parse_trials(trials, len(fmri)) if trials else np.arange(len(fmri))
         session = inputs.session_of(url) if kind in ("nii.gz", "hdf5") else None
@@ -149,7 +150,7 @@ def read_input(store: Store, space: inputs.SubjectSpace, url: str, *, name: str 
             images, images_from = design, f"NSD design, session {session}"
     fmri = fmri[rows]
     inputs.check_finite(fmri, url, rows)
-    return DecodeInput(name or inputs.input_name(url), urls.redact(url), fmri, rows + 1, images[rows], images_from)
+    return DecodeInput(name or inputs.input_name(url), secrets.redact(url), fmri, rows + 1, images[rows], images_from)
 
 
 def _design_images(store: Store, space: inputs.SubjectSpace, session: int,
@@ -161,7 +162,7 @@ def _design_images(store: Store, space: inputs.SubjectSpace, session: int,
     fs, root = urls.filesystem(source, dict(options or {}) or None)
     path = nsd.NSDLayout(root).expdesign()
     if not fs.exists(path):
-        logger.info("no design at %s: the images of session %d are unknown", urls.redact(source), session)
+        logger.info("no design at %s: the images of session %d are unknown", secrets.redact(source), session)
         return None
     design = nsd.read_expdesign(fs, path)
     if session > design.n_sessions:

@@ -28,12 +28,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
+from fmri2img.storage import secrets
 from fmri2img.pipeline import decode as dec
 from fmri2img.pipeline import decode_page
 from fmri2img.pipeline.evaluate import IMAGE_METRICS, INPUTS_ATTR, METRIC_VARS, net_features, json_default
 from fmri2img.pipeline.ingest_imagery import TARGETS, imagery_group
 from fmri2img.pipeline.tasks import Task, run_tasks
-from fmri2img.storage import schema, urls
+from fmri2img.storage import schema
 from fmri2img.storage.nsd.imagery import TASKS
 from fmri2img.storage.outputs import Outputs
 from fmri2img.storage.store import Region, Store
@@ -59,7 +60,7 @@ def read_imagery_input(store: Store, subject: int, name: str | None, tasks: Sequ
     rows = np.flatnonzero(np.isin(text_values(labels.task.values), list(tasks or TASKS)))
     fmri = np.asarray(store.group(g)["betas"].get_orthogonal_selection((rows, slice(None))), np.float32)
     labels = labels.isel(trial=rows).load()
-    data = dec.DecodeInput(name or f"nsdimagery-subj{subject:02d}", f"{urls.redact(store.url)}#{g}", fmri,
+    data = dec.DecodeInput(name or f"nsdimagery-subj{subject:02d}", f"{secrets.redact(store.url)}#{g}", fmri,
                            labels.trial.values.astype(np.int64), np.full(len(rows), dec.UNKNOWN_IMAGE, np.int64),
                            f"NSD-Imagery targets ({TARGETS}), not NSD images: scored per task")
     return data, labels

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from fmri2img.storage import secrets
 from fmri2img.pipeline.evaluate import METRIC_VARS, metrics_group
 from fmri2img.pipeline.reconstruct import recon_group
 from fmri2img.storage import schema, urls
@@ -114,7 +115,7 @@ def finished_parts(store: Store, subject: int, runs: Sequence[str]) -> list[Part
             if store.is_complete(group):
                 attrs = store.group(group).attrs
                 out.append(Part(run, part, bool(attrs.get("random_weights", False)),
-                                str(urls.redact(str(attrs.get("weights_note", "") or "")))))
+                                str(secrets.redact(str(attrs.get("weights_note", "") or "")))))
     return out
 
 
@@ -202,7 +203,7 @@ def data_source(store: Store, subject: int) -> DataSource:
                   "scored: the numbers are not comparable")
     else:
         reason = ""
-    return DataSource(str(urls.redact(url)), kind, n_test, reason)
+    return DataSource(str(secrets.redact(url)), kind, n_test, reason)
 
 
 def _is_mini_nsd(url: str) -> bool:

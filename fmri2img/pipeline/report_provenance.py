@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from fmri2img.storage import secrets
 from fmri2img.pipeline.reconstruct import recon_group
 from fmri2img.pipeline.report_data import DataSource, Part
-from fmri2img.storage import schema, urls
+from fmri2img.storage import schema
 from fmri2img.storage.store import Store
 
 
@@ -42,12 +43,12 @@ def redacted_config(config: Any) -> dict | None:
     if config is None:
         return None
     tree = config.redacted() if hasattr(config, "redacted") else dict(config)
-    return urls.redact(json.loads(json.dumps(tree, default=str)))
+    return secrets.redact(json.loads(json.dumps(tree, default=str)))
 
 
 def secrets_in(config: Any) -> list[str]:
     """The raw credential values of ``config`` (every ``storage_options`` table and URL password)."""
-    from fmri2img.storage.logredact import MIN_SECRET_LENGTH, secrets_of
+    from fmri2img.storage.secrets import MIN_SECRET_LENGTH, secrets_of
 
     if config is None:
         return []
@@ -65,7 +66,7 @@ def secrets_in(config: Any) -> list[str]:
             found.extend(re.findall(r"://[^/@:\s]+:([^/@\s]+)@", value))  # user:PASSWORD@ in URLs
 
     walk(tree)
-    return sorted({s for s in found if len(s) >= MIN_SECRET_LENGTH and s != urls.REDACTED}, key=len, reverse=True)
+    return sorted({s for s in found if len(s) >= MIN_SECRET_LENGTH and s != secrets.REDACTED}, key=len, reverse=True)
 
 
 def scrub(text: str, secrets: Sequence[str]) -> str:
@@ -94,7 +95,7 @@ def run_records(store: Store, subject: int, parts: Sequence[Part]) -> list[dict]
             spec = json.loads(attrs.get("run") or "{}")
         except ValueError:
             spec = {}
-        out.append({"run": p.run, "seed": spec.get("seed"), "settings": urls.redact(spec),
+        out.append({"run": p.run, "seed": spec.get("seed"), "settings": secrets.redact(spec),
                     "config_hash": attrs.get("config_hash", ""), "versions": _versions(attrs)})
     return out
 
@@ -109,7 +110,7 @@ def provenance(store: Store, subject: int, parts: Sequence[Part], source: DataSo
         "generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "fmri2img_version": fmri2img.__version__,
         "git_commit": git_commit(),
-        "store": str(urls.redact(store.url)),
+        "store": str(secrets.redact(store.url)),
         "source": source.url or "not recorded",
         "data": source.kind,
         "n_test_images": source.n_test,

@@ -21,11 +21,12 @@ import dask
 import numpy as np
 import xarray as xr
 
+from fmri2img.storage import secrets
 from fmri2img.pipeline.reconstruct import STAGE1, RunSpec, part_provenance, run_stage2
 from fmri2img.pipeline.regress import _aligned_targets, load_model, model_group
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.ridge.roi import CLIP_SCALES, roi_clip_embeddings, roi_vdvae_latents
-from fmri2img.storage import schema, urls
+from fmri2img.storage import schema
 from fmri2img.storage.outputs import Outputs
 from fmri2img.storage.store import Region, Store
 
@@ -73,7 +74,7 @@ def inputs_key(store: Store, subject: int, run: RunSpec, names: list[str], masks
     The fits are identified by the salt regress records with each model (its options, features
     and train images), so a refit with other settings changes the key and the ROI work is redone.
     """
-    h = hashlib.sha256(json.dumps(urls.redact(dataclasses.asdict(run)), sort_keys=True, default=str).encode())
+    h = hashlib.sha256(json.dumps(secrets.redact(dataclasses.asdict(run)), sort_keys=True, default=str).encode())
     h.update(json.dumps(names).encode())
     h.update(np.packbits(np.asarray(masks, dtype=bool)).tobytes())
     for name in sorted(run.features_needed()):

@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from fmri2img.storage import secrets
 from fmri2img.config import Config
 
 #: states that are not a problem
@@ -107,7 +108,7 @@ def _file_row(model: str, key: str, url: str, opts: dict, user: str, load: Calla
     """The row of one configured file: missing, present (size) or, with ``load``, loads / does not load."""
     from fmri2img.storage import urls
 
-    shown = urls.redact(url)
+    shown = secrets.redact(url)
     try:
         fs, path = urls.filesystem(url, opts or None)
         exists = fs.exists(path)

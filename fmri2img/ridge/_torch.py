@@ -33,10 +33,9 @@ import torch
 
 from . import _blocks
 from ._validation import DeviceUnavailableError
-from .backends import factor_kind
 from .calibration import CALIBRATIONS
 from .selection import gcv_from_projection, loo_from_projection
-from .solvers import CholeskyFactor, SpectralFactor, choose_form, factorize, loo_operator
+from .solvers import CholeskyFactor, SpectralFactor, choose_form, factor_kind, factorize, loo_operator
 
 logger = logging.getLogger(__name__)
 

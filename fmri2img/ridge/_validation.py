@@ -166,3 +166,16 @@ def check_same_images(ids_a: Any, ids_b: Any, name_a: str, name_b: str) -> None:
             f"{name_b}; the first mismatch is at position {i}: {name_a}={a[i].item()!r}, "
             f"{name_b}={b[i].item()!r}. {fix}"
         )
+
+
+def as_numpy_2d(X: Any, name: str) -> np.ndarray:
+    """``X`` as a 2-D NumPy array (a Dask array is computed; a 1-D pattern becomes one row)."""
+    X = X.compute() if isinstance(X, da.Array) else np.asarray(X)
+    if X.ndim == 1 and name == "pattern":
+        X = X[None, :]
+    if X.ndim != 2:
+        raise RidgeInputError(
+            f"{name} must be 2-D (images × voxels); got shape {X.shape}. Reshape it, "
+            f"e.g. {name}.reshape(n_images, -1)."
+        )
+    return X

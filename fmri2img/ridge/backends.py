@@ -27,16 +27,13 @@ import numpy as np
 
 from . import _blocks
 from ._validation import DeviceUnavailableError
-from .solvers import CholeskyFactor, SpectralFactor, factorize, gram, loo_operator
+from .solvers import CholeskyFactor, SpectralFactor, factor_kind, factorize, gram, loo_operator
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["NumpyBackend", "get_backend", "factor_kind"]
 
 
-def factor_kind(factor: Any) -> type:
-    """The NumPy factor class (:class:`CholeskyFactor` or :class:`SpectralFactor`) of a factor."""
-    return CholeskyFactor if isinstance(factor, CholeskyFactor) else SpectralFactor
 
 
 class NumpyBackend:

@@ -20,15 +20,14 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from . import _blocks
-from ._validation import (
-    RidgeInputError, TargetShapeError, check_alphas, check_finite, check_n_samples,
-)
+from ._validation import RidgeInputError, as_numpy_2d, check_alphas, check_finite, check_n_samples
 from .backends import get_backend
 from .calibration import CALIBRATIONS
-from .preprocess import Standardizer, fit_standardizer
+from .preprocess import fit_standardizer
 from .presets import ALPHA_CLIP_VISION, FMRI_SCALE
 from .selection import SCORERS, group_labels, select_alphas
-from .solvers import CholeskyFactor, SpectralFactor, choose_form
+from .solvers import choose_form
+from .state import model_state, restore_state
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +37,6 @@ _SOLVERS = ("auto", "dual", "primal", "sgd")
 _STATE_VERSION = 1
 
 
-def _as_numpy_2d(X: Any, name: str) -> np.ndarray:
-    X = X.compute() if isinstance(X, da.Array) else np.asarray(X)
-    if X.ndim == 1 and name == "pattern":
-        X = X[None, :]
-    if X.ndim != 2:
-        raise RidgeInputError(
-            f"{name} must be 2-D (images × voxels); got shape {X.shape}. Reshape it, "
-            f"e.g. {name}.reshape(n_images, -1)."
-        )
-    return X
 
 
 class BlockRidge(BaseEstimator):
@@ -217,7 +206,7 @@ class BlockRidge(BaseEstimator):
 
     def _fit_inputs(self, X: Any) -> None:
         t0 = time.perf_counter()
-        X = _as_numpy_2d(X, "X")
+        X = as_numpy_2d(X, "X")
         check_finite(X, "X")
         self.scaler_ = fit_standardizer(X, self.fmri_scale, self.standardize)
         Xs = self.scaler_.transform(X, self.dtype)
@@ -342,7 +331,7 @@ class BlockRidge(BaseEstimator):
         return rows
 
     def _standardized(self, X: Any) -> np.ndarray:
-        X = _as_numpy_2d(X, "X")
+        X = as_numpy_2d(X, "X")
         if X.shape[1] != self.n_features_in_:
             raise RidgeInputError(
                 f"X has {X.shape[1]} voxels but the model was fitted on "
@@ -405,7 +394,7 @@ class BlockRidge(BaseEstimator):
         out : array of shape (n_patterns,) + target_shape_
         """
         self._check_fitted()
-        Z = _as_numpy_2d(pattern, "pattern").astype(self.dtype)
+        Z = as_numpy_2d(pattern, "pattern").astype(self.dtype)
         if Z.shape[1] != self.n_features_in_:
             raise RidgeInputError(
                 f"pattern has {Z.shape[1]} voxels but the model has {self.n_features_in_}."
@@ -476,21 +465,7 @@ class BlockRidge(BaseEstimator):
             :meth:`from_model_state` and the same targets.
         """
         self._check_fitted()
-        arrays = {"scaler_mean": self.scaler_.mean, "scaler_std": self.scaler_.std,
-                  "alphas": self.alphas_, "alpha_index": self.alpha_index_}
-        if self.form_ == "sgd":
-            arrays.update(coef=self.coef_sgd_, intercept=self.intercept_sgd_)
-            kind = "sgd"
-        else:
-            arrays.update(X_train=self.X_train_, x_mean=self.x_mean_, **self.factor_.state())
-            kind = "cholesky" if isinstance(self.factor_, CholeskyFactor) else "eigen"
-        params = {k: v for k, v in self.get_params().items()
-                  if k not in ("alpha", "alpha_groups", "sgd_options", "device")}
-        attrs = {"version": _STATE_VERSION, "form": self.form_, "factor": kind,
-                 "scale": self.scaler_.scale, "target_shape": list(self.target_shape_),
-                 "n_samples": self.n_samples_, "n_features": self.n_features_in_,
-                 "params": params}
-        return {"arrays": arrays, "attrs": attrs}
+        return model_state(self, _STATE_VERSION)
 
     @classmethod
     def from_model_state(cls, state: dict[str, Any], Y: Any, device: str | None = None) -> "BlockRidge":
@@ -510,33 +485,8 @@ class BlockRidge(BaseEstimator):
         -------
         BlockRidge
         """
-        arrays, attrs = state["arrays"], state["attrs"]
-        est = cls(**{**attrs["params"], "device": device})
-        est._backend()  # an unavailable device fails here
-        shape = (attrs["n_samples"],) + tuple(attrs["target_shape"])
-        if tuple(Y.shape) != shape:
-            raise TargetShapeError(
-                f"Y has shape {tuple(Y.shape)} but the saved model was fitted on targets of "
-                f"shape {shape}: re-open the same features array the model was fitted on."
-            )
-        est._y_is_numpy = not isinstance(Y, da.Array)
-        est.target_shape_ = tuple(attrs["target_shape"])
-        est.n_samples_, est.n_features_in_ = attrs["n_samples"], attrs["n_features"]
-        est.form_ = attrs["form"]
-        est.scaler_ = Standardizer(attrs["scale"], arrays["scaler_mean"], arrays["scaler_std"])
-        alphas = np.asarray(arrays["alphas"], dtype=np.float64)
-        if attrs["factor"] == "sgd":
-            est.coef_sgd_, est.intercept_sgd_ = arrays["coef"], arrays["intercept"]
-            est._sgd_alphas = alphas
-        else:
-            est.X_train_ = np.asarray(arrays["X_train"])
-            est.x_mean_ = np.asarray(arrays["x_mean"])
-            if attrs["factor"] == "cholesky":
-                est.factor_ = CholeskyFactor(est.form_, alphas, np.asarray(arrays["chols"]))
-            else:
-                est.factor_ = SpectralFactor(est.form_, alphas, np.asarray(arrays["U"]),
-                                             np.asarray(arrays["s"]))
+        est = restore_state(cls, state, Y, device)
         est._set_targets(Y if isinstance(Y, da.Array) else np.asarray(Y))
-        est.alpha_index_ = np.asarray(arrays["alpha_index"])
+        est.alpha_index_ = np.asarray(state["arrays"]["alpha_index"])
         est._finish_alphas()
         return est

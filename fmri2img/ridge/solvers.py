@@ -301,3 +301,8 @@ def ridge_weights(X_train: Any, Y_train: Any, alpha: float, form: str = "auto",
     b = y_mean - x_mean @ W
     tail = np.shape(Y_train)[1:]
     return W.reshape((W.shape[0],) + tail), b.reshape(tail)
+
+
+def factor_kind(factor: Any) -> type:
+    """The NumPy factor class (:class:`CholeskyFactor` or :class:`SpectralFactor`) of a factor."""
+    return CholeskyFactor if isinstance(factor, CholeskyFactor) else SpectralFactor

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from fmri2img.storage import secrets
 from fmri2img.storage import nsd, urls
 
 #: input kinds by file ending (checked in this order)
@@ -73,7 +74,7 @@ def input_kind(url: str) -> str:
         if name.endswith(suffix):
             return suffix[1:]
     raise DecodeInputError(
-        f"--betas {urls.redact(url)}: cannot tell what it holds from its name; expected a session file "
+        f"--betas {secrets.redact(url)}: cannot tell what it holds from its name; expected a session file "
         f"({', '.join(SESSION_SUFFIXES)}) in the subject's func1pt8mm space, or the subject's masked voxels "
         f"(trials × voxels) as .npy or .zarr")
 
@@ -87,7 +88,7 @@ def input_name(url: str) -> str:
             break
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
     if not name:
-        raise DecodeInputError(f"--betas {urls.redact(url)}: no usable name in the URL; give one with --name")
+        raise DecodeInputError(f"--betas {secrets.redact(url)}: no usable name in the URL; give one with --name")
     return name
 
 
@@ -96,7 +97,7 @@ def check_subject(url: str, subject: int) -> None:
     found = re.findall(r"(?:^|/)subj(\d{2})(?=/)", str(url))
     if found and int(found[-1]) != int(subject):
         raise DecodeInputError(
-            f"--betas {urls.redact(url)} is subject {int(found[-1])}'s (subj{found[-1]} in its path) but the models "
+            f"--betas {secrets.redact(url)} is subject {int(found[-1])}'s (subj{found[-1]} in its path) but the models "
             f"are subject {subject}'s: decode it with --subject {int(found[-1])}, or give that subject's own scans")
 
 
@@ -128,7 +129,7 @@ def subject_voxels(space: SubjectSpace, storage_options: Mapping[str, Any] | Non
     inside = bool(np.all(space.ijk < np.asarray(mask.shape)[:, None])) if space.n_voxels else True
     if not inside or len(voxels) != space.n_voxels or not np.array_equal(voxels, fitted):
         raise DecodeInputError(
-            f"mask {urls.redact(space.mask_url)} ({_fmt(mask.shape)}) selects {len(voxels)} voxels, but subject "
+            f"mask {secrets.redact(space.mask_url)} ({_fmt(mask.shape)}) selects {len(voxels)} voxels, but subject "
             f"{space.subject} was fitted on {space.n_voxels} other voxel positions: the mask must be that subject's "
             f"func1pt8mm nsdgeneral.nii.gz (give it with --mask)")
     return voxels, tuple(int(s) for s in mask.shape)
@@ -146,7 +147,7 @@ def read_session(url: str, storage_options: Mapping[str, Any] | None, space: Sub
     fmt = input_kind(url)
     fs, path = urls.filesystem(url, dict(storage_options or {}) or None)
     if not fs.exists(path):
-        raise DecodeInputError(f"--betas {urls.redact(url)} does not exist: check the path")
+        raise DecodeInputError(f"--betas {secrets.redact(url)} does not exist: check the path")
     return nsd.read_session_betas(fs, _OneFile(path, fmt), space.subject, session_of(url) or 1, voxels, shape,
                                   space.trials_per_session, prefer=fmt, scale=scale)
 
@@ -159,25 +160,25 @@ def read_array(url: str, storage_options: Mapping[str, Any] | None, space: Subje
     if kind == "npy":
         fs, path = urls.filesystem(url, opts)
         if not fs.exists(path):
-            raise DecodeInputError(f"--betas {urls.redact(url)} does not exist: check the path")
+            raise DecodeInputError(f"--betas {secrets.redact(url)} does not exist: check the path")
         with fs.open(path, "rb") as f:
             try:
                 values = np.load(io.BytesIO(f.read()), allow_pickle=False)
             except ValueError as exc:
-                raise DecodeInputError(f"--betas {urls.redact(url)} is not a plain numeric .npy array ({exc}); "
+                raise DecodeInputError(f"--betas {secrets.redact(url)} is not a plain numeric .npy array ({exc}); "
                                        f"save it with np.save(path, betas.astype(np.float32))") from None
     elif kind == "zarr":
         values = _read_zarr(url, opts)
     else:
-        raise DecodeInputError(f"--betas {urls.redact(url)} is a session file, not an array of masked voxels")
+        raise DecodeInputError(f"--betas {secrets.redact(url)} is a session file, not an array of masked voxels")
     values = np.asarray(values)
     if values.ndim != 2 or values.dtype.kind not in "iuf":
         raise DecodeInputError(
-            f"--betas {urls.redact(url)} holds a {values.dtype} array of shape {values.shape}; expected numbers of "
+            f"--betas {secrets.redact(url)} holds a {values.dtype} array of shape {values.shape}; expected numbers of "
             f"shape (trials, {space.n_voxels}): subject {space.subject}'s nsdgeneral voxels in C order")
     if values.shape[1] != space.n_voxels:
         raise DecodeInputError(
-            f"--betas {urls.redact(url)} has {values.shape[1]} voxels per trial but subject {space.subject} was "
+            f"--betas {secrets.redact(url)} has {values.shape[1]} voxels per trial but subject {space.subject} was "
             f"fitted on {space.n_voxels}: give that subject's nsdgeneral voxels (C order, as "
             f"subjects/subj{space.subject:02d}/betas), or its session file")
     return (values.astype(np.float32) / np.float32(_divisor(scale))).astype(np.float32)
@@ -189,11 +190,11 @@ def _read_zarr(url: str, opts: dict | None) -> np.ndarray:
     try:
         node = zarr.open(urls.zarr_store(url, opts, read_only=True), mode="r")
     except Exception as exc:  # zarr raises several types for a missing or foreign path
-        raise DecodeInputError(f"--betas {urls.redact(url)} is not a readable Zarr array ({type(exc).__name__}: "
+        raise DecodeInputError(f"--betas {secrets.redact(url)} is not a readable Zarr array ({type(exc).__name__}: "
                                f"{exc}): check the path") from None
     if isinstance(node, zarr.Group):
         if "betas" not in node:
-            raise DecodeInputError(f"--betas {urls.redact(url)} is a Zarr group without an array 'betas' (found "
+            raise DecodeInputError(f"--betas {secrets.redact(url)} is a Zarr group without an array 'betas' (found "
                                    f"{sorted(node.keys())}): point --betas at the array")
         node = node["betas"]
     return np.asarray(node[...])
@@ -214,7 +215,7 @@ def check_finite(betas: np.ndarray, url: str, trials: np.ndarray) -> None:
     if bad.any():
         rows, cols = np.flatnonzero(bad.any(axis=1)), np.flatnonzero(bad.any(axis=0))
         raise DecodeInputError(
-            f"--betas {urls.redact(url)}: {int(bad.sum())} NaN/inf values in {len(cols)} voxels of {len(rows)} "
+            f"--betas {secrets.redact(url)}: {int(bad.sum())} NaN/inf values in {len(cols)} voxels of {len(rows)} "
             f"trials (first trial {int(trials[rows[0]]) + 1}, voxel {int(cols[0])}); the decoder needs every voxel: "
             f"fix the data, or leave those trials out with --trials / --trials-file")
 
@@ -249,13 +250,13 @@ def read_trials_csv(url: str, storage_options: Mapping[str, Any] | None, n_rows:
     """A trials CSV → (0-based row positions, 0-based NSD-73k ids or None when it has no ``image`` column)."""
     fs, path = urls.filesystem(url, dict(storage_options or {}) or None)
     if not fs.exists(path):
-        raise DecodeInputError(f"--trials-file {urls.redact(url)} does not exist: check the path")
+        raise DecodeInputError(f"--trials-file {secrets.redact(url)} does not exist: check the path")
     with fs.open(path, "rb") as f:
         text = f.read().decode("utf-8-sig")
     reader = csv.DictReader(io.StringIO(text))
     columns = [c.strip() for c in (reader.fieldnames or [])]
     if "trial" not in columns:
-        raise DecodeInputError(f"--trials-file {urls.redact(url)} has columns {columns}; expected 'trial' (1-based row "
+        raise DecodeInputError(f"--trials-file {secrets.redact(url)} has columns {columns}; expected 'trial' (1-based row "
                                f"of --betas) and optionally 'image' (0-based NSD-73k id of the image shown)")
     trials, images = [], []
     for line, row in enumerate(reader, start=2):
@@ -265,12 +266,12 @@ def read_trials_csv(url: str, storage_options: Mapping[str, Any] | None, n_rows:
             if "image" in columns:
                 images.append(int(row["image"]))
         except ValueError:
-            raise DecodeInputError(f"--trials-file {urls.redact(url)} line {line}: {row}; expected integers in "
+            raise DecodeInputError(f"--trials-file {secrets.redact(url)} line {line}: {row}; expected integers in "
                                    f"'trial' and 'image'") from None
-    rows = _check_rows(np.asarray(trials, np.int64), n_rows, f"--trials-file {urls.redact(url)}")
+    rows = _check_rows(np.asarray(trials, np.int64), n_rows, f"--trials-file {secrets.redact(url)}")
     ids = np.asarray(images, np.int64) if "image" in columns else None
     if ids is not None and ids.size and ids.min() < 0:
-        raise DecodeInputError(f"--trials-file {urls.redact(url)}: image ids must be 0-based NSD-73k ids (≥ 0)")
+        raise DecodeInputError(f"--trials-file {secrets.redact(url)}: image ids must be 0-based NSD-73k ids (≥ 0)")
     return rows, ids
 
 

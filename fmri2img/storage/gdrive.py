@@ -36,7 +36,7 @@ from typing import Any
 
 from pydrive2.fs import GDriveFileSystem
 
-from fmri2img.storage.urls import MissingCredentialsError, StorageError, _error
+from fmri2img.storage.errors import MissingCredentialsError, StorageError, storage_error
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def gdrive_filesystem(url: str, rest: str, options: Mapping[str, Any]) -> GDrive
     """Build the filesystem for ``gdrive://<rest>`` (see the module docstring)."""
     root = rest.split("/", 1)[0]
     if not root:
-        raise _error(
+        raise storage_error(
             StorageError, url, "a gdrive:// URL needs a root after the scheme",
             "write gdrive://root/<folder>/store.zarr (My Drive) or gdrive://<folder-id>/...",
         )
@@ -125,7 +125,7 @@ def gdrive_filesystem(url: str, rest: str, options: Mapping[str, Any]) -> GDrive
     except ValueError as exc:
         if "credentials" not in str(exc).lower():
             raise
-        raise _error(
+        raise storage_error(
             MissingCredentialsError, url, "no Google Drive credentials were given",
             "pass storage_options={'client_json_file_path': '<service-account>.json', "
             "'use_service_account': True} or {'client_id': ..., 'client_secret': ...}",
@@ -133,7 +133,7 @@ def gdrive_filesystem(url: str, rest: str, options: Mapping[str, Any]) -> GDrive
     except Exception as exc:  # pydrive2 raises GDriveAuthError and others
         if type(exc).__name__ != "GDriveAuthError":
             raise
-        raise _error(
+        raise storage_error(
             MissingCredentialsError, url, "Google Drive authentication failed",
             "check the service-account file or OAuth client settings in storage_options "
             "and that the account can access this folder",
@@ -142,13 +142,13 @@ def gdrive_filesystem(url: str, rest: str, options: Mapping[str, Any]) -> GDrive
 
 def _adopt(url: str, root: str, fs: Any) -> GDriveStoreFileSystem:
     if not isinstance(fs, GDriveFileSystem):
-        raise _error(
+        raise storage_error(
             StorageError, url,
             f"storage_options['fs'] is a {type(fs).__name__}, expected a pydrive2 GDriveFileSystem",
             "pass storage_options={'fs': GDriveFileSystem(...)} or pydrive2 auth settings",
         )
     if fs.root != root:
-        raise _error(
+        raise storage_error(
             StorageError, url,
             f"storage_options['fs'] is rooted at {fs.root!r} but the URL's root is {root!r}",
             f"build the filesystem with GDriveFileSystem({root!r}, ...) or change the URL",

@@ -12,15 +12,15 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from fmri2img.storage import urls
 
-if TYPE_CHECKING:  # pragma: no cover
-    from fmri2img.storage.store import Store
+#: the stores these functions take are fmri2img.storage.store.Store objects (typed as Any: store.py
+#: imports this module, and a module never imports back)
 
 #: the root attribute that marks a store as ours (its value: the store format version)
 MARKER = "fmri2img_store"
@@ -51,7 +51,7 @@ class Found:
         return self.kind in ("empty", "fmri2img", "fmri2img-unmarked")
 
 
-def inspect(store: "Store") -> Found:
+def inspect(store: Any) -> Found:
     """Look at the root of ``store`` without writing anything."""
     scheme, rest = urls.split_url(store.url)
     if scheme in ("", "file"):
@@ -101,7 +101,7 @@ async def _list_root(zstore) -> list[str]:
     return [k async for k in zstore.list_dir("")]
 
 
-def refusal(store: "Store", found: Found) -> ForeignStoreError:
+def refusal(store: Any, found: Found) -> ForeignStoreError:
     """The error for a target that is not an fmri2img store (what was found, the fix)."""
     where = store.describe()
     listing = f" (found: {', '.join(found.entries)})" if found.entries else ""
@@ -117,7 +117,7 @@ def refusal(store: "Store", found: Found) -> ForeignStoreError:
     )
 
 
-def check(store: "Store") -> Found:
+def check(store: Any) -> Found:
     """Raise :class:`ForeignStoreError` unless ``store`` is empty or an fmri2img store."""
     found = inspect(store)
     if not found.is_ours:
@@ -125,7 +125,7 @@ def check(store: "Store") -> Found:
     return found
 
 
-def claim(store: "Store") -> None:
+def claim(store: Any) -> None:
     """Check the target, then mark it as an fmri2img store (idempotent; before any other write)."""
     found = check(store)
     if found.kind == "fmri2img":

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from fmri2img.storage import secrets
 from fmri2img.storage import urls
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,7 +62,7 @@ def this_holder(command: str | None = None) -> dict[str, Any]:
         user = "?"
     return {"user": user, "host": socket.gethostname(), "pid": os.getpid(),
             "pid_started": _process_started(os.getpid()),
-            "command": urls.redact(command if command is not None else " ".join(sys.argv))[:300],
+            "command": secrets.redact(command if command is not None else " ".join(sys.argv))[:300],
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "token": uuid.uuid4().hex}
 
 
@@ -116,7 +117,7 @@ def acquire(store: "Store", command: str | None = None) -> dict[str, Any]:
     raise StoreLockedError(
         f"{store.describe()} is in use by {describe_holder(holder or {})}: two runs on one store would rewrite "
         f"each other's templates. Fix: wait for that run to finish; if it is no longer running (killed, or its "
-        f"machine is gone), remove the lock with `fmri2img unlock {urls.redact(store.url)}`"
+        f"machine is gone), remove the lock with `fmri2img unlock {secrets.redact(store.url)}`"
     )
 
 
@@ -147,4 +148,4 @@ def held(store: "Store", command: str | None = None) -> Iterator[dict[str, Any]]
             release(store, me)
         except Exception as exc:  # noqa: BLE001 - never hide the block's own error
             logger.warning("could not release the lock of %s (%s): remove it with `fmri2img unlock %s`",
-                           store.describe(), exc, urls.redact(store.url))
+                           store.describe(), exc, secrets.redact(store.url))

@@ -26,7 +26,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from fmri2img.storage import urls
+from fmri2img.storage import secrets
 
 SCHEMA_VERSION = 1
 
@@ -78,11 +78,11 @@ def provenance(source: str | None = None, config: Mapping[str, Any] | None = Non
         "library_versions": json.dumps(library_versions(), sort_keys=True),
     }
     if source is not None:
-        attrs["source"] = urls.redact(source)
+        attrs["source"] = secrets.redact(source)
     if config is not None:
         attrs["config_hash"] = config_hash(config)
     for key, value in extra.items():
-        attrs[key] = urls.redact(value) if isinstance(value, (str, dict)) else value
+        attrs[key] = secrets.redact(value) if isinstance(value, (str, dict)) else value
     return attrs
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from fmri2img.storage import secrets
 from fmri2img.storage import urls
 from fmri2img.storage.nsd import NSDLayout
 
@@ -45,4 +46,4 @@ class Source:
 
     @property
     def safe_url(self) -> str:
-        return urls.redact(self.url)
+        return secrets.redact(self.url)

@@ -18,8 +18,8 @@ This is the only module that parses storage URLs. Supported forms:
   against emulators;
 - ``gdrive://root/folder/x.zarr`` (pydrive2); see :mod:`fmri2img.storage.gdrive`.
 
-Credentials never appear in logs, errors or attributes: use :func:`redact` and
-:func:`describe` for anything shown to people.
+Credentials never appear in logs, errors or attributes: use
+:func:`fmri2img.storage.secrets.redact` and :func:`describe` for anything shown to people.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from zarr.abc.store import Store
+
+from fmri2img.storage.errors import (BackendNotInstalledError, MissingCredentialsError, StorageError,
+                                     StoreNotWritableError, UnknownSchemeError, storage_error)
+from fmri2img.storage.secrets import redact
 
 logger = logging.getLogger(__name__)
 
@@ -55,117 +59,8 @@ __all__ = [
     "zarr_store",
     "join",
     "check_writable",
-    "redact",
     "describe",
 ]
-
-
-class StorageError(ValueError):
-    """A storage URL or its options cannot be used; the message says why and the fix."""
-
-
-class UnknownSchemeError(StorageError):
-    """The URL scheme is not one of :data:`SCHEMES`."""
-
-
-class MissingCredentialsError(StorageError):
-    """No credentials were found and anonymous access was not requested."""
-
-
-class StoreNotWritableError(StorageError):
-    """A probe object could not be written to (or deleted from) the store."""
-
-
-class BackendNotInstalledError(StorageError, ImportError):
-    """The optional package for a scheme is not installed."""
-
-
-def _error(cls: type[StorageError], url: str, problem: str, fix: str) -> StorageError:
-    """Build one clear error: the redacted URL, what was wrong, and the fix."""
-    return cls(f"{redact(url)}: {problem}. Fix: {fix}")
-
-
-# ------------------------------------------------------------- redaction
-
-REDACTED = "***"
-
-_SECRET_KEY_RE = re.compile(
-    r"secret|passw|pwd|token|credential|private|api[_-]?key|access[_-]?key|"
-    r"^key$|(^|_)auth($|_)|authorization|signature|client_json|cookie|bearer",
-    re.IGNORECASE,
-)
-_PATH_KEY_RE = re.compile(r"(_path|_file|_filename|_dir)$", re.IGNORECASE)
-_SAFE_TOKEN_MODES = frozenset({"anon", "google_default", "cache", "cloud", "browser"})
-_SECRET_TEXT_PATTERNS = (
-    # user:pass@ or token@ in URLs; the user name before ':' is kept
-    (re.compile(r"(://[^/@:\s]*):[^/@\s]*@"), r"\1:" + REDACTED + "@"),
-    (re.compile(r"(://)[^/@:\s]+@"), r"\1" + REDACTED + "@"),
-    # secret-looking query parameters and key=value pairs
-    (
-        re.compile(
-            r"((?:secret|passw\w*|pwd|token|signature|credential\w*|api[_-]?key|"
-            r"access[_-]?key\w*|x-amz-[\w-]*)=)[^&\s,;]+",
-            re.IGNORECASE,
-        ),
-        r"\1" + REDACTED,
-    ),
-    # AWS access key ids, PEM private keys, Google OAuth tokens, bearer tokens
-    (re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"), REDACTED),
-    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S), REDACTED),
-    (re.compile(r"\bya29\.[\w.-]+"), REDACTED),
-    (re.compile(r"(Bearer\s+)[\w.~+/=-]+", re.IGNORECASE), r"\1" + REDACTED),
-)
-
-
-def _redact_text(text: str) -> str:
-    for pattern, replacement in _SECRET_TEXT_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-def _is_secret_key(key: Any) -> bool:
-    return isinstance(key, str) and bool(_SECRET_KEY_RE.search(key)) and not _PATH_KEY_RE.search(key)
-
-
-def _redact_entry(key: Any, value: Any) -> Any:
-    if _is_secret_key(key) and not isinstance(value, (Mapping, list, tuple)):
-        if value is None or isinstance(value, (bool, int, float)):
-            return value  # flags and counts (e.g. n_tokens) carry no secret
-        if isinstance(value, str) and value in _SAFE_TOKEN_MODES:
-            return value
-        return REDACTED
-    return redact(value)
-
-
-def redact(value: Any) -> Any:
-    """Return a copy of a URL or (nested) storage-options value without secrets.
-
-    Values under keys that name secrets (key, secret, token, password,
-    client_secret, credentials, ...) become ``"***"``; so do ``user:pass@`` in
-    URLs, secret query parameters, AWS key ids and PEM private keys in any
-    string. Objects that are not plain data (filesystems, sessions) become
-    ``"<TypeName>"``, since their repr may hold credentials. The result is safe
-    for logs and store attributes.
-
-    Parameters
-    ----------
-    value : str, dict, list, tuple, number, bool or None
-
-    Returns
-    -------
-    The same structure with secrets replaced.
-    """
-    if isinstance(value, str):
-        return _redact_text(value)
-    if isinstance(value, os.PathLike):
-        return _redact_text(os.fspath(value))
-    if isinstance(value, Mapping):
-        return {k: _redact_entry(k, v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(redact(v) for v in value)
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    return f"<{type(value).__name__}>"
 
 
 # ---------------------------------------------------------------- parsing
@@ -206,7 +101,7 @@ def _backend(url: str) -> tuple[str, str]:
     scheme, rest = split_url(url)
     if scheme not in SCHEMES:
         known = ", ".join(f"{s}://" for s in SCHEMES if s) + ", or a local path"
-        raise _error(
+        raise storage_error(
             UnknownSchemeError, url, f"unknown scheme {scheme!r}",
             f"use one of {known}",
         )
@@ -218,7 +113,7 @@ def _require(module: str, extra: str, url: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise _error(
+        raise storage_error(
             BackendNotInstalledError, url,
             f"the Python package {module!r} is needed for this URL but is not installed",
             f"pip install 'fmri2img[{extra}]'",
@@ -252,7 +147,7 @@ def _aws_credentials_found(profile: str | None, url: str) -> bool:
         return resolver.load_credentials() is not None
     except botocore.exceptions.ProfileNotFound as exc:
         name = profile or os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE")
-        raise _error(
+        raise storage_error(
             MissingCredentialsError, url,
             f"the AWS profile {name!r} does not exist in the AWS config files",
             "name a profile from ~/.aws/credentials or ~/.aws/config, or pass "
@@ -276,7 +171,7 @@ def _resolve_s3(url: str, rest: str, options: dict[str, Any]) -> dict[str, Any]:
         logger.info("no AWS credentials found: reading %s anonymously", redact(url))
         opts["anon"] = True
         return opts
-    raise _error(
+    raise storage_error(
         MissingCredentialsError, url,
         "no AWS credentials were found and anonymous access was not requested",
         "for a public bucket pass storage_options={'anon': True}; otherwise set "
@@ -459,7 +354,7 @@ def check_writable(url: str, storage_options: Mapping[str, Any] | None = None) -
     except StorageError:
         raise
     except Exception as exc:
-        raise _error(
+        raise storage_error(
             StoreNotWritableError, url,
             f"cannot write to the store ({type(exc).__name__}: {redact(str(exc))})",
             "check that the location exists and is a directory or bucket you may write "

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 from zarr.core.sync import sync
 
-if TYPE_CHECKING:  # pragma: no cover
-    from fmri2img.storage.store import Store
+#: the stores these functions take are fmri2img.storage.store.Store objects (typed as Any: store.py
+#: imports this module, and a module never imports back)
 
 #: group attribute: every chunk of the group's arrays is written, even one of fill values only
 ALL_CHUNKS_ATTR = "fmri2img_chunks"
@@ -146,7 +146,7 @@ def _covering_region(regions, axis_slice: slice):
             yield r
 
 
-def _check_array(store: "Store", group: str, name: str, arr, regions, done: set[int], all_written: bool,
+def _check_array(store: Any, group: str, name: str, arr, regions, done: set[int], all_written: bool,
                  pool: ThreadPoolExecutor) -> list[BadChunk]:
     dims = tuple(arr.metadata.dimension_names or ())
     region_dim = regions[0].dim if regions else None
@@ -179,7 +179,7 @@ def _check_array(store: "Store", group: str, name: str, arr, regions, done: set[
     return [b for b in pool.map(one, coords_list) if b is not None]
 
 
-def verify_store(store: "Store", groups: Iterable[str] | None = None, threads: int = 8) -> list[BadChunk]:
+def verify_store(store: Any, groups: Iterable[str] | None = None, threads: int = 8) -> list[BadChunk]:
     """Read every chunk of every array of ``groups`` (default: all) and return the bad ones.
 
     A chunk is bad when it does not decode (checksum mismatch, truncated, not zstd) or,
@@ -197,7 +197,7 @@ def verify_store(store: "Store", groups: Iterable[str] | None = None, threads: i
     return bad
 
 
-def forget_bad(store: "Store", bad: Iterable[BadChunk]) -> dict[str, list[str]]:
+def forget_bad(store: Any, bad: Iterable[BadChunk]) -> dict[str, list[str]]:
     """Clear what makes bad chunks look finished, so that rerunning their stage rewrites them.
 
     A bad chunk inside a region clears that region's completion record; a bad chunk of
