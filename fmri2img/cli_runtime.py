@@ -62,7 +62,7 @@ def close_cluster(client, *, orderly: bool) -> None:
     close is quick (the failure's own error line says what happened) and the nannies'
     "killing" warnings are not shown.
     """
-    from fmri2img.cluster.faults import close_quietly
+    from fmri2img.cluster.errors import close_quietly
 
     cluster = getattr(client, "cluster", None)
     if orderly and cluster is not None and getattr(cluster, "workers", None):

@@ -166,7 +166,7 @@ def test_walltime_shorter_than_a_task_fails_clearly(slurm, tmp_path):
     """A 1-minute walltime and a task that needs longer: the job ends at its limit before any task finished,
     and the run fails naming the walltime and the job's log (which says why it ended)."""
     from fmri2img.cluster import ClusterError, connect
-    from fmri2img.cluster.faults import close_quietly
+    from fmri2img.cluster.errors import close_quietly
     from fmri2img.pipeline.tasks import Task, run_tasks
 
     client = connect("slurm", **JOB, walltime="1", worker_timeout=120, log_directory=str(tmp_path / "logs"))
@@ -191,7 +191,7 @@ def test_a_lost_job_is_replaced_and_the_run_completes(slurm, tmp_path):
     """A fixed-size cluster whose job ends under running work (scancel, as a preemption would) gets a new job,
     and the run finishes with every result."""
     from fmri2img.cluster import connect
-    from fmri2img.cluster.faults import close_quietly
+    from fmri2img.cluster.errors import close_quietly
     from fmri2img.pipeline.tasks import Task, run_tasks
 
     client = connect("slurm", **JOB, walltime="00:20:00", worker_timeout=120, log_directory=str(tmp_path / "logs"))
@@ -231,7 +231,7 @@ def test_adaptive_cluster_scales_from_zero_and_its_failures_end_the_stage(slurm,
     and sbatch refuses, or one that never starts, ends the running stage with a one-line error (not a wait
     forever)."""
     from fmri2img.cluster import ClusterError, connect
-    from fmri2img.cluster.faults import close_quietly
+    from fmri2img.cluster.errors import close_quietly
     from fmri2img.pipeline.tasks import Task, run_tasks
 
     client = connect("slurm", **JOB, minimum=0, maximum=1, walltime="00:10:00", worker_timeout=120,

@@ -32,18 +32,13 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from fmri2img.storage import secrets
+from fmri2img.cluster.errors import GPU, ClusterError
 from fmri2img.cluster.security import make_security
+from fmri2img.storage import secrets
 from fmri2img.storage import urls
 
 logger = logging.getLogger(__name__)
 
-#: the resource name GPU workers advertise and GPU stages ask for
-GPU = "GPU"
-
-
-class ClusterError(RuntimeError):
-    """A cluster could not be started or reached; the message says how to fix it."""
 
 
 def _cores() -> int:

@@ -14,13 +14,10 @@ import concurrent.futures
 import logging
 from typing import Any
 
+from fmri2img.cluster.errors import SchedulerLost, cluster_failure
 from fmri2img.storage import secrets
 
 logger = logging.getLogger(__name__)
-
-
-class SchedulerLost(RuntimeError):
-    """The Dask scheduler went away while a stage ran; the store is resumable."""
 
 
 #: exceptions a client raises when its scheduler vanishes
@@ -56,8 +53,6 @@ def scheduler_lost(client: Any, exc: BaseException, *, stage: str, done: int, to
     done, total : int
         Regions finished (and recorded) in this run, and regions submitted.
     """
-    from fmri2img.cluster.watch import cluster_failure
-
     failure = cluster_failure(client)
     if failure is not None:
         _silence_reconnect_noise()
@@ -98,15 +93,3 @@ def _silence_reconnect_noise() -> None:
             log.addFilter(_NOISE)
 
 
-def close_quietly(client: Any, timeout: float = 5) -> None:
-    """Close ``client`` (and a cluster it owns) without waiting long on a vanished scheduler."""
-    cluster = getattr(client, "cluster", None)
-    try:
-        client.close(timeout=timeout)
-    except Exception as exc:  # noqa: BLE001 - closing after a failure must not mask the failure
-        logger.debug("closing the client: %s", exc)
-    if cluster is not None:
-        try:
-            cluster.close(timeout=timeout)
-        except Exception as exc:  # noqa: BLE001
-            logger.debug("closing the cluster: %s", exc)

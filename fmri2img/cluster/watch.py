@@ -30,21 +30,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from fmri2img.cluster.connect import ClusterError
+from fmri2img.cluster.errors import WATCH_ATTR as ATTR
+from fmri2img.cluster.errors import ClusterError, JobSubmitError, close_quietly
 
 logger = logging.getLogger(__name__)
 
 #: seconds between checks, and between asking the batch system whether jobs without a worker have ended
 INTERVAL = 1.0
 POLL = 5.0
-#: the attribute of a cluster that holds its watch
-ATTR = "_fmri2img_watch"
-
-
-class JobSubmitError(RuntimeError):
-    """The batch system refused a worker job (reported once by the watch, not as a traceback)."""
-
-
 #: a word in the submit command's error → the options that shape that part of the request, and what shows
 #: what the cluster offers
 SUBMIT_HINTS = (
@@ -95,12 +88,6 @@ def _progress_plugin():
                 self.finished += 1
 
     return Progress()
-
-
-def cluster_failure(client: Any) -> ClusterError | None:
-    """The error that ended ``client``'s cluster, when a :class:`JobWatch` ended it."""
-    watch = getattr(getattr(client, "cluster", None), ATTR, None)
-    return None if watch is None else watch.failure
 
 
 class JobWatch:
@@ -176,8 +163,6 @@ class JobWatch:
     def wait_for_workers(self, client, n: int = 1) -> None:
         """Block until ``n`` workers are connected; raise (after closing the cluster) when the watch fails
         or none arrives within ``worker_timeout``."""
-        from fmri2img.cluster.faults import close_quietly
-
         t0 = time.monotonic()
         while self.failure is None:
             if self.n_workers >= n:
@@ -433,7 +418,7 @@ class _SubmitNoise(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         # a record factory may have formatted the traceback already (fmri2img.storage.secrets does)
         text = record.exc_text or ""
-        return not isinstance(exc, JobSubmitError) and f"{__name__}.JobSubmitError" not in text
+        return not isinstance(exc, JobSubmitError) and f"{JobSubmitError.__module__}.JobSubmitError" not in text
 
 
 _NOISE = _SubmitNoise()
