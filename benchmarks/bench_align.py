@@ -45,11 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fmri2img.metrics.scores import per_image_scores, two_way_identification  # noqa: E402
-from fmri2img.pipeline import align as al  # noqa: E402
-from fmri2img.pipeline.decode import load_models, reconstruct_rows  # noqa: E402
+from fmri2img.pipeline.clinical import align as al  # noqa: E402
+from fmri2img.pipeline.clinical.decode import load_models, reconstruct_rows  # noqa: E402
 from fmri2img.pipeline.evaluate import net_features, stimuli_for  # noqa: E402
 from fmri2img.pipeline.features import extract_features  # noqa: E402
-from fmri2img.pipeline.ingest import ingest  # noqa: E402
+from fmri2img.pipeline.ingest.nsd import ingest  # noqa: E402
 from fmri2img.pipeline.reconstruct import run_spec  # noqa: E402
 from fmri2img.pipeline.regress import regress  # noqa: E402
 from fmri2img.ridge import BlockRidge  # noqa: E402

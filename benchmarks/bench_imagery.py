@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fmri2img.metrics.scores import pearson_matrix, pixcorr  # noqa: E402
 from fmri2img.metrics.targets import identification_among_targets  # noqa: E402
-from fmri2img.pipeline import decode as dec  # noqa: E402
-from fmri2img.pipeline.decode_imagery import text_values, decode_imagery  # noqa: E402
+from fmri2img.pipeline.clinical import decode as dec  # noqa: E402
+from fmri2img.pipeline.clinical.imagery import text_values, decode_imagery  # noqa: E402
 from fmri2img.pipeline.evaluate import net_features  # noqa: E402
 from fmri2img.pipeline.features import extract_features  # noqa: E402
-from fmri2img.pipeline.ingest import ingest  # noqa: E402
-from fmri2img.pipeline.ingest_imagery import TARGETS, imagery_group, ingest_imagery  # noqa: E402
+from fmri2img.pipeline.ingest.nsd import ingest  # noqa: E402
+from fmri2img.pipeline.ingest.imagery import TARGETS, imagery_group, ingest_imagery  # noqa: E402
 from fmri2img.pipeline.reconstruct import run_spec  # noqa: E402
 from fmri2img.pipeline.regress import regress  # noqa: E402
 from fmri2img.mininsd.generate import MiniNSDSpec, generate_mini_nsd  # noqa: E402

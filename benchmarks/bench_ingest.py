@@ -82,7 +82,7 @@ def main() -> None:
     import s3fs
     from distributed import Client, LocalCluster
 
-    from fmri2img.pipeline.ingest import ingest
+    from fmri2img.pipeline.ingest.nsd import ingest
     from fmri2img.mininsd.generate import MiniNSDSpec, generate_mini_nsd
     from fmri2img.storage.nsd import NSDLayout, ROI_FILES
     from fmri2img.storage.source import Source

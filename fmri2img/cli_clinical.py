@@ -69,8 +69,7 @@ def add_clinical_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_decode(args) -> int:
     from fmri2img import config as cfgmod
     from fmri2img.cli import cluster_from
-    from fmri2img.pipeline.decode import decode_config
-    from fmri2img.pipeline.decode_imagery import decoder
+    from fmri2img.pipeline.clinical.configured import decode_config, decoder
     from fmri2img.storage import identity, lock
     from fmri2img.storage.outputs import Outputs
 
@@ -110,7 +109,7 @@ def cmd_decode(args) -> int:
 
 
 def cmd_align(args) -> int:
-    from fmri2img.pipeline.align import DEFAULT_TARGETS, align
+    from fmri2img.pipeline.clinical.align import DEFAULT_TARGETS, align
     from fmri2img.storage import identity, lock
     from fmri2img.storage.store import Store
 

@@ -33,7 +33,7 @@ VD_SETTINGS = {"size": 16, "steps": 4, "strength": 0.5, "dtype": "float32", "gui
 def predicted_store(mini_nsd, tmp_path_factory):
     """A store with subject 1 ingested, the four feature sets extracted and regressed (tiny models)."""
     from fmri2img.pipeline.features import extract_features
-    from fmri2img.pipeline.ingest import ingest
+    from fmri2img.pipeline.ingest.nsd import ingest
     from fmri2img.pipeline.regress import regress
     from fmri2img.storage.source import Source
     from fmri2img.storage.store import Store

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from fmri2img.pipeline import align as al
-from fmri2img.pipeline import decode as dec
+from fmri2img.pipeline.clinical import align as al
+from fmri2img.pipeline.clinical import decode as dec
 from fmri2img.pipeline.features import extract_features
 from fmri2img.pipeline.reconstruct import run_spec
 from fmri2img.ridge.align import LeakageError, check_disjoint, pseudo_responses
@@ -115,7 +115,7 @@ def test_mininsd_subject_with_one_session(mini_nsd, tmp_path):  # noqa: F811
 @pytest.fixture(scope="module")
 def aligned_store(predicted_store, mini_nsd, tmp_path_factory):  # noqa: F811
     """predicted_store (subject 1 fitted) + subject 2 ingested (all sessions: its test scans) + features extended."""
-    from fmri2img.pipeline.ingest import ingest
+    from fmri2img.pipeline.ingest.nsd import ingest
     from fmri2img.storage.source import Source
 
     path = tmp_path_factory.mktemp("align") / "store.zarr"
@@ -200,7 +200,7 @@ def test_cli_aligned_decoding_beats_chance(aligned_store, tmp_path, capsys):
     assert pred.sizes["trial"] == len(test.image) >= 10
     accuracy = _two_way(feats, pred.features.values)
     assert accuracy > 0.75, accuracy  # chance: 0.5
-    from fmri2img.pipeline.decode_metrics import read_summary
+    from fmri2img.pipeline.clinical.scores import read_summary
 
     assert read_summary(store, "scans", "px", "stage1")["AlexNet(2)"]["mean"] > 0.5
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from fmri2img.pipeline import decode as dec
+from fmri2img.pipeline.clinical import decode as dec
+from fmri2img.pipeline.clinical.configured import decode_config
 from fmri2img.pipeline.reconstruct import reconstruct_run, run_spec
 from fmri2img.pipeline.regress import regress
 from fmri2img.storage import nsd
@@ -105,7 +106,8 @@ def test_decoded_test_trials_averaged_equal_regress_and_reconstruct(loo_store, m
 
 def test_cli_decodes_a_session_file_resumes_and_scores(loo_store, mini_nsd, tmp_path, capsys, monkeypatch):
     from fmri2img.cli import main
-    from fmri2img.pipeline import decode_metrics, decode_page
+    from fmri2img.pipeline.clinical import page as decode_page
+    from fmri2img.pipeline.clinical import scores as decode_metrics
 
     out = tmp_path / "out"
     argv = ["decode", loo_store.url, "--subject", "1", "--betas", _betas_file(mini_nsd, 1, "nii.gz"), "--trials",
@@ -213,7 +215,7 @@ def test_config_section_decodes_with_reconstruct_runs(loo_store, tmp_path):
     config = cfgmod.loads(pixels_decode_config(loo_store.url,
                                                f'betas = "{path}"\ntrials_file = "{tmp_path / "trials.csv"}"\n'
                                                f'name = "from-config"'))
-    kwargs = dec.decode_config(config)
+    kwargs = decode_config(config)
     assert [r.name for r in kwargs["runs"]] == ["px"] and kwargs["calibration"] == "loo"
     store = kwargs.pop("store")
     out = dec.decode(store, progress=False, **kwargs)
@@ -221,7 +223,7 @@ def test_config_section_decodes_with_reconstruct_runs(loo_store, tmp_path):
     got = _open(store, "decoded/from-config/recon/px/stage1")
     assert got.trial.values.tolist() == [2, 4] and got.attrs["calibration"] == "loo"
     with pytest.raises(dec.DecodeError, match=r"decode.runs: \['bd'\] are not \[reconstruct.runs\]"):
-        dec.decode_config(config, runs=["bd"])
+        decode_config(config, runs=["bd"])
     with pytest.raises(cfgmod.ConfigError, match="decode.calibration"):
         cfgmod.loads('[decode]\ncalibration = "test_batch"\n')
 
@@ -243,7 +245,7 @@ def test_fmri2img_run_has_a_decode_stage(loo_store, tmp_path):
 
 def test_decode_stage1_follows_the_feature_kind():
     """A run whose stage 1 is a second extractor of a kind (``kind = "pixels"``) decodes as that kind."""
-    from fmri2img.pipeline.decode import reconstruct_rows
+    from fmri2img.pipeline.clinical.decode import reconstruct_rows
     from fmri2img.pipeline.reconstruct import STAGE1, run_spec
 
     extractors = {"pixels": {"side": 8}, "px-coarse": {"kind": "pixels", "side": 8}}

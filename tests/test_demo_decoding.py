@@ -32,7 +32,7 @@ def test_stage1_with_the_trained_demo_vdvae_beats_shuffled_ground_truth(mini_nsd
     from fmri2img.demo_vdvae import ensure_demo_vdvae, weights_note
     from fmri2img.pipeline.evaluate import stimuli_for
     from fmri2img.pipeline.features import extract_features
-    from fmri2img.pipeline.ingest import ingest
+    from fmri2img.pipeline.ingest.nsd import ingest
     from fmri2img.pipeline.reconstruct import recon_group, reconstruct_run, run_spec
     from fmri2img.pipeline.regress import regress
     from fmri2img.storage import schema

@@ -21,7 +21,7 @@ import pytest
 import xarray as xr
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from fmri2img.pipeline.ingest import ingest
+from fmri2img.pipeline.ingest.nsd import ingest
 from fmri2img.storage.source import Source
 from fmri2img.storage.store import Store
 from tests.minifixtures import SESSIONS, mini_nsd  # noqa: F401  (mini_nsd is a fixture)
@@ -31,7 +31,7 @@ BETAS = "subjects/subj01/betas"
 #: slows every session task by DELAY seconds (imported by the driver script and by worker preloads)
 SLOW_SESSIONS = """
 import time
-import fmri2img.pipeline.ingest as _ingest
+import fmri2img.pipeline.ingest.nsd as _ingest
 
 # idempotent: dask imports a preload module more than once
 _real = getattr(_ingest.ingest_session, "__wrapped__", _ingest.ingest_session)

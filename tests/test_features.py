@@ -7,7 +7,7 @@ import xarray as xr
 
 from fmri2img.models.pixels import make_pixels_extractor
 from fmri2img.pipeline.features import extract_features, feature_chunks
-from fmri2img.pipeline.ingest import ingest
+from fmri2img.pipeline.ingest.nsd import ingest
 from fmri2img.storage.source import Source
 from fmri2img.storage.store import Store
 from tests.minifixtures import SESSIONS, mini_nsd  # noqa: F401

@@ -112,7 +112,7 @@ def test_simulated_imagery_is_weaker_and_most_so_in_early_areas(imagery_root):
 
 def test_ingest_stores_labels_and_resumes(imagery_store, imagery_root, capsys):
     from fmri2img.cli import main
-    from fmri2img.pipeline.ingest_imagery import TARGETS
+    from fmri2img.pipeline.ingest.imagery import TARGETS
 
     store, argv = imagery_store
     _, design, targets = _read(imagery_root[0])
@@ -131,7 +131,7 @@ def test_ingest_stores_labels_and_resumes(imagery_store, imagery_root, capsys):
 
 
 def test_ingest_refuses_another_voxel_space(imagery_store, imagery_root, tmp_path):
-    from fmri2img.pipeline.ingest_imagery import ImageryIngestError, ingest_imagery
+    from fmri2img.pipeline.ingest.imagery import ImageryIngestError, ingest_imagery
     from fmri2img.storage.source import Source
 
     store, _ = imagery_store
@@ -145,7 +145,7 @@ def test_ingest_refuses_another_voxel_space(imagery_store, imagery_root, tmp_pat
 
 def test_decode_scores_each_task_against_its_targets(imagery_store, capsys, monkeypatch):
     from fmri2img.cli import main
-    from fmri2img.pipeline import decode_imagery
+    from fmri2img.pipeline.clinical import imagery as decode_imagery
 
     store, _ = imagery_store
     argv = ["decode", store.url, "--subject", "1", "--imagery", "--runs", "px", "--nets", "alexnet2",
@@ -178,8 +178,8 @@ def test_decode_scores_each_task_against_its_targets(imagery_store, capsys, monk
 
 def test_decode_imagery_refuses_bad_requests(imagery_store, capsys):
     from fmri2img.cli import main
-    from fmri2img.pipeline import decode as dec
-    from fmri2img.pipeline.decode_imagery import decode_imagery
+    from fmri2img.pipeline.clinical import decode as dec
+    from fmri2img.pipeline.clinical.imagery import decode_imagery
 
     store, _ = imagery_store
     assert main(["decode", store.url, "--subject", "1", "--imagery", "--betas", "x.npy", "--runs", "px"]) != 0
@@ -194,7 +194,7 @@ def test_decode_config_imagery_key_decodes_like_the_flag(imagery_store, tmp_path
     """[decode] imagery = true (and tasks) in `decode --config` and in `fmri2img run`'s decode stage."""
     from fmri2img import config as cfgmod
     from fmri2img.cli import main
-    from fmri2img.pipeline import decode_imagery
+    from fmri2img.pipeline.clinical import imagery as decode_imagery
     from fmri2img.pipeline.runner import run
 
     store, _ = imagery_store

@@ -11,8 +11,8 @@ import pytest
 import scipy.io
 import xarray as xr
 
-from fmri2img.pipeline import ingest as ingest_mod
-from fmri2img.pipeline.ingest import IngestError, ingest
+from fmri2img.pipeline.ingest import nsd as ingest_mod
+from fmri2img.pipeline.ingest.nsd import IngestError, ingest
 from fmri2img.storage import nsd, schema
 from fmri2img.storage.source import Source
 from fmri2img.storage.store import Store

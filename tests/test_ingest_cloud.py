@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from fmri2img.pipeline.ingest import ingest
+from fmri2img.pipeline.ingest.nsd import ingest
 from fmri2img.storage.source import Source
 from fmri2img.storage.store import Store
 from tests.cloud_helpers import make_bucket, s3_options, upload_dir

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmri2img.pipeline.ingest import ingest
-from fmri2img.pipeline.ingest_resume import IngestResumeError
+from fmri2img.pipeline.ingest.nsd import ingest
+from fmri2img.pipeline.ingest.resume import IngestResumeError
 from fmri2img.storage import schema
 from fmri2img.storage.source import Source
 from fmri2img.storage.store import Store

@@ -11,7 +11,7 @@ import zarr
 from zarr.codecs import Crc32cCodec
 
 from fmri2img.cli import main
-from fmri2img.pipeline.ingest import ingest
+from fmri2img.pipeline.ingest.nsd import ingest
 from fmri2img.storage import identity
 from fmri2img.storage.source import Source
 from fmri2img.storage.store import Store

@@ -19,7 +19,7 @@ import pytest
 import scipy.io
 import xarray as xr
 
-from fmri2img.pipeline.ingest import ingest
+from fmri2img.pipeline.ingest.nsd import ingest
 from fmri2img.mininsd.generate import STIM_INFO_COLUMNS, MiniNSDSpec, generate_mini_nsd
 from fmri2img.storage.nsd import NSDFormatError, NSDLayout, read_mask, read_session_betas
 from fmri2img.storage.nsd.hdf5chunks import chunk_index

@@ -171,7 +171,7 @@ def test_ridge_defaults_and_weights_follow_the_kind():
 # --------------------------------------------------------------------------- the example config
 def test_example_config_validates_and_names_the_seed_runs():
     c = cfgmod.load(EXAMPLE)
-    runs = {s.name: s for s in c.run_specs()}
+    runs = {s.name: s for s in rec.run_specs(c)}
     assert {n: (r.preset, r.stage1, r.vision, r.text) for n, r in runs.items()} == {
         "brain-diffuser": ("brain-diffuser", "vdvae", "clip-vision", "clip-text"),
         "seed-vision": ("seed-vision", "vdvae-10", "clip-vision-77", "clip-text"),

@@ -8,7 +8,7 @@ from sklearn.linear_model import Ridge
 
 from fmri2img.pipeline import regress as regress_mod
 from fmri2img.pipeline.features import extract_features
-from fmri2img.pipeline.ingest import ingest
+from fmri2img.pipeline.ingest.nsd import ingest
 from fmri2img.pipeline.regress import load_model, regress
 from fmri2img.ridge import ImageIdMismatchError
 from fmri2img.storage.source import Source

@@ -31,7 +31,7 @@ SECRETS = ("AKIAFAKEKEYID0123456", "sup3r-s3cret-value", "hunter2hunter2", "tok-
 @pytest.fixture(scope="module")
 def store(predicted_store, mini_nsd, tmp_path_factory):
     from fmri2img.pipeline.evaluate import evaluate
-    from fmri2img.pipeline.ingest import ingest
+    from fmri2img.pipeline.ingest.nsd import ingest
     from fmri2img.pipeline.reconstruct import reconstruct_run, run_spec
     from fmri2img.pipeline.roi import roi_analysis
     from fmri2img.storage.source import Source

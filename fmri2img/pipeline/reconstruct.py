@@ -11,6 +11,7 @@ outputs URL (``recon/subjNN/<run>/{stage1,final}/<nsd id>.png``).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -22,6 +23,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from fmri2img.config import Config, ConfigError, register_check
 from fmri2img.pipeline.features import get_extractor
 from fmri2img.pipeline.regress import prediction_group
 from fmri2img.pipeline.tasks import Task, run_tasks
@@ -373,3 +375,32 @@ def reconstruct_run(store: Store, subject: int, run: RunSpec, *, client=None, im
                "seconds": round(time.perf_counter() - t0, 3)}
     logger.info("reconstruct %s: %s", run.name, summary)
     return summary
+
+
+def run_specs(config: Config) -> list[RunSpec]:
+    """The :class:`RunSpec` of every ``[reconstruct.runs]`` table of a configuration."""
+    opts = {name: config.extractor_options(name) for name in config.features.extractors}
+    return [run_spec(name, options, extractor_options=opts, weights=dataclasses.asdict(config.weights),
+                     seed=config.seed, device=config.reconstruct.device)
+            for name, options in config.reconstruct.runs.items()]
+
+
+def check_config(config: Config) -> None:
+    """``[reconstruct]``: every run is valid, and every feature a run reads is a [features.extractors] entry
+    (pixels needs none) when the reconstruct stage runs."""
+    try:
+        specs = run_specs(config)
+    except ReconstructError as exc:
+        raise ConfigError(str(exc)) from None
+    if "reconstruct" not in config.stages:
+        return
+    for spec in specs:
+        for key in ("stage1", "vision", "text"):
+            feature = getattr(spec, key)
+            if feature in spec.features_needed() and feature != "pixels" and feature not in config.features.extractors:
+                raise ConfigError(f"reconstruct.runs.{spec.name}.{key} = {feature!r} is not a [features.extractors] "
+                                  f"entry (configured: {sorted(config.features.extractors)}); add "
+                                  f"[features.extractors.{feature}] or name one of those")
+
+
+register_check("reconstruct", check_config)

@@ -29,6 +29,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from fmri2img.config import Config, ConfigError, register_check
 from fmri2img.pipeline.features import feature_group
 from fmri2img.pipeline.tasks import compute_writes
 from fmri2img.ridge import BlockRidge, ImageIdMismatchError, RidgeInputError
@@ -254,3 +255,15 @@ def regress(
         summary["alpha"] = float(alpha)
     logger.info("regress subj%02d %s: %s", subject, name, summary)
     return summary
+
+
+def check_config(config: Config) -> None:
+    """``[regress.targets]``: each feature set's ridge options are valid for its kind."""
+    for name in config.regress_features():
+        try:
+            ridge_options(name, config.regress.targets.get(name), config.extractor_kind(name))
+        except RegressError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+register_check("regress", check_config)

@@ -21,8 +21,8 @@ import zarr
 from fmri2img.config import Config
 from fmri2img.pipeline.evaluate import evaluate
 from fmri2img.pipeline.features import extract_features
-from fmri2img.pipeline.ingest import ingest
-from fmri2img.pipeline.reconstruct import reconstruct_run
+from fmri2img.pipeline.ingest.nsd import ingest
+from fmri2img.pipeline.reconstruct import reconstruct_run, run_specs
 from fmri2img.pipeline.regress import regress
 from fmri2img.pipeline.roi import roi_analysis
 from fmri2img.storage import identity, lock, schema, verify
@@ -55,7 +55,7 @@ def stage_ingest(ctx: RunContext) -> dict:
     cfg = ctx.config.ingest
     out = {}
     if cfg.experiment == "nsdimagery":
-        from fmri2img.pipeline.ingest_imagery import ingest_imagery
+        from fmri2img.pipeline.ingest.imagery import ingest_imagery
         return {f"subj{subject:02d}": ingest_imagery(
             ctx.store, ctx.source, subject, client=ctx.client, prefer=cfg.prefer, nan_policy=cfg.nan_policy,
             betas_scale=cfg.betas_scale, config=ctx.config.redacted(), progress=ctx.progress)
@@ -96,7 +96,7 @@ def stage_reconstruct(ctx: RunContext) -> dict:
     outputs = Outputs(cfg.outputs.url, dict(cfg.outputs.storage_options))
     out = {}
     for subject in cfg.stage_subjects("reconstruct"):
-        for spec in cfg.run_specs():
+        for spec in run_specs(cfg):
             out[f"subj{subject:02d}/{spec.name}"] = reconstruct_run(
                 ctx.store, subject, spec, client=ctx.client, images_per_task=cfg.reconstruct.images_per_task,
                 outputs=outputs, progress=ctx.progress, config=cfg.redacted())
@@ -123,13 +123,13 @@ def stage_roi(ctx: RunContext) -> dict:
     return {
         f"subj{subject:02d}/{spec.name}": roi_analysis(ctx.store, subject, spec, client=ctx.client, outputs=outputs,
                                                        progress=ctx.progress, config=cfg.redacted())
-        for subject in cfg.stage_subjects("roi") for spec in cfg.run_specs() if spec.name in wanted
+        for subject in cfg.stage_subjects("roi") for spec in run_specs(cfg) if spec.name in wanted
     }
 
 
 def stage_align(ctx: RunContext) -> dict:
     """``[align]``: a new subject aligned to a fitted reference (after regress, so the reference is fitted)."""
-    from fmri2img.pipeline.align import align
+    from fmri2img.pipeline.clinical.align import align
 
     a = ctx.config.align
     return align(ctx.store, a.subject, a.reference, a.sessions, targets=a.targets,
@@ -139,8 +139,7 @@ def stage_align(ctx: RunContext) -> dict:
 def stage_decode(ctx: RunContext) -> dict:
     """``[decode]``: new scans (or, with ``imagery``, the subject's NSD-Imagery betas) through a fitted (or
     aligned) subject's models, with the [reconstruct.runs]."""
-    from fmri2img.pipeline.decode import decode_config
-    from fmri2img.pipeline.decode_imagery import decoder
+    from fmri2img.pipeline.clinical.configured import decode_config, decoder
 
     run_decode, kwargs = decoder(decode_config(ctx.config))
     kwargs.pop("store")  # the run's own store (the same URL)

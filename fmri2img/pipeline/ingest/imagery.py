@@ -30,7 +30,7 @@ from typing import Any, Mapping
 import numpy as np
 import xarray as xr
 
-from fmri2img.pipeline import ingest_resume
+from fmri2img.pipeline.ingest import resume as ingest_resume
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.storage import nsd, schema
 from fmri2img.storage.nsd import imagery as nsdi
@@ -156,7 +156,7 @@ def ingest_imagery(store: Store, source: Source, subject: int, *, client=None, p
     Parameters
     ----------
     store, source, subject
-        As for :func:`fmri2img.pipeline.ingest.ingest`.
+        As for :func:`fmri2img.pipeline.ingest.nsd.ingest`.
     prefer, nan_policy, betas_scale
         As for the main ingest (``betas_nsdimagery.hdf5`` by range, or the ``.nii.gz`` stream).
 

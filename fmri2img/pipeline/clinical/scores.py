@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from fmri2img.pipeline.evaluate import IMAGE_METRICS, METRIC_VARS, INPUTS_ATTR, net_features, json_default, stimuli_for
-from fmri2img.pipeline.decode import group
+from fmri2img.pipeline.clinical.common import group
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.storage import schema
 from fmri2img.storage.store import Region, Store

@@ -1,24 +1,39 @@
 """Checks of the run configuration: TOML tables → dataclasses by name and type, then cross-field checks.
 
-:func:`from_dict` builds a dataclass of :mod:`fmri2img.config` from a table, refusing unknown
-keys and wrong types by name; :func:`validate` runs the checks that types alone cannot
-express (sessions, subjects, extractor options and kinds, ridge options, cluster options,
-reconstruction runs, stages).  Both are re-exported by :mod:`fmri2img.config`, which is
-where callers import them from.
+:func:`from_dict` builds a dataclass of :mod:`fmri2img.config.sections` from a table, refusing
+unknown keys and wrong types by name; :func:`validate` runs the checks that types alone cannot
+express (sessions, subjects, extractor options and kinds, cluster options, stages, decode), then
+every check a stage declared with :func:`register_check`.
+
+The configuration imports no stage: a stage whose options need its own knowledge (the regress
+stage's ridge options, the reconstruct stage's runs) declares a check beside its code and
+registers it when the stage module is imported (importing :mod:`fmri2img.pipeline` registers all
+of them; the runner validates again before any stage runs, so a configuration is never run
+unchecked).
 """
 from __future__ import annotations
 
 import dataclasses
 import types
 import typing
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Callable, Mapping
 
-if TYPE_CHECKING:
-    from fmri2img.config import Config
+from fmri2img.config.errors import ConfigError
+from fmri2img.config.sections import STAGES, Config
 
 
-class ConfigError(ValueError):
-    """A configuration file or value is invalid; the message names the field and the fix."""
+
+
+#: name → check(config) declared by a stage (see the module docstring); each raises ConfigError
+CHECKS: dict[str, Callable[[Config], None]] = {}
+
+
+def register_check(name: str, check: Callable[[Config], None]) -> None:
+    """Declare a stage's configuration check; :func:`validate` runs it after its own checks.
+
+    Registering the same name again replaces the check (a module imported twice).
+    """
+    CHECKS[name] = check
 
 
 _CHOICES = {
@@ -84,15 +99,6 @@ def from_dict(cls, data: Mapping[str, Any], prefix: str = ""):
     return cls(**kwargs)
 
 
-def _check_run_features(config: Config, specs: list) -> None:
-    """Every feature a reconstruction run reads is a [features.extractors] entry (pixels needs none)."""
-    for spec in specs:
-        for key in ("stage1", "vision", "text"):
-            feature = getattr(spec, key)
-            if feature in spec.features_needed() and feature != "pixels" and feature not in config.features.extractors:
-                raise ConfigError(f"reconstruct.runs.{spec.name}.{key} = {feature!r} is not a [features.extractors] "
-                                  f"entry (configured: {sorted(config.features.extractors)}); add "
-                                  f"[features.extractors.{feature}] or name one of those")
 
 
 def _check_decode(config: Config) -> None:
@@ -138,31 +144,14 @@ def validate(config: Config) -> Config:
             extractors.check_options(name, options, where="features.extractors")
         except extractors.ExtractorError as exc:
             raise ConfigError(str(exc)) from None
-    from fmri2img.pipeline.regress import RegressError, ridge_options
-
-    for name in config.regress_features():
-        try:
-            ridge_options(name, config.regress.targets.get(name), config.extractor_kind(name))
-        except RegressError as exc:
-            raise ConfigError(str(exc)) from None
     from fmri2img.cluster import ClusterError, section_options
 
     try:
         section_options(dataclasses.asdict(config.cluster))
     except ClusterError as exc:
         raise ConfigError(f"cluster: {exc}") from None
-    from fmri2img.pipeline.reconstruct import ReconstructError
-
-    try:
-        specs = config.run_specs()
-    except ReconstructError as exc:
-        raise ConfigError(str(exc)) from None
-    if "reconstruct" in config.stages:
-        _check_run_features(config, specs)
     if config.features.images_per_task < 1:
         raise ConfigError("features.images_per_task: expected a positive integer")
-    from fmri2img.config import STAGES
-
     known = set(STAGES)
     bad = [s for s in config.stages if s not in known]
     if bad:
@@ -174,4 +163,6 @@ def validate(config: Config) -> Config:
     _check_decode(config)
     if not config.store.url:
         raise ConfigError("store.url: empty; give the store's URL, e.g. './runs/x/store.zarr' or 's3://bucket/x.zarr'")
+    for check in CHECKS.values():
+        check(config)
     return config

@@ -23,103 +23,32 @@ values and the models', so a rerun redoes only what is missing or changed.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 
-from fmri2img.storage import secrets
-from fmri2img.pipeline import decode_page
-from fmri2img.pipeline.reconstruct import STAGE1, RunSpec, gpu_resources, run_stage2, recon_group
-from fmri2img.pipeline.regress import regions_along, write_blocks, load_model, model_group
+from fmri2img.pipeline.clinical import page as decode_page
+from fmri2img.pipeline.clinical.common import (CALIBRATIONS, UNKNOWN_IMAGE, DecodeError, DecodeInput, group,
+                                               load_models, random_weights, subject_space)
+from fmri2img.pipeline.reconstruct import STAGE1, RunSpec, gpu_resources, run_stage2
+from fmri2img.pipeline.regress import model_group, regions_along, write_blocks
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.storage import decoded as inputs
-from fmri2img.storage import nsd, schema, urls
+from fmri2img.storage import nsd, schema, secrets, urls
 from fmri2img.storage.outputs import Outputs
 from fmri2img.storage.store import Region, Store, regular_regions
 
 logger = logging.getLogger(__name__)
 
-#: calibrations that keep a trial's prediction independent of the other trials decoded with it
-CALIBRATIONS = {
-    "loo": "leave-one-out: each feature's location and spread from the training images' closed-form "
-           "leave-one-out predictions (non-transductive)",
-    "none": "none: the ridge's raw predictions",
-}
-UNKNOWN_IMAGE = -1
-
-
-class DecodeError(ValueError):
-    """A decode cannot run as asked; the message says why and how to fix it."""
-
-
-@dataclass(frozen=True)
-class DecodeInput:
-    """The rows to decode: masked betas and what is known about each trial."""
-
-    name: str
-    url: str
-    fmri: np.ndarray  # (n, n_voxels) float32, percent signal change
-    trials: np.ndarray  # (n,) 1-based row of the input
-    images: np.ndarray  # (n,) 0-based NSD-73k id or UNKNOWN_IMAGE
-    images_from: str
-
-    @property
-    def seed_ids(self) -> np.ndarray:
-        """Per-row key of the randomness: the image id when known (as the reconstruct stage), else the trial."""
-        return np.where(self.images >= 0, self.images, self.trials).astype(np.int64)
-
-    @property
-    def key(self) -> str:
-        h = hashlib.sha256(np.ascontiguousarray(self.fmri).tobytes())
-        for a in (self.trials, self.images):
-            h.update(np.asarray(a, np.int64).tobytes())
-        return h.hexdigest()[:16]
-
-
-def group(name: str, *parts: str) -> str:
-    """``decoded/<name>/<parts...>``."""
-    return "/".join(("decoded", name, *parts))
-
-
-def subject_space(store: Store, subject: int, mask_url: str | None = None) -> inputs.SubjectSpace:
-    """The fitted subject's voxels, trials per session and nsdgeneral mask (default: from its ingest source)."""
-    bgroup = schema.subject_group(subject, "betas")
-    if not store.has_group(bgroup):
-        raise DecodeError(f"subject {subject} is not in the store {store.describe()}: ingest and fit it first "
-                          f"(fmri2img run CONFIG with stages ingest, features, regress)")
-    g = store.group(bgroup)
-    ijk = np.stack([np.asarray(g[f"voxel_{c}"][:], np.int64) for c in "ijk"])
-    source = g.attrs.get("source", "")
-    mask = mask_url or (nsd.NSDLayout(source).roi(subject, "nsdgeneral") if source else "")
-    return inputs.SubjectSpace(int(subject), ijk, int(g.attrs.get("trials_per_session", 750)), mask)
-
-
-def load_models(store: Store, subject: int, features: Sequence[str], calibration: str) -> dict:
-    """The subject's fitted models for ``features``, set to ``calibration``; one error naming all missing."""
-    if calibration not in CALIBRATIONS:
-        raise DecodeError(f"calibration {calibration!r} is not available for decode: expected one of "
-                          f"{list(CALIBRATIONS)} ('test_batch' rescales by the batch decoded together, so a "
-                          f"trial's picture would depend on the other scans)")
-    missing = [f for f in features if not store.is_complete(model_group(subject, f))]
-    if missing:
-        raise DecodeError(f"subject {subject} has no fitted model for {missing} in {store.describe()}: fit them "
-                          f"with the regress stage (fmri2img run CONFIG --stages features,regress, with {missing} "
-                          f"among the [features] extractors)")
-    models = {}
-    for f in features:
-        est = load_model(store, subject, f)
-        est.calibration = calibration
-        models[f] = est
-    return models
-
+#: names other modules and users take from here (defined in common, which every clinical module shares)
+__all__ = ["CALIBRATIONS", "UNKNOWN_IMAGE", "DecodeError", "DecodeInput", "decode", "predict", "read_input",
+           "reconstruct", "reconstruct_rows"]
 
 def read_input(store: Store, space: inputs.SubjectSpace, url: str, *, name: str | None = None,
                trials: str | None = None, trials_file: str | None = None, betas_scale: str | float = "nsd",
@@ -277,19 +206,6 @@ def reconstruct(store: Store, data: DecodeInput, run: RunSpec, salts: Mapping[st
     return {"regions_written": len(tasks), "parts": list(parts)}
 
 
-def random_weights(run: RunSpec) -> bool:
-    """Whether any model of ``run`` has seeded random weights (its pictures test plumbing, not decoding)."""
-    return bool(run.vd.get("tiny") or any(run.extractor_options.get(n, {}).get("tiny")
-                                          for n in run.features_needed()))
-
-
-def stored_run(store: Store, subject: int, name: str) -> RunSpec:
-    """The :class:`RunSpec` the reconstruct stage recorded for ``recon/subjNN/<name>`` (same models, seed)."""
-    g = recon_group(subject, name, "stage1")
-    if not store.has_group(g) or "run" not in store.group(g).attrs:
-        raise DecodeError(f"run {name!r} was never reconstructed for subject {subject} in {store.describe()}: "
-                          f"reconstruct it first, or give a config whose [reconstruct.runs] defines it (--config)")
-    return RunSpec(**json.loads(store.group(g).attrs["run"]))
 
 
 # -- the stage ----------------------------------------------------------------------------------
@@ -325,7 +241,7 @@ def decode(store: Store, subject: int, betas: str, runs: Sequence[RunSpec], *, f
     via : str, optional
         ``"align-to-subjMM"``: ``subject`` is a new subject aligned to subject MM (fmri2img align);
         its scans are decoded by MM's models through the alignment, and trials showing an image
-        that any of those fits used are decoded but not scored (:mod:`fmri2img.pipeline.align`).
+        that any of those fits used are decoded but not scored (:mod:`fmri2img.pipeline.clinical.align`).
 
     Returns
     -------
@@ -338,7 +254,7 @@ def decode(store: Store, subject: int, betas: str, runs: Sequence[RunSpec], *, f
     space = subject_space(store, subject, mask)
     features = sorted({f for run in runs for f in run.features_needed()} | set(features))
     if via:
-        from fmri2img.pipeline import align
+        from fmri2img.pipeline.clinical import align
 
         models = align.aligned_models(store, subject, via, features, calibration)
     else:
@@ -363,7 +279,7 @@ def decode(store: Store, subject: int, betas: str, runs: Sequence[RunSpec], *, f
         reconstruct(store, data, run, salts, client=client, images_per_task=images_per_task, outputs=outputs,
                     progress=progress, attrs={**attrs, "random_weights": random_weights(run)})
     if (data.images >= 0).sum() >= 2:
-        from fmri2img.pipeline.decode_metrics import score
+        from fmri2img.pipeline.clinical.scores import score
 
         metrics = score(store, data, runs, nets=nets, weights=weights or {}, device=device, client=client,
                         progress=progress, attrs=attrs)
@@ -377,64 +293,3 @@ def decode(store: Store, subject: int, betas: str, runs: Sequence[RunSpec], *, f
                "seconds": round(time.perf_counter() - t0, 3)}
     logger.info("decode %s: %s", data.name, summary)
     return summary
-
-
-def decode_config(config, store_url: str | None = None, **overrides: Any) -> dict:
-    """Keyword arguments of :func:`decode` from a :class:`fmri2img.config.Config` (``[decode]``), with overrides.
-
-    Runs come from ``[reconstruct.runs]`` (named by ``decode.runs``, default all); without a
-    configuration file (``config=None``) from what the reconstruct stage recorded in the store.
-    With ``imagery`` (``[decode] imagery = true`` or the override), those of
-    :func:`fmri2img.pipeline.decode_imagery.decode_imagery` instead, plus ``imagery=True``:
-    :func:`fmri2img.pipeline.decode_imagery.decoder` picks the function.
-    """
-    from fmri2img.config import Config
-
-    given = config is not None
-    config = config or Config()
-    section = dataclasses.asdict(config.decode)
-    section.update({k: v for k, v in overrides.items() if v not in (None, "", [], ())})
-    store = Store(store_url or config.store.url, dict(config.store.storage_options))
-    subject, names = int(section["subject"]), list(section["runs"])
-    via = section.get("via") or None
-    if via:  # a new subject aligned to a reference: the reference's runs
-        from fmri2img.pipeline.align import reference_of
-    runs_of = reference_of(via) if via else subject
-    if given:
-        specs = {s.name: s for s in config.run_specs()}
-        unknown = sorted(set(names) - set(specs))
-        if unknown:
-            raise DecodeError(f"decode.runs: {unknown} are not [reconstruct.runs] of the configuration; it has "
-                              f"{sorted(specs)}")
-        runs = [specs[n] for n in (names or specs)]
-    else:
-        prefix = f"recon/{schema.subject_key(runs_of)}/"
-        names = names or sorted({g[len(prefix):].rsplit("/", 1)[0] for g in store.list_groups(prefix)})
-        runs = [stored_run(store, runs_of, n) for n in names]
-    imagery, tasks = bool(section["imagery"]), list(section["tasks"] or ())
-    if imagery:
-        clash = [k for k in ("betas", "trials", "trials_file", "via") if section.get(k)]
-        if clash:
-            raise DecodeError(f"decode.imagery / --imagery decodes the subject's ingested NSD-Imagery betas "
-                              f"(subjects/subjNN/imagery), but {', '.join(clash)} given too: remove them (tasks / "
-                              f"--tasks selects vision, imagery, attention)")
-    elif tasks:
-        raise DecodeError(f"tasks {tasks} apply to NSD-Imagery only: add --imagery (or [decode] imagery = true)")
-    elif not section["betas"]:
-        raise DecodeError("no betas to decode: give --betas URL (or [decode] betas in the configuration), or "
-                          "--imagery for the subject's NSD-Imagery betas")
-    options = dict(section["storage_options"])
-    if imagery:  # the keyword arguments of decode_imagery.decode_imagery, marked for decode_imagery.decoder
-        return {"store": store, "subject": subject, "runs": runs, "name": section["name"] or None,
-                "calibration": section["calibration"], "nets": section["nets"] or None,
-                "weights": dataclasses.asdict(config.weights), "device": section["device"],
-                "images_per_task": int(section["images_per_task"]),
-                "config": config.redacted() if given else None, "tasks": tasks or None, "imagery": True}
-    return {"store": store, "subject": subject, "betas": section["betas"], "runs": runs,
-            "name": section["name"] or None, "trials": section["trials"] or None,
-            "trials_file": section["trials_file"] or None, "betas_scale": section["betas_scale"],
-            "storage_options": options, "mask": section["mask"] or None, "mask_options": options,
-            "calibration": section["calibration"], "nets": section["nets"] or None,
-            "weights": dataclasses.asdict(config.weights), "device": section["device"],
-            "images_per_task": int(section["images_per_task"]), "config": config.redacted() if given else None,
-            "via": via}

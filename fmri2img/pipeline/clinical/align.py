@@ -31,6 +31,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from fmri2img.pipeline.clinical.common import UNKNOWN_IMAGE, load_models
 from fmri2img.pipeline.features import feature_group
 from fmri2img.pipeline.regress import model_group
 from fmri2img.ridge import BlockRidge
@@ -239,7 +240,6 @@ def fitted_images(store: Store, subject: int, reference: int, features: Sequence
 
 def aligned_models(store: Store, subject: int, via: str, features: Sequence[str], calibration: str) -> dict:
     """The reference's models for ``features`` applied through ``subject``'s alignment (for decode)."""
-    from fmri2img.pipeline.decode import load_models
 
     reference = reference_of(via)
     alignment, attrs = load_alignment(store, subject, reference)
@@ -328,7 +328,6 @@ def hide_fitted(data, fitted: Mapping[str, np.ndarray]):
     """``data`` (a decode input) with trials showing an image any fit used marked unknown (decoded, not scored)."""
     import dataclasses
 
-    from fmri2img.pipeline.decode import UNKNOWN_IMAGE
 
     used = np.unique(np.concatenate([np.asarray(v, np.int64) for v in fitted.values()]))
     hidden = (data.images >= 0) & np.isin(data.images, used)

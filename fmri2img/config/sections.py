@@ -1,4 +1,4 @@
-"""The run configuration: a TOML file ⇄ dataclasses, validated with clear errors.
+"""The run configuration's sections: one dataclass per TOML table, defaults from the reference method.
 
 Example (``fmri2img run config.toml``)::
 
@@ -17,22 +17,18 @@ Example (``fmri2img run config.toml``)::
     subjects = [1, 2, 5, 7]
     sessions = "1-37"
 
-Defaults match the reference method (REFERENCE.md).  Storage roots and
-credentials are given here or at run time, never baked into code; credentials
-in ``storage_options`` are never written to the store, logs or reports.
+Storage roots and credentials are given here or at run time, never baked into code;
+credentials in ``storage_options`` are never written to the store, logs or reports
+(:meth:`Config.redacted`).
 """
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-# the checks live in fmri2img.config_validate; callers import them from here
+from fmri2img.config.errors import ConfigError
 from fmri2img.storage import secrets
-from fmri2img.config_validate import ConfigError, from_dict, validate  # noqa: F401
-
 
 PUBLIC = "public"
 
@@ -295,13 +291,6 @@ class Config:
     def stage_subjects(self, section: str) -> list:
         return list(getattr(self, section).subjects or self.ingest.subjects)
 
-    def run_specs(self) -> list:
-        from fmri2img.pipeline.reconstruct import run_spec
-
-        opts = {name: self.extractor_options(name) for name in self.features.extractors}
-        return [run_spec(name, options, extractor_options=opts, weights=dataclasses.asdict(self.weights),
-                         seed=self.seed, device=self.reconstruct.device)
-                for name, options in self.reconstruct.runs.items()]
 
     def regress_subjects(self) -> list:
         return list(self.regress.subjects or self.ingest.subjects)
@@ -331,16 +320,15 @@ class Config:
     def redacted(self) -> dict:
         """The configuration with every credential replaced by ``***`` (safe to log or store).
 
-        Credentials live in ``storage_options`` tables and in URLs (``user:pass@``).
+        Credentials live in ``storage_options`` tables, cluster options and URLs (``user:pass@``).
         """
         return _redact_tree(self.to_dict())
 
 
 def _redact_tree(data: Any, key: str = "") -> Any:
-    if key == "options" and isinstance(data, dict):
-        
-        return secrets.redact(data)
-    if key == "storage_options":
+    """Redact what may hold credentials (storage and cluster options, URLs) and nothing else
+    (``tokens = "all"`` of an extractor is not a secret)."""
+    if key in ("options", "storage_options"):
         return secrets.redact(data)
     if isinstance(data, dict):
         return {k: _redact_tree(v, k) for k, v in data.items()}
@@ -354,57 +342,3 @@ def _redact_tree(data: Any, key: str = "") -> Any:
 #: its own [align] / [decode] sections
 METHOD_STAGES = ("ingest", "features", "regress", "reconstruct", "evaluate", "roi")
 STAGES = ("ingest", "features", "regress", "align", "reconstruct", "evaluate", "roi", "decode")
-
-
-def load(path: str | Path) -> Config:
-    """Read and validate a TOML configuration file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist; write one (README: Configuration)") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}; fix the syntax at that line") from None
-    try:
-        return validate(from_dict(Config, data))
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-
-
-def loads(text: str) -> Config:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config is not valid TOML: {exc}") from None
-    return validate(from_dict(Config, data))
-
-
-def dumps(config: Config) -> str:
-    """The configuration as TOML text (credentials redacted)."""
-    return _to_toml(config.redacted())
-
-
-def _to_toml(data: Mapping[str, Any], prefix: str = "") -> str:
-    simple = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    lines = [f"{k} = {_toml_value(v)}" for k, v in simple.items()]
-    for k, v in tables.items():
-        name = f"{prefix}.{k}" if prefix else k
-        lines.append("")
-        lines.append(f"[{name}]")
-        lines.append(_to_toml(v, name))
-    return "\n".join(line for line in lines if line is not None).strip() + "\n"
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise ConfigError(f"cannot write {v!r} to TOML")

@@ -1,8 +1,8 @@
 """Decode NSD-Imagery with the models fitted on the main experiment; the eight metrics per task.
 
 ``fmri2img decode STORE --subject N --imagery`` (or :func:`decode_imagery`): the subject's
-ingested imagery betas (``subjects/subjNN/imagery``, :mod:`fmri2img.pipeline.ingest_imagery`)
-go through the decode stage's steps (:mod:`fmri2img.pipeline.decode`: the stored models with
+ingested imagery betas (``subjects/subjNN/imagery``, :mod:`fmri2img.pipeline.ingest.imagery`)
+go through the decode stage's steps (:mod:`fmri2img.pipeline.clinical.decode`: the stored models with
 the non-transductive calibration, stage 1 and 2, seeded by trial) into
 ``decoded/<name>/{predictions,recon}``, then every trial whose target has a picture is scored
 against it, and the metrics are summarised per task (vision, imagery, attention):
@@ -29,10 +29,11 @@ import numpy as np
 import xarray as xr
 
 from fmri2img.storage import secrets
-from fmri2img.pipeline import decode as dec
-from fmri2img.pipeline import decode_page
+from fmri2img.pipeline.clinical import common as dec
+from fmri2img.pipeline.clinical import decode as decode_stage
+from fmri2img.pipeline.clinical import page as decode_page
 from fmri2img.pipeline.evaluate import IMAGE_METRICS, INPUTS_ATTR, METRIC_VARS, net_features, json_default
-from fmri2img.pipeline.ingest_imagery import TARGETS, imagery_group
+from fmri2img.pipeline.ingest.imagery import TARGETS, imagery_group
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.storage import schema
 from fmri2img.storage.nsd.imagery import TASKS
@@ -176,13 +177,13 @@ def decode_imagery(store: Store, subject: int, runs: Sequence, *, name: str | No
                    config: Mapping[str, Any] | None = None) -> dict:
     """Decode a subject's ingested NSD-Imagery betas (``tasks``, default all) and score them per task.
 
-    Parameters are those of :func:`fmri2img.pipeline.decode.decode` that apply; the rows are
+    Parameters are those of :func:`fmri2img.pipeline.clinical.decode.decode` that apply; the rows are
     ``subjects/subjNN/imagery`` instead of a file, and the truth is ``imagery/targets``.
 
     Returns
     -------
     dict
-        As :func:`~fmri2img.pipeline.decode.decode`'s summary; ``metrics`` is keyed by
+        As :func:`~fmri2img.pipeline.clinical.decode.decode`'s summary; ``metrics`` is keyed by
         ``run/part/task`` and ``betas_per_task`` counts the decoded rows.
     """
     t0 = time.perf_counter()
@@ -195,9 +196,9 @@ def decode_imagery(store: Store, subject: int, runs: Sequence, *, name: str | No
     attrs = {**schema.provenance(config=config), "subject": int(subject), "input": data.url,
              "calibration": calibration, "calibration_note": dec.CALIBRATIONS[calibration],
              "images_from": data.images_from, "experiment": "nsdimagery"}
-    salts = dec.predict(store, subject, data, models, calibration, client=client, progress=progress, attrs=attrs)
+    salts = decode_stage.predict(store, subject, data, models, calibration, client=client, progress=progress, attrs=attrs)
     for run in runs:
-        dec.reconstruct(store, data, run, salts, client=client, images_per_task=images_per_task, outputs=outputs,
+        decode_stage.reconstruct(store, data, run, salts, client=client, images_per_task=images_per_task, outputs=outputs,
                         progress=progress, attrs={**attrs, "random_weights": dec.random_weights(run)})
     metrics = score(store, data, labels, runs, nets=nets, weights=weights or {}, device=device, client=client,
                     progress=progress, attrs=attrs)
@@ -212,12 +213,3 @@ def decode_imagery(store: Store, subject: int, runs: Sequence, *, name: str | No
     logger.info("decode NSD-Imagery %s: %s", data.name, summary)
     return summary
 
-
-def decoder(kwargs: Mapping[str, Any]):
-    """``(function, its keyword arguments)`` for :func:`~fmri2img.pipeline.decode.decode_config`'s result.
-
-    :func:`decode_imagery` when the configuration asked for NSD-Imagery (``imagery=True``, which
-    is removed), else :func:`fmri2img.pipeline.decode.decode`.
-    """
-    kwargs = dict(kwargs)
-    return (decode_imagery if kwargs.pop("imagery", False) else dec.decode), kwargs

@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from fmri2img.pipeline import ingest_resume
+from fmri2img.pipeline.ingest import resume as ingest_resume
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.storage import nsd, schema
 from fmri2img.storage.source import Source
