@@ -12,11 +12,11 @@ one concurrent batch of range requests (``fs.cat_ranges``), so a session costs a
 trips as the tree has levels (four for NSD) plus one batch for the chunks themselves, and
 the bytes fetched are the masked chunks plus the B-tree nodes on their paths.
 
-What is parsed, from the HDF5 file format specification (version 0/1 superblock, version 1
-object header, data layout message version 1–3, version 1 B-tree of node type 1): the files
-that MATLAB's ``h5create``/``h5write`` and h5py write by default. Anything else (a version 2
-object header, a layout message version 4 with another chunk index, 4-byte addresses,
-filters) returns ``None`` from :func:`chunk_index` and the caller reads through h5py.
+What is parsed here (HDF5 File Format Specification 3.0, "III.A.1 Version 1 B-trees", node
+type 1): the chunk B-tree of data layout messages version 1-3, which MATLAB's
+``h5create``/``h5write`` and h5py write by default (also in files with a version 2/3 superblock,
+e.g. ``libver="v108"``). Superblock and object headers are read by :mod:`.hdf5meta`; the newer
+chunk indexes (layout message version 4) by :mod:`.hdf5index`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import Any, Callable
 import h5py
 import numpy as np
 
-_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-_LAYOUT, _CONTINUATION, _FILTERS = 0x0008, 0x0010, 0x000B
+from fmri2img.storage.nsd import hdf5meta
+
 _NODE_HEADER = 24  # "TREE", type, level, entries used, left and right sibling addresses
 
 
@@ -51,6 +51,8 @@ class ChunkIndex:
         Bytes per element.
     k : int
         The file's "indexed storage internal node K": a node holds up to ``2k`` children.
+    filtered : bool
+        The dataset has a filter pipeline: chunks have their own sizes and filter masks.
     """
 
     root: int
@@ -58,6 +60,7 @@ class ChunkIndex:
     chunks: tuple[int, ...]
     itemsize: int
     k: int = 32
+    filtered: bool = False
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -79,16 +82,8 @@ def _u16(b: bytes, at: int) -> int:
     return struct.unpack_from("<H", b, at)[0]
 
 
-def _u32(b: bytes, at: int) -> int:
-    return struct.unpack_from("<I", b, at)[0]
-
-
-def _u64(b: bytes, at: int) -> int:
-    return struct.unpack_from("<Q", b, at)[0]
-
-
 def chunk_index(f: Any, ds: h5py.Dataset) -> ChunkIndex | None:
-    """Find the B-tree of ``ds`` from the file's superblock and the dataset's object header.
+    """Find the version 1 B-tree of ``ds`` from the file's superblock and the dataset's object header.
 
     Parameters
     ----------
@@ -99,27 +94,29 @@ def chunk_index(f: Any, ds: h5py.Dataset) -> ChunkIndex | None:
     Returns
     -------
     ChunkIndex or None
-        None when the dataset is not chunked, is filtered, or uses a structure this module
-        does not parse (then read it through h5py).
+        None when the dataset is not chunked, is filtered, or keeps its chunks in another index
+        (:mod:`.hdf5index` plans those).
     """
     if ds.chunks is None or ds.id.get_create_plist().get_nfilters() or ds.dtype.hasobject:
         return None
-    f.seek(0)
-    sb = f.read(32)
-    if sb[:8] != _SIGNATURE or sb[8] not in (0, 1) or sb[13] != 8 or sb[14] != 8:
-        return None  # superblock v2/v3 (layout v4 indexes) or 4-byte addresses: h5py reads it
-    k = _u16(sb, 24) if sb[8] == 1 else 32
+
+    def read(address: int, nbytes: int) -> bytes:
+        f.seek(address)
+        return f.read(nbytes)
+
     addr = _header_address(ds)
     if addr is None:
         return None
-    layout = _layout_message(f, addr)
-    if layout is None:
+    try:
+        sb = hdf5meta.read_superblock(read)
+        layout = hdf5meta.read_layout(read, addr)
+    except hdf5meta.HDF5LayoutError:
         return None
-    root, chunk_dims = layout
-    if tuple(chunk_dims[:-1]) != tuple(ds.chunks) or chunk_dims[-1] != ds.dtype.itemsize:
+    if layout.cls != 2 or layout.index != 0 or layout.address < 0 or tuple(layout.chunks) != tuple(ds.chunks) \
+            or layout.itemsize != ds.dtype.itemsize:
         return None
-    return ChunkIndex(root=root, shape=tuple(int(s) for s in ds.shape), chunks=tuple(int(c) for c in ds.chunks),
-                      itemsize=int(ds.dtype.itemsize), k=k)
+    return ChunkIndex(root=layout.address, shape=tuple(int(s) for s in ds.shape),
+                      chunks=tuple(int(c) for c in ds.chunks), itemsize=int(ds.dtype.itemsize), k=sb.btree_k)
 
 
 def _header_address(ds: h5py.Dataset) -> int | None:
@@ -131,47 +128,6 @@ def _header_address(ds: h5py.Dataset) -> int | None:
     if info.type != h5py.h5l.TYPE_HARD:
         return None
     return int(info.u)
-
-
-def _layout_message(f: Any, addr: int) -> tuple[int, list[int]] | None:
-    """(B-tree address, chunk dims incl. the element size) from a version 1 object header."""
-    f.seek(addr)
-    head = f.read(16)
-    if len(head) < 16 or head[0] != 1:
-        return None  # version 2 headers start with "OHDR"
-    n_messages, size = _u16(head, 2), _u32(head, 8)
-    blocks, seen = [(addr + 16, size)], 0
-    while blocks and seen < n_messages:
-        start, length = blocks.pop(0)
-        f.seek(start)
-        buf = f.read(length)
-        pos = 0
-        while pos + 8 <= len(buf) and seen < n_messages:
-            mtype, msize = _u16(buf, pos), _u16(buf, pos + 2)
-            data = buf[pos + 8:pos + 8 + msize]
-            seen += 1
-            if mtype == _CONTINUATION and len(data) >= 16:
-                blocks.append((_u64(data, 0), _u64(data, 8)))
-            elif mtype == _LAYOUT:
-                return _parse_layout(data)
-            pos += 8 + msize
-    return None
-
-
-def _parse_layout(data: bytes) -> tuple[int, list[int]] | None:
-    version = data[0] if data else 0
-    if version == 3:
-        if data[1] != 2:
-            return None
-        ndims = data[2]
-        return _u64(data, 3), [_u32(data, 11 + 4 * i) for i in range(ndims)]
-    if version in (1, 2):
-        ndims, cls = data[1], data[2]
-        if cls != 2:
-            return None
-        dims = [_u32(data, 16 + 4 * i) for i in range(ndims)]
-        return _u64(data, 8), dims + [_u32(data, 16 + 4 * ndims)]
-    return None
 
 
 def _node_dtype(rank: int) -> np.dtype:
@@ -186,7 +142,16 @@ def _linear(index: ChunkIndex, offsets: np.ndarray) -> np.ndarray:
 
 def locate_chunks(index: ChunkIndex, wanted: np.ndarray, fetch: Callable[[list[int], int], list[bytes]],
                   nodes: dict[int, tuple[int, bytes]] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Addresses and stored sizes of chunks, by a level-by-level walk of the B-tree.
+    """Addresses and stored sizes of the chunks of an unfiltered dataset (see :func:`walk`)."""
+    address, size, mask = walk(index, wanted, fetch, nodes)
+    if np.any(mask):
+        raise ChunkIndexError("chunks of an unfiltered dataset skip filters")
+    return address, size
+
+
+def walk(index: ChunkIndex, wanted: np.ndarray, fetch: Callable[[list[int], int], list[bytes]],
+         nodes: dict[int, tuple[int, bytes]] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Addresses, stored sizes and filter masks of chunks, by a level-by-level walk of the B-tree.
 
     Parameters
     ----------
@@ -203,44 +168,55 @@ def locate_chunks(index: ChunkIndex, wanted: np.ndarray, fetch: Callable[[list[i
     -------
     address, size : arrays of shape (n,), int64
         ``address`` is -1 for a chunk that was never written (HDF5 then reads the fill value).
+    mask : array of shape (n,), uint32
+        Filters skipped for each chunk (bit i: filter i of the pipeline).
     """
     wanted = np.asarray(wanted, np.int64)
     address = np.full(len(wanted), -1, np.int64)
     size = np.zeros(len(wanted), np.int64)
-    dtype = _node_dtype(len(index.shape))
+    mask = np.zeros(len(wanted), np.uint32)
     todo: dict[int, np.ndarray] = {index.root: np.arange(len(wanted))}
     for _ in range(64):  # a B-tree deeper than 64 levels is a cycle in a damaged file
         if not todo:
-            return address, size
+            return address, size, mask
         level_nodes = list(todo)
         bufs = fetch(level_nodes, index.node_bytes)
         nxt: dict[int, list[np.ndarray]] = {}
         for node, buf in zip(level_nodes, bufs):
-            if len(buf) < _NODE_HEADER or buf[:4] != b"TREE" or buf[4] != 1:
-                raise ChunkIndexError(f"no chunk B-tree node at byte {node}")
-            level, used = buf[5], _u16(buf, 6)
-            if nodes is not None:
-                nodes[node] = (int(level), bytes(buf))
-            if used == 0:
-                continue
-            if len(buf) < _NODE_HEADER + used * dtype.itemsize:
-                raise ChunkIndexError(f"B-tree node at byte {node} is cut short ({len(buf)} bytes)")
-            entries = np.frombuffer(buf, dtype=dtype, count=used, offset=_NODE_HEADER)
-            keys = _linear(index, entries["offset"])
-            mine = todo[node]
-            pos = np.searchsorted(keys, wanted[mine], side="right") - 1
-            if level == 0:
-                hit = (pos >= 0) & (keys[np.maximum(pos, 0)] == wanted[mine])
-                if np.any(entries["mask"][pos[hit]]):
-                    raise ChunkIndexError(f"chunks under B-tree node {node} skip filters; read them through h5py")
-                address[mine[hit]] = entries["child"][pos[hit]].astype(np.int64)
-                size[mine[hit]] = entries["size"][pos[hit]].astype(np.int64)
-                continue
-            inside = pos >= 0
-            for child, members in _group(entries["child"][pos[inside]], mine[inside]):
+            for child, members in _walk_node(index, node, buf, wanted, todo[node], (address, size, mask), nodes):
                 nxt.setdefault(child, []).append(members)
         todo = {c: np.concatenate(m) for c, m in nxt.items()}
     raise ChunkIndexError("the chunk B-tree is deeper than 64 levels (a cycle in a damaged file)")
+
+
+def _walk_node(index: ChunkIndex, node: int, buf: bytes, wanted: np.ndarray, mine: np.ndarray, out: tuple,
+               nodes: dict | None) -> list[tuple[int, np.ndarray]]:
+    """Resolve ``wanted[mine]`` at one node: fill ``out`` at a leaf, else return (child, members) pairs."""
+    dtype = _node_dtype(len(index.shape))
+    if len(buf) < _NODE_HEADER or buf[:4] != b"TREE" or buf[4] != 1:
+        raise ChunkIndexError(f"no chunk B-tree node at byte {node}")
+    level, used = buf[5], _u16(buf, 6)
+    if nodes is not None:
+        nodes[node] = (int(level), bytes(buf))
+    if used == 0:
+        return []
+    if len(buf) < _NODE_HEADER + used * dtype.itemsize:
+        raise ChunkIndexError(f"B-tree node at byte {node} is cut short ({len(buf)} bytes)")
+    entries = np.frombuffer(buf, dtype=dtype, count=used, offset=_NODE_HEADER)
+    try:
+        keys = _linear(index, entries["offset"])
+    except ValueError as exc:  # a key outside the dataset's chunk grid
+        raise ChunkIndexError(f"B-tree node at byte {node} has a key outside the dataset ({exc})") from exc
+    pos = np.searchsorted(keys, wanted[mine], side="right") - 1
+    if level == 0:
+        hit = (pos >= 0) & (keys[np.maximum(pos, 0)] == wanted[mine])
+        address, size, mask = out
+        address[mine[hit]] = entries["child"][pos[hit]].astype(np.int64)
+        size[mine[hit]] = entries["size"][pos[hit]].astype(np.int64)
+        mask[mine[hit]] = entries["mask"][pos[hit]]
+        return []
+    inside = pos >= 0
+    return _group(entries["child"][pos[inside]], mine[inside])
 
 
 def _group(keys: np.ndarray, members: np.ndarray) -> list[tuple[int, np.ndarray]]:
