@@ -64,7 +64,7 @@ from minisettings import EXTRACTORS, NETS, RIDGE, VD  # noqa: E402
 def demo_vdvae(root: Path, models_dir: Path) -> dict:
     """The demo's VDVAE (the project's architecture at demo size) trained on this mini-NSD's training photographs
     of both subjects (never a test image), as `fmri2img demo` trains it: extractor options loading it by path."""
-    from fmri2img.demo_vdvae import DEMO_HPARAMS, DEMO_N_BLOCKS, ensure_demo_vdvae
+    from fmri2img.demo.vdvae import DEMO_HPARAMS, DEMO_N_BLOCKS, ensure_demo_vdvae
 
     path, _ = ensure_demo_vdvae(root, models_dir, (1, 2))
     return {"weights": str(path), "hparams": DEMO_HPARAMS, "n_blocks": DEMO_N_BLOCKS}

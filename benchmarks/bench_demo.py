@@ -33,7 +33,7 @@ STAGE = re.compile(r"stage (\w+): done in ([0-9.]+) s")
 
 def run_demo(workdir: Path) -> dict:
     """Run the demo command; return its per-part wall times, total and output."""
-    cmd = [sys.executable, "-m", "fmri2img.cli", "demo", "--workdir", str(workdir), "--no-progress"]
+    cmd = [sys.executable, "-m", "fmri2img.cli.main", "demo", "--workdir", str(workdir), "--no-progress"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     parts: dict[str, float] = {}

@@ -92,7 +92,7 @@ def test_alignment_beats_one_session_when_features_carry_undecodable_variance():
 
 
 def test_mininsd_subject_with_one_session(mini_nsd, tmp_path):  # noqa: F811
-    from fmri2img.cli import main
+    from fmri2img.cli.main import main
     from fmri2img.mininsd.generate import MiniNSDSpec
 
     sizes = {"seed": 3, "subjects": "1,2", "n-images": 120, "n-shared": 16, "n-per-subject": 64, "n-sessions": 4,
@@ -176,7 +176,7 @@ def _two_way(truth, pred):
 
 
 def test_cli_aligned_decoding_beats_chance(aligned_store, tmp_path, capsys):
-    from fmri2img.cli import main
+    from fmri2img.cli.main import main
 
     store = aligned_store
     assert main(["align", store.url, "--subject", "2", "--reference", "1", "--sessions", "1"]) == 0
@@ -206,7 +206,7 @@ def test_cli_aligned_decoding_beats_chance(aligned_store, tmp_path, capsys):
 
 
 def test_bad_requests_each_get_one_clear_error(aligned_store, tmp_path, capsys):
-    from fmri2img.cli import main
+    from fmri2img.cli.main import main
 
     store = aligned_store
     refused = {

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from fmri2img.cli import main
+from fmri2img.cli.main import main
 from tests.minifixtures import TINY
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from fmri2img import config as cfgmod
-from fmri2img.cli import main
+from fmri2img.cli.main import main
 
 KEY_ID = "fmri2img-test-key-id-7fq2"  # follows no AWS pattern: only the literal-value redaction catches it
 SECRET = "fmri2img-test-secret-9zk4"
@@ -86,7 +86,7 @@ def test_regress_target_values_are_refused_at_load_with_file_and_key(tmp_path, t
 
 HANGING = """
 import sys, threading, time
-import fmri2img.cli as cli
+import fmri2img.cli.main as cli
 
 def hanging_status(args):
     threading.Thread(target=time.sleep, args=(600,), name="stuck-connection").start()  # non-daemon: blocks exit

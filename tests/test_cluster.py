@@ -342,7 +342,7 @@ def test_config_load_checks_cluster_option_values_and_keeps_local_keys_local():
 
 
 def test_help_lists_each_kinds_options(capsys):
-    from fmri2img.cli import build_parser
+    from fmri2img.cli.main import build_parser
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--help"])
@@ -466,7 +466,7 @@ def test_the_command_line_reports_the_watch_failure_instead_of_a_cancellation(mo
     from types import SimpleNamespace
 
     import fmri2img.cluster as cluster_pkg
-    from fmri2img import cli
+    from fmri2img.cli.main import main as cli
 
     failure = ClusterError("slurm cluster: no Dask worker connected within 15 s ...")
     client = SimpleNamespace(cluster=SimpleNamespace(_fmri2img_watch=SimpleNamespace(failure=failure)),

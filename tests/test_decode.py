@@ -105,7 +105,7 @@ def test_decoded_test_trials_averaged_equal_regress_and_reconstruct(loo_store, m
 
 
 def test_cli_decodes_a_session_file_resumes_and_scores(loo_store, mini_nsd, tmp_path, capsys, monkeypatch):
-    from fmri2img.cli import main
+    from fmri2img.cli.main import main
     from fmri2img.pipeline.clinical import page as decode_page
     from fmri2img.pipeline.clinical import scores as decode_metrics
 
@@ -139,7 +139,7 @@ def test_cli_decodes_a_session_file_resumes_and_scores(loo_store, mini_nsd, tmp_
 
 
 def test_masked_voxel_array_decodes_like_the_model(loo_store, tmp_path, capsys):
-    from fmri2img.cli import main
+    from fmri2img.cli.main import main
     from fmri2img.pipeline.regress import load_model
 
     betas = _open(loo_store, "subjects/subj01/betas").betas.values[40:45]
@@ -163,7 +163,7 @@ def _npy(tmp_path, values, name="x.npy"):
 def test_bad_inputs_each_get_one_clear_error(loo_store, mini_nsd, tmp_path, capsys):
     import nibabel as nib
 
-    from fmri2img.cli import main
+    from fmri2img.cli.main import main
 
     n_vox = _open(loo_store, "subjects/subj01/betas").sizes["voxel"]
     _, px = _runs()

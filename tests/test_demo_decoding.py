@@ -29,7 +29,7 @@ def _pixcorr(rec: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 
 def test_stage1_with_the_trained_demo_vdvae_beats_shuffled_ground_truth(mini_nsd, tmp_path):
-    from fmri2img.demo_vdvae import ensure_demo_vdvae, weights_note
+    from fmri2img.demo.vdvae import ensure_demo_vdvae, weights_note
     from fmri2img.pipeline.evaluate import stimuli_for
     from fmri2img.pipeline.features import extract_features
     from fmri2img.pipeline.ingest.nsd import ingest

@@ -103,7 +103,7 @@ def test_demo_on_a_scheduler_and_two_worker_processes(tmp_path):
     workdir = tmp_path / "demo"
     with dask_processes(tmp_path, 2) as procs:
         run = subprocess.run(
-            [sys.executable, "-m", "fmri2img.cli", "demo", "--workdir", str(workdir), "--cluster", procs["address"],
+            [sys.executable, "-m", "fmri2img.cli.main", "demo", "--workdir", str(workdir), "--cluster", procs["address"],
              "--no-progress"],
             capture_output=True, text=True, env=ENV, timeout=600,
         )
@@ -118,7 +118,7 @@ def test_demo_on_a_scheduler_and_two_worker_processes(tmp_path):
 
             counts = client.run(executed)
         assert len(counts) == 2 and all(c > 0 for c in counts.values()), counts
-    status = subprocess.run([sys.executable, "-m", "fmri2img.cli", "status", str(workdir / "store.zarr"), "--json"],
+    status = subprocess.run([sys.executable, "-m", "fmri2img.cli.main", "status", str(workdir / "store.zarr"), "--json"],
                             capture_output=True, text=True, env=ENV, timeout=120)
     assert status.returncode == 0, status.stderr
     rows = json.loads(status.stdout)

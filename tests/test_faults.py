@@ -51,7 +51,7 @@ import sys
 if __name__ == "__main__":  # worker processes are spawned: they re-import this file
     sys.path.insert(0, {here!r})
     import slow_sessions  # noqa: F401  (slows the session tasks)
-    from fmri2img.cli import main
+    from fmri2img.cli.main import main
 
     sys.exit(main(sys.argv[1:]))
 """
@@ -166,7 +166,7 @@ def test_run_sigkilled_mid_stage_resumes_and_ends_identical(mini_nsd, reference,
     done, total = store.progress(BETAS)
     assert 1 <= done < total == len(SESSIONS), (done, total)
 
-    rerun = subprocess.run([sys.executable, "-m", "fmri2img.cli", *_ingest_args(mini_nsd, url, "local")],
+    rerun = subprocess.run([sys.executable, "-m", "fmri2img.cli.main", *_ingest_args(mini_nsd, url, "local")],
                            capture_output=True, text=True, env=ENV, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{total - done} sessions written, {done} already done" in rerun.stdout, rerun.stdout
@@ -181,7 +181,7 @@ def test_scheduler_gone_gives_one_clear_error_and_the_rerun_completes(mini_nsd, 
     url = str(tmp_path / "store.zarr")
     store = Store(url)
     with dask_processes(tmp_path, 1, worker_args=("--preload", str(preload))) as procs:
-        cli = subprocess.Popen([sys.executable, "-m", "fmri2img.cli", *_ingest_args(mini_nsd, url, procs["address"])],
+        cli = subprocess.Popen([sys.executable, "-m", "fmri2img.cli.main", *_ingest_args(mini_nsd, url, procs["address"])],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
                                start_new_session=True)
         try:
@@ -202,7 +202,7 @@ def test_scheduler_gone_gives_one_clear_error_and_the_rerun_completes(mini_nsd, 
     done, total = store.progress(BETAS)
     assert done < total
 
-    rerun = subprocess.run([sys.executable, "-m", "fmri2img.cli", *_ingest_args(mini_nsd, url, "local")],
+    rerun = subprocess.run([sys.executable, "-m", "fmri2img.cli.main", *_ingest_args(mini_nsd, url, "local")],
                            capture_output=True, text=True, env=ENV, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "already done" in rerun.stdout

@@ -35,7 +35,7 @@ def imagery_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def imagery_store(predicted_store, imagery_root, tmp_path_factory):
     """predicted_store + subject 1's imagery ingested through the CLI + the pixel run reconstructed."""
-    from fmri2img.cli import main
+    from fmri2img.cli.main import main
     from fmri2img.pipeline.reconstruct import reconstruct_run
 
     path = tmp_path_factory.mktemp("imagery") / "store.zarr"
@@ -111,7 +111,7 @@ def test_simulated_imagery_is_weaker_and_most_so_in_early_areas(imagery_root):
 
 
 def test_ingest_stores_labels_and_resumes(imagery_store, imagery_root, capsys):
-    from fmri2img.cli import main
+    from fmri2img.cli.main import main
     from fmri2img.pipeline.ingest.imagery import TARGETS
 
     store, argv = imagery_store
@@ -144,7 +144,7 @@ def test_ingest_refuses_another_voxel_space(imagery_store, imagery_root, tmp_pat
 
 
 def test_decode_scores_each_task_against_its_targets(imagery_store, capsys, monkeypatch):
-    from fmri2img.cli import main
+    from fmri2img.cli.main import main
     from fmri2img.pipeline.clinical import imagery as decode_imagery
 
     store, _ = imagery_store
@@ -177,7 +177,7 @@ def test_decode_scores_each_task_against_its_targets(imagery_store, capsys, monk
 
 
 def test_decode_imagery_refuses_bad_requests(imagery_store, capsys):
-    from fmri2img.cli import main
+    from fmri2img.cli.main import main
     from fmri2img.pipeline.clinical import decode as dec
     from fmri2img.pipeline.clinical.imagery import decode_imagery
 
@@ -193,7 +193,7 @@ def test_decode_imagery_refuses_bad_requests(imagery_store, capsys):
 def test_decode_config_imagery_key_decodes_like_the_flag(imagery_store, tmp_path, capsys):
     """[decode] imagery = true (and tasks) in `decode --config` and in `fmri2img run`'s decode stage."""
     from fmri2img import config as cfgmod
-    from fmri2img.cli import main
+    from fmri2img.cli.main import main
     from fmri2img.pipeline.clinical import imagery as decode_imagery
     from fmri2img.pipeline.runner import run
 
@@ -325,7 +325,8 @@ def test_identification_among_targets_matches_a_plain_loop():
 
 def test_experiment_is_chosen_by_name_in_config_and_cli():
     from fmri2img import config as cfgmod
-    from fmri2img.cli import build_parser, mini_nsd_spec
+    from fmri2img.cli.data import mini_nsd_spec
+    from fmri2img.cli.main import build_parser
 
     assert cfgmod.loads('[ingest]\nexperiment = "nsdimagery"\n').ingest.experiment == "nsdimagery"
     with pytest.raises(cfgmod.ConfigError, match=r"ingest.experiment: expected one of \['nsd', 'nsdimagery'\]"):

@@ -10,7 +10,7 @@ import pytest
 import zarr
 from zarr.codecs import Crc32cCodec
 
-from fmri2img.cli import main
+from fmri2img.cli.main import main
 from fmri2img.pipeline.ingest.nsd import ingest
 from fmri2img.storage import identity
 from fmri2img.storage.source import Source

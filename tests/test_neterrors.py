@@ -21,7 +21,7 @@ def test_connection_errors_of_each_backend_are_recognised_along_the_chain():
 
 def test_cli_offline_source_is_one_error_line(tmp_path, capsys):
     pytest.importorskip("s3fs")
-    from fmri2img.cli import main
+    from fmri2img.cli.main import main
 
     with socket.socket() as s:  # a port nothing listens on: connections are refused at once
         s.bind(("127.0.0.1", 0))

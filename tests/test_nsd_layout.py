@@ -267,7 +267,7 @@ def test_readme_nsd_sized_mini_nsd_command_is_accepted():
     import shlex
     from pathlib import Path
 
-    from fmri2img import cli
+    from fmri2img.cli.main import main as cli
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     line = re.search(r"`(fmri2img mini-nsd DIR --volume 81,104,83 [^`]*)`", readme).group(1)

@@ -252,7 +252,8 @@ def test_readme_command_runs_as_written(readme_command, work):
 
 def test_nsd_sized_mini_nsd_is_accepted_as_written():
     """The NSD-sized example parses and gives NSD's sizes (running it takes minutes and 9 GB)."""
-    from fmri2img.cli import build_parser, mini_nsd_spec
+    from fmri2img.cli.data import mini_nsd_spec
+    from fmri2img.cli.main import build_parser
 
     cmd = next(c for c in readme_commands() if "--volume 81,104,83" in c)
     spec = mini_nsd_spec(build_parser().parse_args(shlex.split(as_run(cmd))[1:]))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from fmri2img.cli import main
+from fmri2img.cli.main import main
 from fmri2img.storage import identity, lock
 from fmri2img.storage.store import Store, regular_regions
 
@@ -86,7 +86,7 @@ def test_a_failed_run_leaves_no_stale_consolidated_metadata(tmp_path):
 def test_dashboard_link_is_the_real_port_when_8787_is_taken(capsys):
     import urllib.request
 
-    from fmri2img.cli import cluster_from
+    from fmri2img.cli.main import cluster_from
 
     taken = socket.socket()
     try:
@@ -221,7 +221,7 @@ def test_run_with_an_unreachable_configured_source_is_one_error_line_within_seco
                       f'url = "s3://natural-scenes-dataset"\n[source.storage_options]\n'
                       f'endpoint_url = "http://127.0.0.1:{port}"\n[ingest]\nsubjects = [1]\n')
     t0 = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "fmri2img.cli", "run", str(config)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "fmri2img.cli.main", "run", str(config)], capture_output=True, text=True,
                           timeout=120, env={**os.environ})
     seconds = time.monotonic() - t0
     lines = [x for x in done.stderr.splitlines() if x.strip()]

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from fmri2img.pipeline import report as rep
-from fmri2img.pipeline import report_data
-from fmri2img.pipeline.report import NothingToReport, across_subjects, write_report
+from fmri2img.report import build as rep
+from fmri2img.report import data as report_data
+from fmri2img.report.build import NothingToReport, across_subjects, write_report
 from fmri2img.storage.outputs import Outputs
 from fmri2img.storage.store import Store
 from tests.minifixtures import EXTRACTORS, SESSIONS, mini_nsd, predicted_store  # noqa: F401
@@ -233,7 +233,7 @@ token = "{SECRETS[3]}"
 
 
 def test_git_commit_never_fails(monkeypatch):
-    from fmri2img.pipeline import report_provenance as prov
+    from fmri2img.report import provenance as prov
 
     got = prov.git_commit()
     assert got == "unknown" or re.fullmatch(r"[0-9a-f]{40}", got)
@@ -339,7 +339,7 @@ def test_across_subjects(store, tmp_path):
 
 
 def test_cli_reports_the_subjects_it_can(store, tmp_path, capsys):
-    from fmri2img.cli import main
+    from fmri2img.cli.main import main
 
     out = tmp_path / "out"
     assert main(["report", store.url, "--subject", "1,2", "--out", str(out), "--n-images", "2"]) == 0

@@ -80,7 +80,7 @@ def _config(tmp_path, mini_nsd, name: str) -> str:  # noqa: F811
 def test_pipeline_on_slurm_equals_local(slurm, mini_nsd, tmp_path, capsys):  # noqa: F811
     """ingest → features → regress of mini-NSD with workers as SLURM batch jobs: the same store as a local run,
     and the worker job's log under the run's outputs."""
-    from fmri2img.cli import main
+    from fmri2img.cli.main import main
     from fmri2img.storage.store import Store
     from tests.storecompare import assert_same_arrays
 
@@ -105,7 +105,7 @@ def test_bad_gres_is_one_error_line(slurm, mini_nsd, tmp_path):  # noqa: F811
     sbatch's message and the option to change, and exits at once (no tracebacks, no waiting)."""
     t0 = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "fmri2img.cli", "ingest", "--source", str(mini_nsd), "--store",
+        [sys.executable, "-m", "fmri2img.cli.main", "ingest", "--source", str(mini_nsd), "--store",
          str(tmp_path / "store.zarr"), "--subject", "1", "--cluster", "slurm", "--no-progress"]
         + _cli_options(gpus=1, worker_timeout=120),
         capture_output=True, text=True, timeout=300, env={**os.environ})
@@ -126,7 +126,7 @@ def test_bad_gres_is_one_error_line(slurm, mini_nsd, tmp_path):  # noqa: F811
 def test_workers_that_never_arrive_time_out(slurm, mini_nsd, tmp_path, capsys):  # noqa: F811
     """A job that waits in the queue (here: --begin an hour from now) fails the run after worker_timeout,
     naming the job's state, squeue and the job-log directory under the outputs."""
-    from fmri2img.cli import main
+    from fmri2img.cli.main import main
 
     t0 = time.monotonic()
     code = main(["ingest", "--source", str(mini_nsd), "--store", str(tmp_path / "store.zarr"), "--subject", "1",

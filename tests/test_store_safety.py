@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fmri2img.cli import main
+from fmri2img.cli.main import main
 from fmri2img.config import Config, IngestConfig, SourceConfig, StoreConfig
 from fmri2img.pipeline.runner import run
 from fmri2img.storage import lock

@@ -147,7 +147,7 @@ CACHE_SETTINGS = TrainSettings(steps=3, batch_size=8, seed=1, threads=1)
 
 
 def test_demo_vdvae_never_trains_on_a_test_image_and_loads_through_the_weights_path(mini_nsd, tmp_path):
-    from fmri2img.demo_vdvae import ensure_demo_vdvae, split_image_ids
+    from fmri2img.demo.vdvae import ensure_demo_vdvae, split_image_ids
     from fmri2img.storage.nsd import NSDLayout, read_expdesign, read_stimuli
     import fsspec
 
@@ -176,7 +176,7 @@ def test_demo_vdvae_never_trains_on_a_test_image_and_loads_through_the_weights_p
 
 
 def test_demo_vdvae_cache_is_reused_only_when_the_manifest_and_file_match(mini_nsd, tmp_path, monkeypatch):
-    from fmri2img import demo_vdvae
+    from fmri2img.demo import vdvae as demo_vdvae
 
     models = tmp_path / "models"
     path, first = demo_vdvae.ensure_demo_vdvae(mini_nsd, models, (1, 2), CACHE_SETTINGS)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from fmri2img.cli import main
+from fmri2img.cli.main import main
 
 
 def _config(tmp_path, weights: str) -> str:

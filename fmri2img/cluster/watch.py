@@ -18,7 +18,7 @@ its own event loop:
 
 A failure closes the cluster (its jobs are cancelled), which cancels the
 client's pending work; :func:`cluster_failure` then gives the error to raise in
-place of the cancellation (``fmri2img.cli`` and the task runner do so).
+place of the cancellation (``fmri2img.cli.main`` and the task runner do so).
 """
 from __future__ import annotations
 

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -184,3 +185,65 @@ def exit_promptly(code: int, grace: float | None = None) -> None:
     timer = threading.Timer(grace_s, _end)
     timer.daemon = True
     timer.start()
+
+
+# -- argument types and options shared by the commands ------------------------------------------------
+
+def kv(text: str) -> tuple[str, object]:
+    """``key=value`` → (key, parsed value) for --source-option/--store-option."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    low = value.lower()
+    parsed: object = value
+    if low in ("true", "false"):
+        parsed = low == "true"
+    else:
+        try:
+            parsed = int(value)
+        except ValueError:
+            pass
+    return key, parsed
+
+
+def int_list(text: str) -> list[int]:
+    """``1,2,5,7`` → [1, 2, 5, 7]."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,5,7, got {text!r}") from None
+
+
+def sessions_per_subject(text: str) -> dict[int, int]:
+    """``3:1,4:2`` → {3: 1, 4: 2}."""
+    try:
+        return {int(s): int(k) for s, _, k in (part.partition(":") for part in text.split(",") if part.strip())}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SUBJECT:SESSIONS pairs like 3:1,4:2, got {text!r}") from None
+
+
+def add_cluster_options(p: argparse.ArgumentParser) -> None:
+    """--cluster, --cluster-option, --workers and --no-progress, as every command that runs stages takes them."""
+    p.add_argument("--cluster", default=None,
+                   help="'local' (default: one worker per core), 'slurm', 'pbs', 'kubernetes', or a scheduler "
+                        "address tcp://HOST:PORT / tls://HOST:PORT")
+    from fmri2img.cluster.connect import options_help
+
+    p.add_argument("--cluster-option", type=kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the cluster kind, e.g. cores=8 gpus=1 maximum=20 (overrides [cluster.options]; "
+                        "README 'From laptop to cluster' says what each means). " + options_help())
+    p.add_argument("--workers", type=int, default=None, help="local cluster: number of worker processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def betas_scale(text: str) -> str | float:
+    """``nsd`` or a positive number (``--betas-scale``)."""
+    if text == "nsd":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'nsd' or a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value

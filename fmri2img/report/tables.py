@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from fmri2img.pipeline.report_data import DataSource, Row
+from fmri2img.report.data import DataSource, Row
 
 DAGGER = "†"
 PAPER_LABEL = "Brain-Diffuser (paper, mean of subjects 1/2/5/7)"
@@ -117,7 +117,7 @@ def subject_mean(rows_by_subject: Mapping[int, Sequence[Row]]) -> dict[str, Row]
 
     A mean cell is a plumbing check when any subject's cell is one.
     """
-    from fmri2img.pipeline.report_data import Part
+    from fmri2img.report.data import Part
 
     by_label: dict[str, list[Row]] = {}
     for rows in rows_by_subject.values():

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from fmri2img.pipeline.report_tables import Cell, Table
+from fmri2img.report.tables import Cell, Table
 
 CSS = """
 *{box-sizing:border-box}

@@ -1,17 +1,17 @@
 """The clinician's path on the command line: ``fmri2img decode`` and ``fmri2img align``.
 
-Their parsers and commands, split from :mod:`fmri2img.cli` (which owns ``main``, the shared
-argument types and error handling) to keep each module small.
+Their parsers and commands; :mod:`fmri2img.cli.main` dispatches to them and
+:mod:`fmri2img.cli.runtime` has the argument types and the cluster they share.
 """
 from __future__ import annotations
 
 import argparse
 
+from fmri2img.cli.runtime import betas_scale, cluster_from, kv
 
-def add_clinical_parsers(sub: argparse._SubParsersAction) -> None:
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The ``decode`` and ``align`` subcommands."""
-    from fmri2img.cli import _betas_scale, _kv
-
     p = sub.add_parser("decode", help="apply a fitted subject's models to new betas (a session file or masked "
                                       "voxels): reconstructions, metrics when the images are known, a page")
     p.add_argument("store", nargs="?", default=None, help="project store URL (default: [store] of --config)")
@@ -28,7 +28,7 @@ def add_clinical_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="outputs URL for PNGs and the page (default: 'outputs' beside "
                                               "the store)")
     p.add_argument("--name", default=None, help="name of decoded/<name> (default: the input's file name)")
-    p.add_argument("--betas-scale", type=_betas_scale, default=None,
+    p.add_argument("--betas-scale", type=betas_scale, default=None,
                    help="'nsd' (NSD's int16 × 300; default) or a number the values are divided by (arrays: "
                         "default 1, percent signal change)")
     p.add_argument("--mask", default=None, help="the subject's nsdgeneral.nii.gz (default: from the ingest source)")
@@ -43,9 +43,9 @@ def add_clinical_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="a TOML configuration with a [decode] section")
     p.add_argument("--via", default=None, help="align-to-subjMM: --subject is a new subject aligned to subject MM "
                                              "(fmri2img align); MM's models and runs decode its scans")
-    p.add_argument("--betas-option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--betas-option", type=kv, action="append", default=[], metavar="KEY=VALUE",
                    help="fsspec option of the betas, trials and mask URLs")
-    p.add_argument("--store-option", type=_kv, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--store-option", type=kv, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--cluster", default=None, help="run the tasks on a cluster ('local', 'slurm', an address ...: "
                                                   "as for ingest); default: in this process")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -63,12 +63,11 @@ def add_clinical_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoding-features", default=None,
                    help="feature sets of the reference's encoding model, comma-separated (default: all it has "
                         "models for)")
-    p.add_argument("--store-option", type=_kv, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--store-option", type=kv, action="append", default=[], metavar="KEY=VALUE")
 
 
 def cmd_decode(args) -> int:
     from fmri2img import config as cfgmod
-    from fmri2img.cli import cluster_from
     from fmri2img.pipeline.clinical.configured import decode_config, decoder
     from fmri2img.storage import identity, lock
     from fmri2img.storage.outputs import Outputs
@@ -129,3 +128,6 @@ def cmd_align(args) -> int:
     print(f"  decode its scans: fmri2img decode {store.url} --subject {s['subject']} --via align-to-subj"
           f"{s['reference']:02d} --betas ...")
     return 0
+
+
+COMMANDS = {"decode": cmd_decode, "align": cmd_align}

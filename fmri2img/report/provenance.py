@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from fmri2img.storage import secrets
 from fmri2img.pipeline.reconstruct import recon_group
-from fmri2img.pipeline.report_data import DataSource, Part
+from fmri2img.report.data import DataSource, Part
 from fmri2img.storage import schema
 from fmri2img.storage.store import Store
 

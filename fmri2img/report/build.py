@@ -27,13 +27,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from fmri2img.pipeline import report_figures as figs
-from fmri2img.pipeline import report_tables as tabs
-from fmri2img.pipeline.report_data import (PARTS, RANK_METRIC, DataSource, Part, Row, available_runs,  # noqa: F401
+from fmri2img.report import figures as figs
+from fmri2img.report import tables as tabs
+from fmri2img.report.data import (PARTS, RANK_METRIC, DataSource, Part, Row, available_runs,  # noqa: F401
                                            best_and_worst, collect_rows, data_source, finished_parts, gt_images,
                                            per_image, recon_images)
-from fmri2img.pipeline.report_html import PartDetail, SubjectPage, index_html, subject_html
-from fmri2img.pipeline.report_provenance import provenance, scrub, secrets_in
+from fmri2img.report.html import PartDetail, SubjectPage, index_html, subject_html
+from fmri2img.report.provenance import provenance, scrub, secrets_in
 from fmri2img.storage import schema, urls
 from fmri2img.storage.outputs import Outputs
 from fmri2img.storage.store import Store

@@ -2,7 +2,7 @@
 
 Generates mini-NSD (real photographs shipped with scikit-image, a simulated visual cortex,
 files in the exact NSD layout) under ``WORKDIR/mini-nsd``, trains the demo's VDVAE on the
-subjects' training photographs (cached under ``WORKDIR/models``, see :mod:`fmri2img.demo_vdvae`),
+subjects' training photographs (cached under ``WORKDIR/models``, see :mod:`fmri2img.demo.vdvae`),
 then runs every stage on it into ``WORKDIR/store.zarr`` for both subjects and prints where the
 outputs are.  No download, a few minutes on two cores (benchmarks/README.md, "Demo").
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from fmri2img.config import (METHOD_STAGES, Config, EvaluateConfig, FeaturesConfig, IngestConfig, OutputsConfig,
                              ReconstructConfig, RoiConfig, SourceConfig, StoreConfig, validate)
-from fmri2img.pipeline.report import NothingToReport, across_subjects, write_report
+from fmri2img.report.build import NothingToReport, across_subjects, write_report
 from fmri2img.pipeline.runner import run, status
 from fmri2img.storage.outputs import Outputs
 from fmri2img.storage.store import Store
@@ -58,7 +58,7 @@ def demo_config(workdir: Path, vdvae_weights: str | Path | None = None, vdvae_no
     ----------
     workdir : Path
     vdvae_weights : path, optional
-        The demo VDVAE's state-dict file (:func:`fmri2img.demo_vdvae.ensure_demo_vdvae`); without
+        The demo VDVAE's state-dict file (:func:`fmri2img.demo.vdvae.ensure_demo_vdvae`); without
         it the VDVAE features use the tiny random-weight VDVAE (a plumbing check).
     vdvae_note : str
         Provenance of that file, recorded with the features and reconstructions.
@@ -100,7 +100,7 @@ def ensure_mini_nsd(root: Path, progress: bool = True) -> dict:
 
 def run_demo(workdir: str | Path, *, client=None, fresh: bool = False, progress: bool = True) -> dict:
     """Generate mini-NSD, train (or reuse) the demo VDVAE, run every stage and write the reports."""
-    from fmri2img.demo_vdvae import ensure_demo_vdvae
+    from fmri2img.demo.vdvae import ensure_demo_vdvae
 
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
