@@ -466,7 +466,7 @@ def test_the_command_line_reports_the_watch_failure_instead_of_a_cancellation(mo
     from types import SimpleNamespace
 
     import fmri2img.cluster as cluster_pkg
-    from fmri2img.cli.main import main as cli
+    from fmri2img.cli import runtime as cli
 
     failure = ClusterError("slurm cluster: no Dask worker connected within 15 s ...")
     client = SimpleNamespace(cluster=SimpleNamespace(_fmri2img_watch=SimpleNamespace(failure=failure)),

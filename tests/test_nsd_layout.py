@@ -267,12 +267,13 @@ def test_readme_nsd_sized_mini_nsd_command_is_accepted():
     import shlex
     from pathlib import Path
 
-    from fmri2img.cli.main import main as cli
+    from fmri2img.cli.data import mini_nsd_spec
+    from fmri2img.cli.main import build_parser
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     line = re.search(r"`(fmri2img mini-nsd DIR --volume 81,104,83 [^`]*)`", readme).group(1)
-    args = cli.build_parser().parse_args(shlex.split(line)[1:])
-    spec = cli.mini_nsd_spec(args)
+    args = build_parser().parse_args(shlex.split(line)[1:])
+    spec = mini_nsd_spec(args)
     assert spec.volume_shape == (81, 104, 83) and spec.trials_per_session == 750 and spec.n_sessions == 3
     assert spec.n_trials <= 3 * spec.n_per_subject and spec.hdf5_layout == "chunked"
 
