@@ -4,10 +4,11 @@ Facts (NSD data manual, "Functional data (NSD)"; nsd_access ``read_betas``; Brai
 ``prepare_nsddata.py``): ``betas_fithrf_GLMdenoise_RR/betas_sessionNN.{nii.gz,hdf5}`` hold 750
 trials of int16 = percent signal change × 300. The ``.nii.gz`` is X×Y×Z×750; the ``.hdf5``
 holds dataset ``betas`` of MATLAB size X×Y×Z×750 (h5py shape (750, Z, Y, X)), uncompressed,
-chunked [1 1 1 750] (one voxel's trials per chunk). The chunked layout is read by walking
-its chunk index (:mod:`fmri2img.storage.nsd.hdf5chunks`) and fetching only the masked
-voxels' chunks; a contiguous file is read by range over the voxels' z-range; anything else
-through h5py.
+chunked [1 1 1 750] (one voxel's trials per chunk). A chunked file is read by walking its chunk
+index (NSD's version 1 B-tree, :mod:`.hdf5chunks`, or the newer indexes of
+``libver="latest"`` files, :mod:`.hdf5index`) and fetching only the masked voxels' chunks; a
+contiguous file is read by range over the voxels' z-range; a layout that cannot be planned is
+fetched whole, once, and read with h5py (:mod:`.hdf5read`). No byte is fetched twice.
 
 Units: NSD's int16 files are divided by 300. Float files (another pipeline, or NaN-carrying
 exports) are refused unless the caller names their scale (``scale``), because dividing a
@@ -25,7 +26,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from fmri2img.storage.nsd import hdf5chunks
+from fmri2img.storage.nsd import hdf5chunks, hdf5index, hdf5read
 from fmri2img.storage.nsd._common import (BETA_SCALE, PUBLIC_SESSIONS, NSDError, NSDFileMissing, NSDFormatError,
                                           NSDLayout, _BLOCK_BYTES, _RANGE_BLOCK, _contiguous_offset,
                                           _fmt, _name, _open, _truncated)
@@ -36,7 +37,6 @@ logger = logging.getLogger(__name__)
 _GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
 #: ``scale`` value meaning "NSD's own units": int16 files, divided by 300
 NSD_SCALE = "nsd"
-_CHUNK_BLOCK = 16 * 2**20  # most bytes merged into one range request for chunked reads
 _HEADER_BLOCK = 64 * 2**10  # read-ahead of the HDF5 file object: superblock, group and dataset headers
 
 
@@ -232,9 +232,27 @@ def _betas_dataset(h5: h5py.File, path: str, volume_shape: tuple[int, ...], expe
 def _read_betas_hdf5(f: Any, path: str, voxels: np.ndarray, volume_shape: tuple[int, ...], expected_trials: int,
                      block_bytes: int, fs: Any = None, scale: tuple = (NSD_SCALE, BETA_SCALE),
                      chunk_map: hdf5chunks.ChunkMap | None = None) -> np.ndarray:
-    """Read dataset ``betas`` of shape (T, Z, Y, X) at the voxels: by chunk, by z-range, or through h5py."""
+    """Read dataset ``betas`` of shape (T, Z, Y, X) at the voxels: by chunk, by z-range, or the file once.
+
+    Every read goes through one :class:`~.hdf5read.ByteSource`, so no byte of the file is
+    fetched twice and the whole read never exceeds the file's size.
+    """
+    if fs is None:
+        fs = _OpenFile(f)
+    source = hdf5read.ByteSource(fs, path, _file_size(f))
     try:
-        h5 = h5py.File(f, "r")
+        return _read_betas_source(source, path, voxels, volume_shape, expected_trials, block_bytes, scale, chunk_map)
+    except hdf5read.HDF5Truncated as exc:
+        raise _truncated(path, exc) from exc
+    finally:
+        source.close()
+
+
+def _read_betas_source(source: hdf5read.ByteSource, path: str, voxels: np.ndarray, volume_shape: tuple[int, ...],
+                       expected_trials: int, block_bytes: int, scale: tuple,
+                       chunk_map: hdf5chunks.ChunkMap | None) -> np.ndarray:
+    try:
+        h5 = h5py.File(source.file(), "r")
     except OSError as exc:
         raise _truncated(path, exc) from exc
     with h5:
@@ -244,21 +262,20 @@ def _read_betas_hdf5(f: Any, path: str, voxels: np.ndarray, volume_shape: tuple[
         out = np.empty((expected_trials, len(voxels)), np.float32)
         if not len(voxels):
             return out
-        index = hdf5chunks.chunk_index(f, ds) if fs is not None else None
-        if index is not None:
-            _read_chunks_by_range(fs, path, index, np.asarray(ds.fillvalue, ds.dtype), (z, y, x), out, scale,
-                                  chunk_map, _file_size(f))
+        if ds.chunks is not None:
+            _read_chunks_by_range(source, path, ds, (z, y, x), out, scale, chunk_map, block_bytes)
             return out
         # The bounding box's z-range is one contiguous byte run per trial: a few large reads
         # instead of one tiny read per x-row of the box (what an exact box hyperslab costs).
         z0, z1 = int(z.min()), int(z.max()) + 1
         slab_items = (z1 - z0) * volume_shape[1] * volume_shape[0]
         offset = _contiguous_offset(ds)
-        if offset is not None and fs is not None:
-            _read_slabs_by_range(fs, path, ds.dtype, offset, int(np.prod(ds.shape[1:])), z0 * volume_shape[1] *
+        if offset is not None:
+            _read_slabs_by_range(source, ds.dtype, offset, int(np.prod(ds.shape[1:])), z0 * volume_shape[1] *
                                  volume_shape[0], (z1 - z0, volume_shape[1], volume_shape[0]),
                                  (z - z0, y, x), out, 4 * block_bytes, scale)
             return out
+        source.fetch_all()  # compact, virtual or external storage: h5py reads the file, fetched once
         for t0, t1 in _trial_blocks(expected_trials, slab_items * ds.dtype.itemsize, block_bytes):
             try:
                 slab = ds[t0:t1, z0:z1]
@@ -268,18 +285,18 @@ def _read_betas_hdf5(f: Any, path: str, voxels: np.ndarray, volume_shape: tuple[
         return out
 
 
-def _fetch_ranges(fs: Any, path: str, starts: list[int], ends: list[int]) -> list[bytes]:
-    """Bytes of each [start, end) range, fetched concurrently (on object stores) in one batch."""
-    if not starts:
-        return []
-    try:
-        got = fs.cat_ranges([path] * len(starts), list(starts), list(ends))
-    except (OSError, ValueError) as exc:
-        raise _truncated(path, exc) from exc
-    for part in got:
-        if isinstance(part, Exception):
-            raise _truncated(path, part)
-    return got
+class _OpenFile:
+    """``cat_ranges`` over an already open file object (readers called without a filesystem)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+
+    def cat_ranges(self, paths: list, starts: list, ends: list) -> list[bytes]:
+        out = []
+        for a, b in zip(starts, ends):
+            self.f.seek(a)
+            out.append(self.f.read(b - a))
+        return out
 
 
 def _file_size(f: Any) -> int:
@@ -291,23 +308,36 @@ def _file_size(f: Any) -> int:
     return int(size)
 
 
-def _wanted_chunks(index: hdf5chunks.ChunkIndex, zyx: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Linear numbers of the chunks holding the voxels (all trial chunks), their spatial ids, and each voxel's."""
+def _wanted_chunks(shape: tuple[int, ...], chunks: tuple[int, ...],
+                   zyx: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chunk coordinates holding the voxels (every trial chunk row), their spatial ids, and each voxel's.
+
+    Returns
+    -------
+    scaled : array of shape (rows × n_spatial, 4), int64
+        Chunk coordinates, row-major: all spatial chunks of trial row 0, then row 1, ...
+    uniq : array of shape (n_spatial,)
+        Linear ids of the spatial chunks (C order over the spatial chunk grid).
+    inverse : array of shape (n_voxels,)
+        Each voxel's spatial chunk, as an index into ``uniq``.
+    """
     z, y, x = (np.asarray(a, np.int64) for a in zyx)
-    _, cz, cy, cx = index.chunks
-    grid = index.grid
+    _, cz, cy, cx = chunks
+    grid = tuple(-(-int(s) // c) for s, c in zip(shape, chunks))
     spatial = np.ravel_multi_index((z // cz, y // cy, x // cx), grid[1:])
     uniq, inverse = np.unique(spatial, return_inverse=True)
-    n_spatial = int(np.prod(grid[1:]))
-    wanted = (np.arange(grid[0], dtype=np.int64)[:, None] * n_spatial + uniq[None, :]).ravel()
-    return wanted, uniq, inverse
+    sz, sy, sx = np.unravel_index(uniq, grid[1:])
+    rows = np.repeat(np.arange(grid[0], dtype=np.int64), len(uniq))
+    scaled = np.stack([rows, np.tile(sz, grid[0]), np.tile(sy, grid[0]), np.tile(sx, grid[0])], axis=1)
+    return scaled.astype(np.int64), uniq, inverse
 
 
 def session_chunk_map(fs: Any, layout: NSDLayout, subject: int, session: int, voxels: np.ndarray,
                       volume_shape: tuple[int, int, int]) -> hdf5chunks.ChunkMap | None:
     """Walk one session file's chunk index for the voxels: a map other sessions of the subject can reuse.
 
-    None when the session has no chunked ``.hdf5`` file this reader walks itself.
+    None when the session has no unfiltered, version 1 B-tree ``.hdf5`` file (NSD's layout); the
+    other chunk indexes are read in one or two batches per session anyway.
     """
     path = layout.betas(subject, session, "hdf5")
     if not fs.exists(path):
@@ -315,84 +345,84 @@ def session_chunk_map(fs: Any, layout: NSDLayout, subject: int, session: int, vo
     volume_shape = tuple(int(s) for s in volume_shape)
     voxels = _check_voxels(voxels, volume_shape)
     with _open(fs, path, what="single-trial betas", ranged=True, block_size=_HEADER_BLOCK) as f:
+        source = hdf5read.ByteSource(fs, path, _file_size(f))
         try:
-            h5 = h5py.File(f, "r")
+            h5 = h5py.File(source.file(), "r")
         except OSError as exc:
             raise _truncated(path, exc) from exc
         with h5:
             ds = h5.get("betas")
-            index = hdf5chunks.chunk_index(f, ds) if isinstance(ds, h5py.Dataset) and ds.ndim == 4 else None
+            index = hdf5chunks.chunk_index(source.file(), ds) if isinstance(ds, h5py.Dataset) and ds.ndim == 4 \
+                else None
             if index is None or tuple(ds.shape[:0:-1]) != volume_shape:
                 return None
             x, y, z = np.unravel_index(voxels, volume_shape)
-            wanted, _, _ = _wanted_chunks(index, (z, y, x))
+            scaled, _, _ = _wanted_chunks(index.shape, index.chunks, (z, y, x))
+            wanted = np.ravel_multi_index(tuple(scaled.T), index.grid)
             try:
-                return hdf5chunks.build_map(index, wanted, _node_fetcher(fs, path), _file_size(f))
-            except hdf5chunks.ChunkIndexError as exc:
+                return hdf5chunks.build_map(index, wanted, _node_fetcher(source), source.size)
+            except (hdf5chunks.ChunkIndexError, hdf5read.HDF5Truncated) as exc:
                 raise _truncated(path, exc) from exc
 
 
-def _node_fetcher(fs: Any, path: str):
+def _node_fetcher(source: hdf5read.ByteSource, fresh: bool = False):
     def fetch(addresses: list[int], nbytes: int) -> list[bytes]:
-        return _fetch_ranges(fs, path, addresses, [a + nbytes for a in addresses])
+        ranges = [(a, a + nbytes) for a in addresses]
+        return source.fetch_fresh(ranges) if fresh else source.fetch(ranges)
     return fetch
 
 
-def _read_chunks_by_range(fs: Any, path: str, index: hdf5chunks.ChunkIndex, fill: np.ndarray, zyx: tuple,
-                          out: np.ndarray, scale: tuple, chunk_map: hdf5chunks.ChunkMap | None = None,
-                          file_size: int = -1) -> None:
+def _mapped_chunks(source: hdf5read.ByteSource, ds: h5py.Dataset, scaled: np.ndarray,
+                   chunk_map: hdf5chunks.ChunkMap) -> hdf5index.Locations | None:
+    """The subject's chunk map for this file, when its B-tree is verified to be the map's."""
+    index = hdf5chunks.chunk_index(source.file(), ds)
+    if index is None:
+        return None
+    wanted = np.ravel_multi_index(tuple(scaled.T), index.grid)
+    # the witnesses are fetched from the file itself, one request each (a few KiB)
+    found = hdf5chunks.reuse_map(chunk_map, index, wanted, source.size, _node_fetcher(source, fresh=True))
+    if found is None:
+        return None
+    address, size = found
+    return hdf5index.Locations(address, size, np.zeros(len(address), np.uint32))
+
+
+def _read_chunks_by_range(source: hdf5read.ByteSource, path: str, ds: h5py.Dataset, zyx: tuple, out: np.ndarray,
+                          scale: tuple, chunk_map: hdf5chunks.ChunkMap | None, block_bytes: int) -> None:
     """``out[:, v] = betas[:, z_v, y_v, x_v] / scale`` from the voxels' chunks alone.
 
-    The B-tree is walked one level per batch of range requests; then the chunks are fetched
-    in one batch, the smallest gaps between them read through (at most as many unwanted bytes
-    as wanted ones) to cut the number of requests.
+    The chunk index is walked one level per batch of range requests (or the subject's chunk map
+    reused); then each block of trial-chunk rows is fetched in one batch, the smallest gaps
+    between chunks read through (at most as many unwanted bytes as wanted ones, never past the
+    file's size), and decoded. A chunk index that cannot be planned makes the file read whole,
+    once, HDF5 finding the chunks in that copy.
     """
     z, y, x = (np.asarray(a, np.int64) for a in zyx)
-    trials = out.shape[0]
-    ct, cz, cy, cx = index.chunks
-    grid = index.grid
-    wanted, uniq, inverse = _wanted_chunks(index, zyx)
-    fetch = _node_fetcher(fs, path)
-    found = hdf5chunks.reuse_map(chunk_map, index, wanted, file_size, fetch) if chunk_map is not None else None
-    try:
-        address, size = found if found is not None else hdf5chunks.locate_chunks(index, wanted, fetch)
-    except hdf5chunks.ChunkIndexError as exc:
-        raise _truncated(path, exc) from exc
-    logger.debug("%s: %d chunks located %s", path, len(wanted), "by the subject's chunk map" if found else "by walk")
-    cb = index.chunk_bytes
-    present = address >= 0
-    if np.any(size[present] != cb):
-        raise _truncated(path, ValueError(f"a chunk holds {int(size[present][size[present] != cb][0])} bytes, "
-                                          f"expected {cb} (uncompressed)"))
-    # read through the smallest gaps until as many unwanted bytes as wanted ones: at most 2× the
-    # chunks' bytes, in the fewest requests that allows
-    m_starts, m_ends = hdf5chunks.merge_ranges(address[present], cb, extra=int(present.sum()) * cb,
-                                               max_block=_CHUNK_BLOCK)
-    m_starts, m_ends = m_starts.tolist(), m_ends.tolist()
-    blocks = _fetch_ranges(fs, path, m_starts, m_ends)
-    base = np.asarray(m_starts, np.int64)
-    raw = bytearray(len(wanted) * cb)
-    empty = np.broadcast_to(fill, index.chunks).tobytes()
-    for j, a in enumerate(address.tolist()):
-        if a < 0:
-            raw[j * cb:(j + 1) * cb] = empty
-            continue
-        b = int(np.searchsorted(base, a, side="right")) - 1
-        piece = blocks[b][a - m_starts[b]:a - m_starts[b] + cb]
-        if len(piece) != cb:
-            raise _truncated(path, EOFError(f"expected {cb} bytes of a chunk at byte {a}, got {len(piece)}"))
-        raw[j * cb:(j + 1) * cb] = piece
-    chunks = np.frombuffer(raw, dtype=fill.dtype).reshape(grid[0], len(uniq), *index.chunks)
+    trials, chunks = out.shape[0], tuple(int(c) for c in ds.chunks)
+    scaled, uniq, inverse = _wanted_chunks(tuple(ds.shape), chunks, zyx)
+    loc = _mapped_chunks(source, ds, scaled, chunk_map) if chunk_map is not None else None
+    logger.debug("%s: %d chunks located %s", path, len(scaled), "by the subject's chunk map" if loc else "by walk")
+    if loc is None:
+        loc = hdf5read.locate_chunks(source, ds, scaled)
+    ct, cz, cy, cx = chunks
+    row_bytes = len(uniq) * int(np.prod(chunks)) * ds.dtype.itemsize
+    per_block = max(1, block_bytes // max(1, row_bytes))
+    n_rows = len(scaled) // len(uniq)
     dz, dy, dx = z % cz, y % cy, x % cx
-    for a in range(grid[0]):
-        t0, t1 = a * ct, min(trials, (a + 1) * ct)
-        values = chunks[a][inverse, :, dz, dy, dx]  # (n_voxels, ct)
-        out[t0:t1] = _to_psc(values[:, :t1 - t0].T, scale)
+    for r0 in range(0, n_rows, per_block):
+        which = np.arange(r0 * len(uniq), min(n_rows, r0 + per_block) * len(uniq))
+        raws = hdf5read.fetch_planned(source, loc, which) if loc is not None else \
+            hdf5read.whole_file_chunks(source, ds, scaled[which])
+        decoded = hdf5read.decode_chunks(ds, raws).reshape(-1, len(uniq), *chunks)
+        for k, row in enumerate(range(r0, r0 + len(decoded))):
+            t0, t1 = row * ct, min(trials, (row + 1) * ct)
+            values = decoded[k][inverse, :, dz, dy, dx]  # (n_voxels, ct)
+            out[t0:t1] = _to_psc(values[:, :t1 - t0].T, scale)
 
 
-def _read_slabs_by_range(fs: Any, path: str, dtype: np.dtype, offset: int, trial_items: int, slab_start: int,
-                         slab_shape: tuple[int, int, int], index: tuple, out: np.ndarray, block_bytes: int,
-                         scale: tuple) -> None:
+def _read_slabs_by_range(source: hdf5read.ByteSource, dtype: np.dtype, offset: int, trial_items: int,
+                         slab_start: int, slab_shape: tuple[int, int, int], index: tuple, out: np.ndarray,
+                         block_bytes: int, scale: tuple) -> None:
     """``out[t] = volume_t[slab][index] / 300`` for every trial, the slabs read by concurrent byte ranges.
 
     Each trial's slab is one contiguous run.  When the gap between neighbouring slabs is under a
@@ -411,15 +441,10 @@ def _read_slabs_by_range(fs: Any, path: str, dtype: np.dtype, offset: int, trial
         group = parts[b:b + per_block]
         starts = [offset + ta * trial_bytes + slab_start * item for ta, _ in group]
         ends = [a + (tb - ta - 1) * trial_bytes + slab_bytes for a, (ta, tb) in zip(starts, group)]
-        try:
-            got = fs.cat_ranges([path] * len(group), starts, ends)
-        except (OSError, ValueError) as exc:
-            raise _truncated(path, exc) from exc
+        got = source.fetch(list(zip(starts, ends)), keep=False, gap=0)
         for raw, a, e, (ta, tb) in zip(got, starts, ends, group):
-            if isinstance(raw, Exception):
-                raise _truncated(path, raw)
             if len(raw) != e - a:
-                raise _truncated(path, EOFError(f"expected {e - a} bytes at offset {a}, got {len(raw)}"))
+                raise hdf5read.HDF5Truncated(f"expected {e - a} bytes at offset {a}, got {len(raw)}")
             flat = np.frombuffer(raw, dtype=dtype)
             nz, ny, nx = slab_shape
             slabs = np.lib.stride_tricks.as_strided(flat, shape=(tb - ta, nz, ny, nx), writeable=False,

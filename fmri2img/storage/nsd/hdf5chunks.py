@@ -228,8 +228,9 @@ def _group(keys: np.ndarray, members: np.ndarray) -> list[tuple[int, np.ndarray]
     return [(int(u), members[order[bounds[i]:bounds[i + 1]]]) for i, u in enumerate(uniq)]
 
 
-def merge_ranges(starts: np.ndarray, length: int, extra: int, max_block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Merge equal-length byte ranges into fewer requests, reading at most ``extra`` unwanted bytes.
+def merge_ranges(starts: np.ndarray, length: int | np.ndarray, extra: int,
+                 max_block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge byte ranges into fewer requests, reading at most ``extra`` unwanted bytes.
 
     The smallest gaps are bridged first: every gap up to the largest threshold whose gaps sum to
     at most ``extra`` bytes is read through, so the request count falls as far as the byte budget
@@ -239,8 +240,8 @@ def merge_ranges(starts: np.ndarray, length: int, extra: int, max_block: int) ->
     ----------
     starts : array of int
         Start offsets (any order; duplicates are read once).
-    length : int
-        Bytes of every range.
+    length : int or array of int
+        Bytes of every range, or of each (then aligned with ``starts``).
     extra : int
         Most bytes outside the ranges that may be read in all.
     max_block : int
@@ -249,10 +250,12 @@ def merge_ranges(starts: np.ndarray, length: int, extra: int, max_block: int) ->
     -------
     merged_starts, merged_ends : arrays of int64
     """
-    starts = np.unique(np.asarray(starts, np.int64))
+    starts = np.asarray(starts, np.int64)
+    lengths = np.broadcast_to(np.asarray(length, np.int64), starts.shape)
+    starts, first = np.unique(starts, return_index=True)
     if not len(starts):
         return starts, starts
-    ends = starts + length
+    ends = np.maximum.accumulate(starts + lengths[first])
     gaps = np.maximum(starts[1:] - ends[:-1], 0)
     order = np.sort(gaps)
     within = np.cumsum(order) <= extra
