@@ -157,6 +157,10 @@ def parse_strategy(text: str | ConfoundStrategy | None) -> ConfoundStrategy:
                 f"component=model (motion, wm_csf, global_signal: {listing(_MODELS)}; compcor: "
                 f"{listing(_COMPCOR)}; scrub=<min segment>), options ({listing(f'{o}=...' for o in _OPTIONS)}). "
                 f"Fix: e.g. 'motion=basic+high_pass+compcor+n_compcor=5'") from None
+    if "compcor" in fields["components"] and "high_pass" not in fields["components"]:
+        raise ConfoundsError(f"confound strategy {text!r}: compcor without high_pass; fMRIPrep high-pass filters "
+                             f"before CompCor, so its cosine regressors must enter the model too (fMRIPrep's "
+                             f"'Confounds' documentation; nilearn refuses the same). Fix: add +high_pass")
     if fields["components"] and "non_steady_state" not in fields["components"]:
         fields["components"].append("non_steady_state")
     fields["components"] = tuple(dict.fromkeys(fields["components"]))
@@ -204,6 +208,10 @@ def _non_steady(s: ConfoundStrategy, columns: list[str], meta: Mapping | None) -
     return [c for c in columns if "non_steady_state" in c]
 
 
+def _censoring(s: ConfoundStrategy, columns: list[str], meta: Mapping | None) -> list[str]:
+    return []  # non_steady_state and scrub censor volumes (censored_volumes) rather than take columns
+
+
 def _compcor(s: ConfoundStrategy, columns: list[str], meta: Mapping | None) -> list[str]:
     if meta is None:
         raise ConfoundsError("compcor needs the confounds' .json (each component's Mask), which is missing. "
@@ -220,10 +228,11 @@ def _compcor(s: ConfoundStrategy, columns: list[str], meta: Mapping | None) -> l
     return chosen
 
 
-#: Component name -> its column choice ``(strategy, tsv columns, json metadata) -> columns`` (scrub: censoring only).
+#: Component name -> its column choice ``(strategy, tsv columns, json metadata) -> columns``; ``non_steady_state``
+#: and ``scrub`` take no column: they censor volumes (:func:`censored_volumes`).
 COMPONENTS: dict[str, Callable[[ConfoundStrategy, list[str], Mapping | None], list[str]]] = {
     "motion": _motion, "wm_csf": _wm_csf, "global_signal": _global, "high_pass": _high_pass,
-    "compcor": _compcor, "non_steady_state": _non_steady, "scrub": lambda s, c, m: [],
+    "compcor": _compcor, "non_steady_state": _censoring, "scrub": _censoring,
 }
 
 
