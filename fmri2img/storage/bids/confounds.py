@@ -247,18 +247,22 @@ def strategy_columns(strategy: ConfoundStrategy | str, columns: list[str], meta:
     """
     strategy = parse_strategy(strategy)
     chosen: list[str] = []
+    missing: dict[str, list[str]] = {}
     for name in strategy.components:
         try:
             wanted = COMPONENTS[name](strategy, columns, meta)
         except ConfoundsError as exc:
             raise ConfoundsError(f"{where}: {exc}") from None
-        missing = [c for c in wanted if c not in columns]
-        if missing:
-            raise ConfoundsError(
-                f"{where}: confound strategy {strategy.text!r} ({name}) needs columns the file lacks: "
-                f"{listing(missing)}; it has {listing(columns, limit=40)}. Fix: choose a strategy that "
-                f"uses the columns present (e.g. motion=basic), or rerun fMRIPrep to produce them")
-        chosen += [c for c in wanted if c not in chosen]
+        lacking = [c for c in wanted if c not in columns]
+        if lacking:
+            missing[name] = lacking
+        chosen += [c for c in wanted if c not in chosen and c in columns]
+    if missing:
+        lacking = [c for cols in missing.values() for c in cols]
+        raise ConfoundsError(
+            f"{where}: confound strategy {strategy.text!r} ({', '.join(missing)}) needs columns the file lacks: "
+            f"{listing(lacking)}; it has {listing(columns, limit=40)}. Fix: choose a strategy that uses the "
+            f"columns present (e.g. motion=basic), or rerun fMRIPrep to produce them")
     return chosen
 
 

@@ -369,7 +369,8 @@ def _description(fs: Any, root: str, what: str, expected: str) -> dict[str, Any]
     if fs.exists(path):
         return read_json(fs, path)
     try:
-        entries = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)] if fs.exists(root) else None
+        entries = [posixpath.basename(e["name"].rstrip("/")) + ("/" if e.get("type") == "directory" else "")
+                   for e in fs.ls(root, detail=True)] if fs.exists(root) else None
     except (FileNotFoundError, NotADirectoryError):
         entries = None
     if entries is None:
