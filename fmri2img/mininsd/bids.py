@@ -1,37 +1,35 @@
 """A BIDS dataset with fMRIPrep-style derivatives for a new person, simulated from mini-NSD.
 
-The person has their own voxel space (another grid, 2 mm voxels, another simulated cortex from
-:mod:`fmri2img.mininsd.cortex`) and views, in an NSD-like rapid event-related design (3-s images in
-4-s slots, blank slots, every image shown ``repeats`` times per session), ``n_shared`` images that a
-fitted mini-NSD subject (``reference_subject``) saw and ``n_new`` images nobody in mini-NSD saw (the
-colour negative, transposed, of a mini-NSD image the reference never saw). Images are PNGs under
-``stimuli/`` (pixels equal to mini-NSD's ``imgBrick``) named by ``stim_file`` in the events.
+The person has their own voxel space (another grid, 2-mm voxels, their own simulated cortex from
+:mod:`fmri2img.mininsd.cortex`) and views, NSD-like (3-s images in 4-s slots, blank slots, each image
+``repeats`` times per session), ``n_shared`` images a fitted mini-NSD subject (``reference_subject``)
+saw and ``n_new`` images no mini-NSD subject saw (the colour negative, transposed, of an image the
+reference never saw). Images are PNGs under ``stimuli/`` (pixels equal to mini-NSD's ``imgBrick``),
+named by the events' ``stim_file``. Onsets are jittered by a few ms and lie off the TR grid (TR 1.6 s,
+4-s slots: on NSD's 4/3-s grid); durations are jittered.
 
-Time series (per run, on fMRIPrep's slice-time-corrected frame times ``StartTime + n·TR``):
-baseline × (1 + (single-trial responses + drift + physiological noise + AR(1) noise) / 100) plus
-the intensity change of head motion (−∇baseline · displacement). Single-trial responses are the
-true betas (``amplitude × drive[image] + trial noise``, percent signal change) times each trial's
-boxcar (its jittered duration) convolved with SPM's canonical double-gamma HRF, scaled so a
-nominal 3-s trial peaks at 1. Onsets are jittered by a few ms and lie off the TR grid (TR 1.6 s, slots
-of 4 s: on NSD's 4/3-s grid).
+Series (per run, at fMRIPrep's slice-time-corrected times ``StartTime + n·TR``): baseline ×
+(1 + (single-trial responses + drift + physiological noise + AR(1) noise) / 100), minus the intensity
+change of head motion (∇baseline · displacement). A trial's response is its true beta
+(``amplitude × drive[image] + trial noise``, percent signal change) times its boxcar convolved with
+SPM's canonical double-gamma HRF, scaled so a nominal 3-s trial peaks at 1.
 
-Files follow the BIDS specification and fMRIPrep's documented outputs: ``dataset_description.json``
-(raw and derivative), ``README``, ``participants.tsv/.json``, ``task-<task>_bold.json`` (TaskName,
-RepetitionTime) and ``task-<task>_events.json`` at the root (inherited), per run ``_bold.nii.gz``
-(int16), ``_bold.json`` (SliceTiming, interleaved), ``_events.tsv`` (onset, duration, trial_type,
-stim_file; blanks with ``stim_file`` n/a); in ``derivatives/fmriprep``: ``_space-T1w_desc-preproc_bold``
-(float32, sidecar with SliceTimingCorrected and StartTime as fMRIPrep computes it),
-``_space-T1w_desc-brain_mask``, ``_desc-confounds_timeseries.tsv/.json`` with fMRIPrep's columns
-computed from the simulated data (motion and its expansions, framewise_displacement (Power),
-dvars/std_dvars, global_signal/csf/white_matter and expansions, cosineNN (DCT to 1/128 Hz),
-a_comp_cor (combined, CSF, WM masks) and t_comp_cor with their JSON metadata,
-non_steady_state_outlierNN, motion_outlierNN (FD > 0.5 mm or std_dvars > 1.5)). ``std_dvars`` is
-DVARS over its median (fMRIPrep standardises by a model of its expected value).
+Files (BIDS specification; fMRIPrep's documented outputs): raw and derivative
+``dataset_description.json``, ``README``, ``participants.tsv/.json``, root ``task-<task>_bold.json``
+(TaskName, RepetitionTime) and ``task-<task>_events.json``, per run ``_bold.nii.gz`` (int16),
+``_bold.json`` (interleaved SliceTiming) and ``_events.tsv`` (onset, duration, trial_type, stim_file;
+blanks with stim_file n/a); in ``derivatives/fmriprep``: ``_space-T1w_desc-preproc_bold`` (float32;
+sidecar with SliceTimingCorrected and StartTime as fMRIPrep computes it), ``_desc-brain_mask``, and
+``_desc-confounds_timeseries.tsv/.json`` computed from the data: motion and expansions,
+framewise_displacement (Power), dvars and std_dvars (DVARS over its median: fMRIPrep uses a model of
+its expected value), global_signal/csf/white_matter and expansions, cosineNN (DCT to 1/128 Hz),
+a_comp_cor (combined, CSF, WM) and t_comp_cor with JSON metadata, non_steady_state_outlierNN,
+motion_outlierNN (FD > 0.5 mm or std_dvars > 1.5).
 
-The truth is kept under ``sourcedata/`` (ignored by BIDS tools): ``mini_nsd_bids_truth.hdf5`` (per
-run: betas, onsets, images, motion, noise-free response; per person: voxels, drive, amplitudes,
-pRFs, HRF) and ``mini_nsd_bids_truth.json`` (spec, images with their mini-NSD ids, timing, files).
-Generation is deterministic: the same spec and mini-NSD give byte-identical files.
+The truth stays under ``sourcedata/`` (ignored by BIDS tools): ``mini_nsd_bids_truth.hdf5`` (per run:
+betas, onsets, images, motion, noise-free response, frame times; per person: voxels, drive,
+amplitudes, pRFs, HRF, brain) and ``mini_nsd_bids_truth.json`` (spec, images with mini-NSD ids,
+timing, files). The same spec and mini-NSD give byte-identical files.
 """
 
 from __future__ import annotations
@@ -72,7 +70,31 @@ _FEATURE_SIZE = 32
 
 @dataclass(frozen=True)
 class BIDSSpec:
-    """Size and simulation settings of the generated BIDS dataset; defaults are small (seconds)."""
+    """Size and simulation settings of the generated BIDS dataset; the defaults generate in about 2 s.
+
+    Attributes
+    ----------
+    participant, task, space : str
+        BIDS labels; ``sessions`` (labels, ``()`` for a dataset without sessions) hold ``runs`` runs each.
+    reference_subject : int
+        The fitted mini-NSD subject whose seen images provide the ``n_shared`` shared images.
+    n_shared, n_new, repeats : int
+        Images shared with the reference, new images, and showings of each image per session.
+    tr, trial_seconds, image_seconds, lead_in, tail : float
+        Seconds: TR, slot and image length, before the first and after the last slot; every
+        ``blank_every``-th slot is blank.
+    volume_shape, voxel_mm
+        The person's own grid (X, Y, Z) and voxel size.
+    trial_noise, noise, ar1, drift, motion : float
+        Trial-to-trial beta noise and AR(1) noise (percent signal change, AR coefficient), drift (%),
+        motion scale (1: realistic, with two jerks per run).
+    onset_jitter, duration_jitter : float
+        Uniform onset jitter (± s) and duration standard deviation (s).
+    non_steady : int
+        Initial volumes with T1 saturation, flagged as ``non_steady_state_outlierNN``.
+    n_compcor : int
+        aCompCor components of the combined mask (3 each for CSF and WM).
+    """
 
     seed: int = 0
     participant: str = "01"
@@ -180,11 +202,8 @@ def _session_events(spec: BIDSSpec, session: int, n_images: int) -> list[pd.Data
     order = rng.permutation(np.repeat(np.arange(n_images), spec.repeats))
     runs = []
     for images in np.array_split(order, spec.runs):
-        slots = []
-        for k, image in enumerate(images):
-            if k and k % (spec.blank_every - 1) == 0:
-                slots.append(-1)
-            slots.append(int(image))
+        slots = [s for k, image in enumerate(images)
+                 for s in ([-1] if k and k % (spec.blank_every - 1) == 0 else []) + [int(image)]]
         n = len(slots)
         onset = spec.lead_in + spec.trial_seconds * np.arange(n) + rng.uniform(-1, 1, n) * spec.onset_jitter
         duration = spec.image_seconds + rng.normal(0, spec.duration_jitter, n)
@@ -219,9 +238,7 @@ def _regions(anat: cortex.Anatomy) -> dict[str, np.ndarray]:
     shape = np.array(anat.shape)
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1)
     radius = np.linalg.norm((grid - (shape - 1) / 2) / (0.46 * shape), axis=-1)
-    cortex_region = np.zeros(anat.shape, bool).reshape(-1)
-    cortex_region[anat.voxels] = True
-    cortex_region = cortex_region.reshape(anat.shape)
+    cortex_region = np.isin(np.arange(anat.brain.size), anat.voxels).reshape(anat.shape)
     return dict(brain=anat.brain, csf=anat.brain & (radius < 0.22),
                 wm=anat.brain & (radius > 0.3) & (radius < 0.6) & ~cortex_region)
 
@@ -314,22 +331,21 @@ def _confounds(spec: BIDSSpec, data: np.ndarray, motion: np.ndarray, regions: di
     cosines = _cosines(n, spec.tr)
     meta: dict[str, Any] = {}
     variance = brain.var(axis=0)
-    top = brain[:, variance >= np.quantile(variance, 0.98)]
-    comps, sv = _compcor(top, cosines, 3)
-    for k in range(comps.shape[1]):
-        cols[f"t_comp_cor_{k:02d}"] = comps[:, k]
-        meta[f"t_comp_cor_{k:02d}"] = _component_meta("tCompCor", None, sv, k)
-    a = 0
-    masks = (("combined", regions["csf"] | regions["wm"], spec.n_compcor), ("CSF", regions["csf"], 3),
-             ("WM", regions["wm"], 3))
-    for label, region, count in masks:
-        comps, sv = _compcor(series[:, region.reshape(-1)], cosines, count)
+    csf, wm = regions["csf"].reshape(-1), regions["wm"].reshape(-1)
+    decompositions = (("t", "tCompCor", None, brain[:, variance >= np.quantile(variance, 0.98)], 3),
+                      ("a", "aCompCor", "combined", series[:, csf | wm], spec.n_compcor),
+                      ("a", "aCompCor", "CSF", series[:, csf], 3), ("a", "aCompCor", "WM", series[:, wm], 3))
+    count = {"t": 0, "a": 0, "dropped": 0}
+    for prefix, method, mask, values, n_keep in decompositions:
+        comps, sv = _compcor(values, cosines, n_keep)
         for k in range(comps.shape[1]):
-            cols[f"a_comp_cor_{a:02d}"] = comps[:, k]
-            meta[f"a_comp_cor_{a:02d}"] = _component_meta("aCompCor", label, sv, k)
-            a += 1
-        meta[f"dropped_{len([m for m in meta if m.startswith('dropped')])}"] = {
-            **_component_meta("aCompCor", label, sv, comps.shape[1]), "Retained": False}
+            name = f"{prefix}_comp_cor_{count[prefix]:02d}"
+            cols[name], meta[name] = comps[:, k], _component_meta(method, mask, sv, k)
+            count[prefix] += 1
+        if mask and len(sv) > comps.shape[1]:  # fMRIPrep lists the components it did not keep as dropped_N
+            meta[f"dropped_{count['dropped']}"] = {**_component_meta(method, mask, sv, comps.shape[1]),
+                                                   "Retained": False}
+            count["dropped"] += 1
     for k in range(cosines.shape[1]):
         cols[f"cosine{k:02d}"] = cosines[:, k]
     for k in range(spec.non_steady):
@@ -438,65 +454,90 @@ def generate_bids(root: str | os.PathLike, mini_nsd: str | os.PathLike, spec: BI
         The content of ``sourcedata/mini_nsd_bids_truth.json``.
     """
     progress = progress or logger.info
-    root, mini = Path(root), Path(mini_nsd)
-    w = _Writer(root)
-    images = _images(spec, mini)
-    shape = spec.volume_shape
-    anat = cortex.build_anatomy(shape, _rng(spec, 5), keep=0.6, origin_mm=(1.0, -3.0, 2.0), voxel_mm=spec.voxel_mm)
-    drive = _drive(anat, images["pixels"], images["categories"])
-    prng = _rng(spec, 6)
-    amplitude = prng.uniform(1.0, 3.0, len(anat.voxels))
-    regions = _regions(anat)
-    base = _baseline(spec, regions)
-    st, start = slice_timing(spec)
+    w = _Writer(Path(root))
+    person = _person(spec, Path(mini_nsd))
     _top_files(w, spec)
-    for k, name in enumerate(images["names"]):
-        w.bytes(f"stimuli/{name}", _png(images["pixels"][k]))
+    for name, pixels in zip(person.images["names"], person.images["pixels"]):
+        w.bytes(f"stimuli/{name}", _png(pixels))
     truth_runs = {}
     for s, session in enumerate(spec.sessions or (None,)):
-        for r, events in enumerate(_session_events(spec, s, len(images["names"])), start=1):
+        for r, events in enumerate(_session_events(spec, s, len(person.images["names"])), start=1):
             ent = _run_entities(spec, session, r)
-            func, dfunc = _func_dir(spec, session), f"{DERIVATIVES}/{_func_dir(spec, session)}"
-            n_vol = int(np.ceil((events["onset"].iloc[-1] + spec.trial_seconds + spec.tail) / spec.tr))
-            trials = events[events["image"] >= 0].reset_index(drop=True)
-            trial_rng = _rng(spec, 7, s, r)
-            betas = (amplitude * drive[trials["image"].to_numpy()]
-                     + trial_rng.normal(0, spec.trial_noise, (len(trials), len(anat.voxels))))
-            times = start + spec.tr * np.arange(n_vol)
-            resp = _responses(trials["onset"].to_numpy(), trials["duration"].to_numpy(), times, spec.image_seconds)
-            data, motion, neural = _simulate_run(spec, anat, base, regions, resp, betas, (s, r))
-            table = events.assign(stim_file=[images["names"][i] if i >= 0 else np.nan for i in events["image"]])
-            w.tsv(f"{func}/{format_name(ent, 'events', '.tsv')}", table.drop(columns="image"))
-            zooms = (spec.voxel_mm,) * 3 + (spec.tr,)
-            w.bytes(f"{func}/{format_name(ent, 'bold', '.nii.gz')}",
-                    _nifti_gz(np.round(data).astype(np.int16), anat.affine, zooms))
-            w.json(f"{func}/{format_name(ent, 'bold', '.json')}", {"SliceTiming": st})
-            pre = {**ent, "space": spec.space, "desc": "preproc"}
-            w.bytes(f"{dfunc}/{format_name(pre, 'bold', '.nii.gz')}", _nifti_gz(data, anat.affine, zooms))
-            w.json(f"{dfunc}/{format_name(pre, 'bold', '.json')}", {
-                "RepetitionTime": spec.tr, "SliceTimingCorrected": True, "StartTime": start, "TaskName": spec.task,
-                "SkullStripped": False})
-            w.bytes(f"{dfunc}/{format_name({**pre, 'desc': 'brain'}, 'mask', '.nii.gz')}",
-                    _nifti_gz(regions["brain"].astype(np.uint8), anat.affine, zooms[:3]))
-            confounds, meta = _confounds(spec, data, motion, regions)
-            cent = {**ent, "desc": "confounds"}
-            w.tsv(f"{dfunc}/{format_name(cent, 'timeseries', '.tsv')}", confounds)
-            w.json(f"{dfunc}/{format_name(cent, 'timeseries', '.json')}", meta)
-            truth_runs[format_name(ent, "bold", "")] = dict(
-                betas=betas.astype(np.float32), onset=trials["onset"].to_numpy(), image=trials["image"].to_numpy(),
-                duration=trials["duration"].to_numpy(), motion=motion, neural=neural, frame_times=times)
-            progress(f"sub-{spec.participant} {format_name(ent, 'bold', '')}: {n_vol} volumes, {len(trials)} trials")
-    return _write_truth(w, spec, images, anat, drive, amplitude, truth_runs, st, start)
+            truth = _simulate(spec, person, events, (s, r))
+            _write_run(w, spec, person, ent, _func_dir(spec, session), events, truth)
+            truth_runs[format_name(ent, "bold", "")] = truth
+            progress(f"sub-{spec.participant} {format_name(ent, 'bold', '')}: {len(truth['frame_times'])} volumes, "
+                     f"{len(truth['onset'])} trials")
+    return _write_truth(w, spec, person, truth_runs)
 
 
-def _write_truth(w: _Writer, spec: BIDSSpec, images: dict[str, Any], anat: cortex.Anatomy, drive: np.ndarray,
-                 amplitude: np.ndarray, runs: dict[str, dict[str, np.ndarray]], st: list[float], start: float
+@dataclass(frozen=True)
+class _Person:
+    """The simulated person: images seen, anatomy, responses, tissue regions, baseline image, timing."""
+
+    images: dict[str, Any]
+    anat: cortex.Anatomy
+    drive: np.ndarray
+    amplitude: np.ndarray
+    regions: dict[str, np.ndarray]
+    base: np.ndarray
+    slice_timing: list[float]
+    start: float
+
+
+def _person(spec: BIDSSpec, mini: Path) -> _Person:
+    images = _images(spec, mini)
+    anat = cortex.build_anatomy(spec.volume_shape, _rng(spec, 5), keep=0.6, origin_mm=(1.0, -3.0, 2.0),
+                                voxel_mm=spec.voxel_mm)
+    regions = _regions(anat)
+    st, start = slice_timing(spec)
+    return _Person(images=images, anat=anat, drive=_drive(anat, images["pixels"], images["categories"]),
+                   amplitude=_rng(spec, 6).uniform(1.0, 3.0, len(anat.voxels)), regions=regions,
+                   base=_baseline(spec, regions), slice_timing=st, start=start)
+
+
+def _simulate(spec: BIDSSpec, person: _Person, events: pd.DataFrame, key: tuple[int, int]) -> dict[str, np.ndarray]:
+    """One run's truth (betas, onsets, images, motion, noise-free response) and its data (key ``data``)."""
+    n_vol = int(np.ceil((events["onset"].iloc[-1] + spec.trial_seconds + spec.tail) / spec.tr))
+    trials = events[events["image"] >= 0].reset_index(drop=True)
+    noise = _rng(spec, 7, *key).normal(0, spec.trial_noise, (len(trials), len(person.anat.voxels)))
+    betas = person.amplitude * person.drive[trials["image"].to_numpy()] + noise
+    times = person.start + spec.tr * np.arange(n_vol)
+    resp = _responses(trials["onset"].to_numpy(), trials["duration"].to_numpy(), times, spec.image_seconds)
+    data, motion, neural = _simulate_run(spec, person.anat, person.base, person.regions, resp, betas, key)
+    return dict(betas=betas.astype(np.float32), onset=trials["onset"].to_numpy(), image=trials["image"].to_numpy(),
+                duration=trials["duration"].to_numpy(), motion=motion, neural=neural, frame_times=times, data=data)
+
+
+def _write_run(w: _Writer, spec: BIDSSpec, person: _Person, ent: dict[str, Any], func: str, events: pd.DataFrame,
+               truth: dict[str, np.ndarray]) -> None:
+    data, affine, dfunc = truth.pop("data"), person.anat.affine, f"{DERIVATIVES}/{func}"
+    names = person.images["names"]
+    table = events.assign(stim_file=[names[i] if i >= 0 else np.nan for i in events["image"]])
+    w.tsv(f"{func}/{format_name(ent, 'events', '.tsv')}", table.drop(columns="image"))
+    zooms = (spec.voxel_mm,) * 3 + (spec.tr,)
+    w.bytes(f"{func}/{format_name(ent, 'bold', '.nii.gz')}", _nifti_gz(np.round(data).astype(np.int16), affine, zooms))
+    w.json(f"{func}/{format_name(ent, 'bold', '.json')}", {"SliceTiming": person.slice_timing})
+    pre = {**ent, "space": spec.space, "desc": "preproc"}
+    w.bytes(f"{dfunc}/{format_name(pre, 'bold', '.nii.gz')}", _nifti_gz(data, affine, zooms))
+    w.json(f"{dfunc}/{format_name(pre, 'bold', '.json')}", {
+        "RepetitionTime": spec.tr, "SliceTimingCorrected": True, "StartTime": person.start, "TaskName": spec.task,
+        "SkullStripped": False})
+    w.bytes(f"{dfunc}/{format_name({**pre, 'desc': 'brain'}, 'mask', '.nii.gz')}",
+            _nifti_gz(person.regions["brain"].astype(np.uint8), affine, zooms[:3]))
+    confounds, meta = _confounds(spec, data, truth["motion"], person.regions)
+    w.tsv(f"{dfunc}/{format_name({**ent, 'desc': 'confounds'}, 'timeseries', '.tsv')}", confounds)
+    w.json(f"{dfunc}/{format_name({**ent, 'desc': 'confounds'}, 'timeseries', '.json')}", meta)
+
+
+def _write_truth(w: _Writer, spec: BIDSSpec, person: _Person, runs: dict[str, dict[str, np.ndarray]]
                  ) -> dict[str, Any]:
+    anat, images, st, start = person.anat, person.images, person.slice_timing, person.start
     path = w.root / TRUTH_HDF5
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w", track_order=True) as h5:
         ijk = np.stack(np.unravel_index(anat.voxels, anat.shape), axis=1)
-        for name, value in dict(voxels_ijk=ijk, amplitude=amplitude, drive=drive.astype(np.float32),
+        for name, value in dict(voxels_ijk=ijk, amplitude=person.amplitude, drive=person.drive.astype(np.float32),
                                 nsd_id=images["nsd_id"], area=anat.area, rf_x=anat.rf_x, rf_y=anat.rf_y,
                                 rf_size=anat.rf_size, ecc=anat.ecc, brain=anat.brain,
                                 hrf=np.stack(_hrf())).items():
