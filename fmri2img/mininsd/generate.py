@@ -30,13 +30,16 @@ layouts as the NSD data manual and public readers (nsd_access, Brain-Diffuser's
   for other pipelines' files, which ingest accepts only with ``betas_scale = 300``;
 * ``COCO_73k_annots_curated.npy`` ((n_images, 5) unicode, '' where missing) at the root;
 * ``mini_nsd.json`` (spec, per-subject facts, file sizes) and ``mini_nsd_truth.hdf5`` (the
-  ground-truth pRFs and tuning of every nsdgeneral voxel).
+  ground-truth pRFs and tuning of every nsdgeneral voxel);
+* with ``spec.timeseries``: NSD's time series (``nsddata_timeseries/.../timeseries``, ``design``),
+  the brain mask and ``mini_nsd_timeseries_truth.hdf5`` (:mod:`fmri2img.mininsd.timeseries`).
 
 Generation is deterministic: the same spec gives byte-identical files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -52,6 +55,7 @@ import numpy as np
 from PIL import Image
 
 from fmri2img.mininsd import cortex
+from fmri2img.mininsd import timeseries as mininsd_timeseries
 from fmri2img.mininsd.responses import session_betas, subject_anatomy  # noqa: F401
 from fmri2img.mininsd.spec import N_DESIGN_SUBJECTS, MiniNSDSpec, rng_for  # noqa: F401
 from fmri2img.storage.nsd import NSDLayout, ROI_FILES
@@ -189,7 +193,8 @@ def _design(spec: MiniNSDSpec) -> dict[str, np.ndarray]:
     slots = np.repeat(np.arange(spec.n_shared, spec.n_per_subject), 2)
     np.add.at(reps, rng.choice(slots, extra, replace=False), 1)
     master = rng.permutation(np.repeat(np.arange(1, spec.n_per_subject + 1), reps))
-    stimpattern = make_stimpattern(spec.n_sessions, spec.trials_per_session)
+    stimpattern = (mininsd_timeseries.stimpattern(spec) if spec.timeseries
+                   else make_stimpattern(spec.n_sessions, spec.trials_per_session))
     nth = np.zeros(len(master), np.int64)
     seen: dict[int, int] = {}
     for t, m in enumerate(master):
@@ -207,8 +212,9 @@ def _design(spec: MiniNSDSpec) -> dict[str, np.ndarray]:
 
 def _write_subject(root: Path, layout: NSDLayout, spec: MiniNSDSpec, subject: int, design: dict[str, np.ndarray],
                    drive_in: tuple[np.ndarray, np.ndarray], truth: h5py.File,
-                   progress: Callable[[str], None]) -> dict[str, Any]:
+                   progress: Callable[[str], None], ts_truth: h5py.File | None = None) -> dict[str, Any]:
     anat = subject_anatomy(spec, subject)
+    series = None if ts_truth is None else mininsd_timeseries.SubjectWriter(root, spec, subject, anat, ts_truth)
     drive = cortex.voxel_drive(anat, *drive_in)
     for name in ROI_FILES:
         _write(root, layout.roi(subject, name), nifti_gz(anat.rois[name], anat.affine))
@@ -231,6 +237,10 @@ def _write_subject(root: Path, layout: NSDLayout, spec: MiniNSDSpec, subject: in
             write_betas_hdf5(root / layout.betas(subject, session, "hdf5"), betas, spec.hdf5_layout)
         progress(f"subj{subject:02d} session {session}/{n_sessions}: {betas.nbytes / 1e6:.0f} MB of betas "
                  f"in {time.perf_counter() - t0:.1f} s")
+        if series is not None and session <= series.n_sessions:
+            t0 = time.perf_counter()
+            series.write_session(session, trials, betas)
+            progress(f"subj{subject:02d} session {session}: time series in {time.perf_counter() - t0:.1f} s")
         del betas
     extra = {}
     if spec.imagery:
@@ -241,6 +251,8 @@ def _write_subject(root: Path, layout: NSDLayout, spec: MiniNSDSpec, subject: in
         grp.create_dataset(name, data=getattr(anat, name), track_times=False)
     grp.create_dataset("amplitude", data=amp, track_times=False)
     grp.create_dataset("drive", data=drive.astype(np.float32), track_times=False)
+    if series is not None:
+        extra["timeseries"] = series.summary()
     return dict(volume_shape=list(anat.shape), affine=anat.affine.tolist(), n_voxels=n_vox, n_sessions=n_sessions,
                 nan_sessions=nan_sessions, nan_voxels=nan_vox.tolist(), **extra)
 
@@ -290,10 +302,12 @@ def generate_mini_nsd(root: str | os.PathLike, spec: MiniNSDSpec = MiniNSDSpec()
     feats = cortex.image_features(small, _FEATURE_SIZE)
     cats = np.array([[SOURCES[p["source"]][1] == c for c in cortex.FLOC_CATEGORIES] for p in params], float)
     subjects = {}
-    with h5py.File(root / "mini_nsd_truth.hdf5", "w") as truth:
+    with h5py.File(root / "mini_nsd_truth.hdf5", "w") as truth, contextlib.ExitStack() as stack:
+        ts_truth = (stack.enter_context(h5py.File(root / mininsd_timeseries.TRUTH_FILE, "w")) if spec.timeseries
+                    else None)
         for subject in spec.subjects:
             subjects[str(subject)] = _write_subject(root, layout, spec, subject, design, (feats, cats), truth,
-                                                    progress)
+                                                    progress, ts_truth)
             subjects[str(subject)].update(_split_counts(design, subject, spec))
             logger.info("mini-NSD subject %d: %d nsdgeneral voxels", subject, subjects[str(subject)]["n_voxels"])
     manifest = dict(
@@ -307,6 +321,8 @@ def generate_mini_nsd(root: str | os.PathLike, spec: MiniNSDSpec = MiniNSDSpec()
                       "higher), pRF centres/sizes/eccentricities (deg), feature weights, category weights, "
                       "amplitudes and the noiseless drive (n_images x n_voxels)."),
     )
+    if spec.timeseries:
+        manifest["timeseries"] = mininsd_timeseries.manifest_entry(spec)
     if spec.imagery:
         from fmri2img.mininsd import imagery as mininsd_imagery
         manifest["imagery"] = mininsd_imagery.write_targets(root, spec, design)
@@ -321,9 +337,9 @@ def _remove_previous(root: Path) -> None:
     if not (root / "mini_nsd.json").is_file():
         return
     logger.info("replacing the mini-NSD in %s", root)
-    for name in ("nsddata", "nsddata_betas", "nsddata_stimuli"):
+    for name in ("nsddata", "nsddata_betas", "nsddata_stimuli", "nsddata_timeseries"):
         shutil.rmtree(root / name, ignore_errors=True)
-    for name in ("COCO_73k_annots_curated.npy", "mini_nsd_truth.hdf5", "mini_nsd.json"):
+    for name in ("COCO_73k_annots_curated.npy", "mini_nsd_truth.hdf5", mininsd_timeseries.TRUTH_FILE, "mini_nsd.json"):
         (root / name).unlink(missing_ok=True)
 
 

@@ -57,6 +57,17 @@ class MiniNSDSpec:
         Also write NSD-Imagery's files (:mod:`fmri2img.mininsd.imagery`).
     imagery_repeats : int
         Trials per condition in each imagery-session run (NSD-Imagery: 8, so 720 betas).
+    timeseries : bool
+        Also write NSD's time series (``nsddata_timeseries``: runs, design TSVs, brain mask)
+        simulated from the betas' single-trial responses (:mod:`fmri2img.mininsd.timeseries`);
+        the design's ``stimpattern`` then has NSD's run structure (75 slots for 63 trials).
+    timeseries_sessions : int
+        Sessions (each subject's first ones) written as time series.
+    runs_per_session : int
+        Runs a session is cut into; 0: NSD's 12 when that leaves at least 30 trials a run,
+        else fewer. Only used with ``timeseries``.
+    timeseries_noise : float
+        Standard deviation of the time series' AR(1) noise, percent signal change.
     """
 
     seed: int = 0
@@ -76,6 +87,10 @@ class MiniNSDSpec:
     sessions_per_subject: Any = ()
     imagery: bool = False
     imagery_repeats: int = 8
+    timeseries: bool = False
+    timeseries_sessions: int = 1
+    runs_per_session: int = 0
+    timeseries_noise: float = 1.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "subjects", tuple(int(s) for s in self.subjects))
@@ -110,6 +125,13 @@ class MiniNSDSpec:
              f"sessions_per_subject={dict(self.sessions_per_subject)} must map subjects of {self.subjects} to "
              f"1..n_sessions={self.n_sessions} sessions"),
             (1 <= self.imagery_repeats <= 8, f"imagery_repeats={self.imagery_repeats} must be in 1..8"),
+            (1 <= self.timeseries_sessions <= self.n_sessions,
+             f"timeseries_sessions={self.timeseries_sessions} must be in 1..n_sessions={self.n_sessions}"),
+            (0 <= self.runs_per_session <= 12 and (self.runs_per_session == 0 or
+                                                   self.trials_per_session // self.runs_per_session >= 5),
+             f"runs_per_session={self.runs_per_session} must be 0 (automatic) or 1..12 with at least 5 trials a run"),
+            (np.isfinite(self.timeseries_noise) and self.timeseries_noise >= 0,
+             f"timeseries_noise={self.timeseries_noise} must be a finite number >= 0"),
         )
         for ok, message in checks:
             if not ok:
