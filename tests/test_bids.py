@@ -320,3 +320,37 @@ def test_truth_matches_the_files(bids_root):
             np.testing.assert_allclose(grp["onset"][:], g.trials[g.trials.run == r]["onset"])
             assert grp["betas"].shape == (int((g.trials.run == r).sum()), len(ijk))
             np.testing.assert_allclose(grp["frame_times"][:], g.runs[r].timing.frame_times)
+
+
+def test_a_dataset_without_sessions_and_a_73k_id_column(mini_nsd, tmp_path):  # noqa: F811
+    from fmri2img.mininsd.bids import BIDSSpec, generate_bids
+
+    root = tmp_path / "flat"
+    truth = generate_bids(root, mini_nsd, BIDSSpec(sessions=(), runs=1, n_shared=6, n_new=2, repeats=2, seed=4),
+                          progress=lambda line: None)
+    ids = {i["stim_file"]: -1 if i["new"] else i["nsd_id"] for i in truth["images"]}
+    events = root / "sub-01/func/sub-01_task-images_run-1_events.tsv"
+    table = pd.read_csv(events, sep="\t", na_values="n/a")
+    table["nsd_id"] = table["stim_file"].map(ids)  # an integer column, n/a on blank slots
+    table.to_csv(events, sep="\t", index=False, na_rep="n/a")
+    g = bids.prepare_glm_inputs(str(root), "01", stim_column="nsd_id")
+    assert g.session is None and len(g.runs) == 1 and "ses-" not in g.runs[0].run.preproc
+    assert sorted(g.conditions) == sorted({str(i) for i in ids.values()})  # 6 shared ids and -1
+    assert g.trials.groupby("stimulus").size()["-1"] == 4  # the two new images share the id -1
+    with pytest.raises(bids.BIDSSelectionError, match="no sessions"):
+        bids.prepare_glm_inputs(str(root), "01", session="01")
+    np.testing.assert_array_equal(g.dataset.read_stimulus(truth["images"][0]["stim_file"]),
+                                  np.asarray(Image.open(root / "stimuli" / truth["images"][0]["stim_file"])))
+
+
+def test_slice_timing_assumptions():
+    raw = {"RepetitionTime": 2.0, "SliceTiming": [0.0, 1.0, 0.5, 1.5]}
+    stc = bids.design.run_timing(raw, {"SliceTimingCorrected": True, "StartTime": 0.7}, 2.0, 10, where="x")
+    assert stc.frame_offset == 0.7 and stc.frame_times[1] == pytest.approx(2.7) and stc.slice_spread == 1.5
+    middle = bids.design.run_timing(raw, {"SliceTimingCorrected": True}, 2.0, 10, where="x")
+    assert middle.frame_offset == pytest.approx(0.75)  # fMRIPrep's default reference: mid-way through the slices
+    plain = bids.design.run_timing(raw, {}, 2.0, 10, where="x")
+    assert plain.frame_offset == 0.0 and not plain.slice_timing_corrected
+    assert bids.design.run_timing(raw, {}, 2.0, 10, where="x", frame_offset=0.3).frame_offset == 0.3
+    with pytest.raises(bids.TRMismatchError, match="preprocessed BOLD's sidecar"):
+        bids.design.run_timing(raw, {"RepetitionTime": 2.5}, 2.0, 10, where="x")

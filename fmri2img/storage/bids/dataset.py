@@ -29,8 +29,8 @@ from typing import Any
 
 from fmri2img.storage import urls
 from fmri2img.storage.bids.entities import BIDSName, applicable_files, parse_name, same_entities
-from fmri2img.storage.bids.errors import (BIDSSelectionError, DerivativesMissingError, EventsError,
-                                          MetadataError, NotBIDSError, listing)
+from fmri2img.storage.bids.errors import (BIDSFormatError, BIDSSelectionError, DerivativesMissingError,
+                                          EventsError, MetadataError, NotBIDSError, listing)
 from fmri2img.storage.bids.tables import read_json, read_tsv, shown
 
 logger = logging.getLogger(__name__)
@@ -159,6 +159,34 @@ class BIDSDataset:
             self._deriv[participant] = self._deriv_top + self._tree(self.deriv_fs, self.deriv_root,
                                                                     f"sub-{participant}")
         return self._deriv[participant]
+
+    def read_stimulus(self, stim_file: str):
+        """The image a ``stim_file`` value names (BIDS: a path relative to ``/stimuli``), as RGB uint8.
+
+        Returns
+        -------
+        image : array of shape (height, width, 3), uint8
+
+        Raises
+        ------
+        BIDSFormatError
+            The file is missing (the message lists what ``stimuli/`` holds) or not an image Pillow reads.
+        """
+        import numpy as np
+        from PIL import Image, UnidentifiedImageError
+
+        rel = "stimuli/" + str(stim_file).lstrip("/").removeprefix("stimuli/")
+        try:
+            with self.fs.open(self.path(rel), "rb") as f:
+                return np.asarray(Image.open(f).convert("RGB"))
+        except FileNotFoundError:
+            found = self._tree(self.fs, self.root, "stimuli")
+            raise BIDSFormatError(f"{self.shown(rel)} does not exist; stim_file values are paths relative to "
+                                  f"/stimuli, which holds {listing(found)}. Fix: correct the events' stim_file "
+                                  f"or add the image") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            raise BIDSFormatError(f"{self.shown(rel)} is not an image Pillow can read ({exc}). Fix: store the "
+                                  f"stimulus as PNG or JPEG") from exc
 
     # ------------------------------------------------------------------ what exists
 
