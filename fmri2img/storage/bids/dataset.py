@@ -362,8 +362,8 @@ def open_bids(url: str, storage_options: Mapping[str, Any] | None = None, *, der
     Parameters
     ----------
     url : str
-        The raw dataset: a local folder, ``s3://openneuro.org/ds000001`` (anonymous: pass
-        ``storage_options={"anon": True}``), ``gs://...``, ``gdrive://...``.
+        The raw dataset: a local folder, ``s3://openneuro.org/ds000001`` (read anonymously when no
+        options are given, as are ``s3://openneuro-derivatives/...``), ``gs://...``, ``gdrive://...``.
     storage_options : dict, optional
         For the raw dataset's filesystem (see :mod:`fmri2img.storage.urls`).
     derivatives : str, optional
@@ -376,20 +376,32 @@ def open_bids(url: str, storage_options: Mapping[str, Any] | None = None, *, der
     NotBIDSError
         ``url`` or ``derivatives`` has no ``dataset_description.json``.
     """
-    fs, root = urls.filesystem(url, storage_options)
+    fs, root = urls.filesystem(url, _public(url, storage_options))
     description = _description(fs, root, "dataset", "the root of a BIDS dataset (the folder holding "
                                "dataset_description.json, participants.tsv and the sub-<label>/ folders)")
     if derivatives is None:
         deriv_fs, deriv_root = fs, f"{root.rstrip('/')}/{DEFAULT_DERIVATIVES}"
     else:
         options = storage_options if derivatives_options is None else derivatives_options
-        deriv_fs, deriv_root = urls.filesystem(derivatives, options)
+        deriv_fs, deriv_root = urls.filesystem(derivatives, _public(derivatives, options))
     deriv_description = _description(deriv_fs, deriv_root, "derivatives", "fMRIPrep's output folder "
                                      "(--derivatives URL; default <dataset>/derivatives/fmriprep)")
     if deriv_description.get("DatasetType") not in (None, "derivative"):
         logger.warning("%s: DatasetType is %r, not 'derivative'; reading it as fMRIPrep derivatives anyway",
                        shown(deriv_fs, deriv_root), deriv_description.get("DatasetType"))
     return BIDSDataset(fs, root, deriv_fs, deriv_root, description)
+
+
+#: Public buckets read anonymously when no credentials are given (OpenNeuro's datasets and derivatives).
+PUBLIC_BUCKETS = frozenset({"openneuro.org", "openneuro-derivatives"})
+
+
+def _public(url: str, options: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """``anon=True`` for OpenNeuro's public buckets when the options name no credentials (as urls does for NSD)."""
+    scheme, rest = urls.split_url(url)
+    if scheme == "s3" and rest.split("/", 1)[0] in PUBLIC_BUCKETS and not options:
+        return {"anon": True}
+    return options
 
 
 def _description(fs: Any, root: str, what: str, expected: str) -> dict[str, Any]:

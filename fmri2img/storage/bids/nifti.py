@@ -77,7 +77,10 @@ class _Stream:
     def __init__(self, fs: Any, path: str):
         self.path, self.shown = path, shown(fs, path)
         try:
-            self.raw = fs.open(path, "rb", block_size=2**22)
+            try:
+                self.raw = fs.open(path, "rb", block_size=2**22)  # few, large requests on object stores
+            except TypeError:  # filesystems whose open takes no block_size
+                self.raw = fs.open(path, "rb")
         except FileNotFoundError as exc:
             raise BIDSFormatError(f"{self.shown} does not exist; expected a NIfTI image there. Fix: check the "
                                   f"derivatives URL") from exc
