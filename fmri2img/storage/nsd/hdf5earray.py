@@ -197,7 +197,8 @@ def _elements(fetch: Fetch, geo: Geometry, blocks: tuple, rest: np.ndarray, filt
     page = np.where(paged, within // geo.page_n, 0)
     start = dblk.astype(np.int64) + np.where(paged, prefix + page * (geo.page_n * geo.esize + 4), 0)
     count = np.where(paged, geo.page_n, nel)
-    units = sorted({(int(s), int(c), bool(p)) for s, c, p in zip(start[live], count[live], paged[live])})
+    rows = np.unique(np.stack([start[live], count[live], paged[live].astype(np.int64)], axis=1), axis=0)
+    units = [(int(s), int(c), bool(p)) for s, c, p in rows]
     nbytes = [c * geo.esize + (4 if p else prefix) for _, c, p in units]
     got = fetch([(s, s + n) for (s, _, _), n in zip(units, nbytes)])
     for (s, _, p), buf, n in zip(units, got, nbytes):

@@ -34,6 +34,17 @@ class HDF5LayoutError(ValueError):
     """
 
 
+class HDF5ChecksumError(HDF5LayoutError):
+    """A structure fails its checksum: bytes [start, end) as fetched are damaged (on disk or on the way)."""
+
+    def __init__(self, message: str, start: int = -1, end: int = -1) -> None:
+        super().__init__(message, start, end)
+        self.start, self.end = start, end
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 # --------------------------------------------------------------------------- checksums
 
 
@@ -114,7 +125,8 @@ def check_sums(bufs: Sequence[bytes], what: str, ats: Sequence[int]) -> None:
                       np.uint32)
     bad = np.flatnonzero(lookup3_many([buf[:-4] for buf in bufs]) != stored).tolist() + short
     if bad:
-        raise HDF5LayoutError(f"the {what} at byte {int(ats[min(bad)])} fails its checksum")
+        at = int(ats[min(bad)])
+        raise HDF5ChecksumError(f"the {what} at byte {at} fails its checksum", at, at + len(bufs[min(bad)]))
 
 
 def check_sum(data: bytes, what: str, at: int) -> None:

@@ -35,7 +35,7 @@ from fmri2img.storage.nsd import hdf5chunks, hdf5meta
 from fmri2img.storage.nsd.hdf5btree2 import btree2
 from fmri2img.storage.nsd.hdf5earray import extensible_array
 from fmri2img.storage.nsd.hdf5index import Locations, Space, btree1, fixed_array, implicit, single_chunk
-from fmri2img.storage.nsd.hdf5meta import HDF5LayoutError
+from fmri2img.storage.nsd.hdf5meta import HDF5ChecksumError, HDF5LayoutError
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +137,9 @@ class ByteSource:
         ranges = [(max(0, int(a)), min(self.size, int(b))) for a, b in ranges]
         missing = sorted({g for a, b in ranges if b > a for g in self._covered(a, b)})
         merged: list[list[int]] = []
-        for a, b in missing:
-            if merged and a - merged[-1][1] <= gap:
+        for a, b in missing:  # bridge short gaps that hold nothing yet (never fetch a byte twice)
+            if merged and a - merged[-1][1] <= gap and self._covered(merged[-1][1], a) == \
+                    ([(merged[-1][1], a)] if a > merged[-1][1] else []):
                 merged[-1][1] = max(merged[-1][1], b)
             else:
                 merged.append([a, b])
@@ -181,6 +182,11 @@ class ByteSource:
             for (a, _), data in zip(pieces[i:i + 4], self._get(pieces[i:i + 4])):
                 os.pwrite(spill.fileno(), data, a)
         self._spill, self._starts, self._pieces = spill, [], []
+
+    def forget(self, start: int, end: int) -> None:
+        """Drop what is held of [start, end) (bytes that failed a checksum: fetch them again)."""
+        keep = [(a, p) for a, p in zip(self._starts, self._pieces) if a + len(p) <= start or a >= end]
+        self._starts, self._pieces = [a for a, _ in keep], [p for _, p in keep]
 
     def close(self) -> None:
         if self._spill is not None:
@@ -295,6 +301,8 @@ def locate_chunks(source: ByteSource, ds: h5py.Dataset, scaled: np.ndarray) -> L
     except HDF5LayoutError as exc:
         logger.warning("%s: the chunk index of %s cannot be planned (%s); reading the file whole, once",
                        source.path, ds.name, exc)
+        if isinstance(exc, HDF5ChecksumError):  # damaged on the way? fetch those bytes again with the rest
+            source.forget(exc.start, exc.end)
         return None
     present = loc.address >= 0
     if np.any(loc.address[present] + loc.size[present] > source.size):
@@ -305,13 +313,18 @@ def locate_chunks(source: ByteSource, ds: h5py.Dataset, scaled: np.ndarray) -> L
 def whole_file_chunks(source: ByteSource, ds: h5py.Dataset, scaled: np.ndarray) -> list[tuple[int, bytes] | None]:
     """Fetch the rest of the file once, then let HDF5 find each chunk: (filter mask, raw bytes) or None."""
     source.fetch_all()
+    try:
+        if ds.id.get_storage_size() == 0:  # nothing ever written: every chunk reads as the fill value
+            return [None] * len(scaled)
+    except (RuntimeError, OSError) as exc:
+        raise HDF5Truncated(f"HDF5 could not read the chunk index ({exc})") from exc
     out: list[tuple[int, bytes] | None] = []
     for coords in np.asarray(scaled, np.int64):
         offset = tuple(int(c) * k for c, k in zip(coords, ds.chunks))
         try:
             mask, raw = ds.id.read_direct_chunk(offset)
-        except RuntimeError as exc:
-            if "not allocated" not in str(exc):
+        except (RuntimeError, OSError, ValueError) as exc:
+            if not isinstance(exc, RuntimeError) or "not allocated" not in str(exc):
                 raise HDF5Truncated(f"HDF5 could not read chunk {offset} ({exc})") from exc
             out.append(None)
             continue
