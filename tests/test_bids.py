@@ -354,3 +354,12 @@ def test_slice_timing_assumptions():
     assert bids.design.run_timing(raw, {}, 2.0, 10, where="x", frame_offset=0.3).frame_offset == 0.3
     with pytest.raises(bids.TRMismatchError, match="preprocessed BOLD's sidecar"):
         bids.design.run_timing(raw, {"RepetitionTime": 2.5}, 2.0, 10, where="x")
+
+
+def test_inputs_travel_to_workers_by_pickle(bids_root):
+    import pickle
+
+    g = bids.prepare_glm_inputs(str(bids_root), "01", onsets="resample", confounds="simple")
+    again = pickle.loads(pickle.dumps(g))
+    assert again.summary() == g.summary()
+    np.testing.assert_array_equal(again.read_run(1, slice(0, 32)), g.read_run(1, slice(0, 32)))
