@@ -19,7 +19,7 @@ from PIL import Image
 
 from fmri2img.storage import bids
 from fmri2img.storage.bids.entities import applicable_files, format_name, parse_name
-from tests.test_bids_fixtures import bids_copy, bids_root, mini_nsd, tree_bytes  # noqa: F401
+from tests.test_bids_fixtures import bids_copy, bids_mini, bids_root, tree_bytes  # noqa: F401
 
 nilearn_fmriprep = pytest.importorskip(
     "nilearn.interfaces.fmriprep", reason="nilearn is the reference for designs and confounds (a test extra)")
@@ -279,23 +279,23 @@ def test_reading_from_moto_s3_equals_the_local_folder(bids_root, s3_storage_opti
 # --------------------------------------------------------------------------- the generated dataset
 
 
-def test_generation_is_deterministic(bids_root, mini_nsd, tmp_path):  # noqa: F811
+def test_generation_is_deterministic(bids_root, bids_mini, tmp_path):
     from fmri2img.mininsd.bids import generate_bids
 
-    generate_bids(tmp_path / "again", mini_nsd, progress=lambda line: None)
+    generate_bids(tmp_path / "again", bids_mini, progress=lambda line: None)
     assert tree_bytes(tmp_path / "again") == tree_bytes(bids_root)
 
 
-def test_stimuli_are_mini_nsd_pixels_and_the_truth_says_which(bids_root, mini_nsd):  # noqa: F811
+def test_stimuli_are_mini_nsd_pixels_and_the_truth_says_which(bids_root, bids_mini):
     from fmri2img.storage.nsd import NSDLayout, read_stimuli
 
     truth = json.loads((bids_root / "sourcedata/mini_nsd_bids_truth.json").read_text())
-    fs, stimuli = fsspec.filesystem("file"), NSDLayout(str(mini_nsd)).stimuli()
+    fs, stimuli = fsspec.filesystem("file"), NSDLayout(str(bids_mini)).stimuli()
     shared = [i for i in truth["images"] if not i["new"]]
     new = [i for i in truth["images"] if i["new"]]
     assert len(shared) == 12 and len(new) == 4
     pixels = {i["stim_file"]: np.asarray(Image.open(bids_root / "stimuli" / i["stim_file"])) for i in truth["images"]}
-    brick = read_stimuli(fs, stimuli, np.arange(len(json.loads((mini_nsd / "mini_nsd.json").read_text())["images"])))
+    brick = read_stimuli(fs, stimuli, np.arange(len(json.loads((bids_mini / "mini_nsd.json").read_text())["images"])))
     for image in shared:
         np.testing.assert_array_equal(pixels[image["stim_file"]], brick[image["nsd_id"]])
     for image in new:
@@ -322,11 +322,11 @@ def test_truth_matches_the_files(bids_root):
             np.testing.assert_allclose(grp["frame_times"][:], g.runs[r].timing.frame_times)
 
 
-def test_a_dataset_without_sessions_and_a_73k_id_column(mini_nsd, tmp_path):  # noqa: F811
+def test_a_dataset_without_sessions_and_a_73k_id_column(bids_mini, tmp_path):
     from fmri2img.mininsd.bids import BIDSSpec, generate_bids
 
     root = tmp_path / "flat"
-    truth = generate_bids(root, mini_nsd, BIDSSpec(sessions=(), runs=1, n_shared=6, n_new=2, repeats=2, seed=4),
+    truth = generate_bids(root, bids_mini, BIDSSpec(sessions=(), runs=1, n_shared=6, n_new=2, repeats=2, seed=4),
                           progress=lambda line: None)
     ids = {i["stim_file"]: -1 if i["new"] else i["nsd_id"] for i in truth["images"]}
     events = root / "sub-01/func/sub-01_task-images_run-1_events.tsv"

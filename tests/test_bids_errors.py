@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from fmri2img.storage import bids
-from tests.test_bids_fixtures import bids_copy, bids_root, mini_nsd, tree_bytes  # noqa: F401
+from tests.test_bids_fixtures import bids_copy, bids_mini, bids_root, tree_bytes  # noqa: F401
 
 FUNC = "sub-01/ses-01/func"
 DFUNC = f"derivatives/fmriprep/{FUNC}"
