@@ -397,9 +397,12 @@ PUBLIC_BUCKETS = frozenset({"openneuro.org", "openneuro-derivatives"})
 
 
 def _public(url: str, options: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-    """``anon=True`` for OpenNeuro's public buckets when the options name no credentials (as urls does for NSD)."""
-    scheme, rest = urls.split_url(url)
-    if scheme == "s3" and rest.split("/", 1)[0] in PUBLIC_BUCKETS and not options:
+    """``anon=True`` for OpenNeuro's public buckets when no options are given (as storage.urls does for NSD's).
+
+    Only the bucket name is looked at; everything else about the URL is left to ``urls.filesystem``.
+    """
+    text = str(url)
+    if not options and text[:5].lower() == "s3://" and text[5:].split("/", 1)[0] in PUBLIC_BUCKETS:
         return {"anon": True}
     return options
 
