@@ -305,6 +305,37 @@ def test_a_layout_that_cannot_be_planned_is_fetched_once(tmp_path):
     assert fs.bytes == path.stat().st_size
 
 
+def test_a_whole_file_read_above_the_memory_limit_goes_through_a_temporary_file(tmp_path, monkeypatch):
+    path = tmp_path / "userblock.hdf5"
+    with h5py.File(path, "w", userblock_size=512) as h5:
+        h5.create_dataset("betas", data=_data(6), chunks=(TRIALS, 1, 1, 1), compression="gzip")
+    monkeypatch.setattr(hdf5read, "WHOLE_FILE_MEMORY", 0)
+    voxels = np.flatnonzero(_mask())
+    fs = CountingFS()
+    np.testing.assert_array_equal(_read(fs, path, voxels), _reference(path, voxels))
+    assert fs.bytes == path.stat().st_size
+
+
+@pytest.mark.parametrize("layout", ["compact", "contiguous"])
+def test_unchunked_layouts_never_fetch_more_than_the_file(tmp_path, layout):
+    path = tmp_path / f"{layout}.hdf5"
+    data = _data(4)[:2]  # compact data must fit an object header (64 KiB)
+    with h5py.File(path, "w", libver="latest") as h5:
+        if layout == "compact":
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_layout(h5py.h5d.COMPACT)
+            h5py.h5d.create(h5.id, b"betas", h5py.h5t.STD_I16LE, h5py.h5s.create_simple(data.shape), dcpl=dcpl)
+            h5["betas"][...] = data
+        else:
+            h5.create_dataset("betas", data=data)
+    voxels = np.flatnonzero(_mask())
+    fs = CountingFS()
+    out = read_betas_file(fs, str(path), voxels, VOLUME, 2)
+    z, y, x = np.unravel_index(voxels, VOLUME)[::-1]
+    np.testing.assert_array_equal(out, (data[:, z, y, x] / 300).astype(np.float32))
+    assert fs.bytes <= path.stat().st_size
+
+
 def test_a_file_smaller_than_its_header_is_fetched_once(files, tmp_path):
     """The header read-ahead already holds a small file: nothing is fetched twice."""
     path = tmp_path / "small.hdf5"

@@ -167,8 +167,9 @@ class ByteSource:
     def fetch_all(self) -> None:
         """Fetch every byte not held yet, in one batch of large ranges: the file is then read once."""
         missing = self._covered(0, self.size)
-        pieces = [(a, min(b, a + _WHOLE_PIECE)) for start, end in missing
-                  for a, b in [(s, end) for s in range(start, end, _WHOLE_PIECE)]]
+        if not missing:
+            return
+        pieces = [(a, min(end, a + _WHOLE_PIECE)) for start, end in missing for a in range(start, end, _WHOLE_PIECE)]
         logger.info("%s: reading the whole file once (%d bytes not yet read)", self.path,
                     sum(b - a for a, b in pieces))
         if self.size <= WHOLE_FILE_MEMORY:
