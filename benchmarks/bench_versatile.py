@@ -28,6 +28,7 @@ import time
 import numpy as np
 import torch
 
+from fmri2img.models import vd_load
 from fmri2img.models import versatile as V
 from fmri2img.models import vd_sampler as S
 from fmri2img.models.weights import image_generator, pick_device
@@ -47,7 +48,7 @@ def full_random_components(device: str, dtype: str, seed: int = 0) -> V.VDCompon
     with torch.device("meta"):
         image_unet = UNet2DConditionModel(**V.VD_IMAGE_UNET)
         vae = AutoencoderKL(**V.VD_VAE)
-        texts = {p: V._like(image_unet.get_submodule(p)) for p in V.transformer_paths(image_unet)}
+        texts = {p: vd_load._like(image_unet.get_submodule(p)) for p in V.transformer_paths(image_unet)}
     unet = V.dual_unet(image_unet, texts)
     g = torch.Generator().manual_seed(seed)
     for module in (unet, vae):
@@ -74,7 +75,7 @@ def build(size: str, device: str, dtype: str, weights: str | None) -> tuple[V.VD
     if size == "tiny":
         comps, side = V.tiny_vd_components().to(device=pick_device(device), dtype=S._DTYPES[dtype]), 32
     elif weights:
-        comps, side = V.load_vd(weights, device=device, dtype=dtype), 512
+        comps, side = vd_load.load_vd(weights, device=device, dtype=dtype), 512
     else:
         comps, side = full_random_components(device, dtype), 512
     return comps, side, time.perf_counter() - t0

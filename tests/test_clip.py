@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from fmri2img.models import clip as C
+from fmri2img.models import clip_extract as CX
+from fmri2img.storage.weights import open_weights
 from fmri2img.models.tokenizer import learn_merges, mini_nsd_words, tiny_clip_tokenizer
 from fmri2img.models.weights import WeightsError
 
@@ -131,20 +133,20 @@ def test_vision_uncond_is_grey_127(tiny) -> None:
 # --------------------------------------------------------------------------- token reductions
 def test_token_reductions() -> None:
     z = np.random.default_rng(0).normal(size=(2, 257, 5)).astype(np.float32)
-    np.testing.assert_array_equal(C.reduce_tokens(z, "all"), z)
-    np.testing.assert_array_equal(C.reduce_tokens(z, "first77"), z[:, :77])
-    pooled = C.reduce_tokens(z, "pooled", pool_grid=4)
+    np.testing.assert_array_equal(CX.reduce_tokens(z, "all"), z)
+    np.testing.assert_array_equal(CX.reduce_tokens(z, "first77"), z[:, :77])
+    pooled = CX.reduce_tokens(z, "pooled", pool_grid=4)
     assert pooled.shape == (2, 17, 5)
     np.testing.assert_array_equal(pooled[:, 0], z[:, 0])
     for gy in range(4):
         for gx in range(4):
             idx = [1 + 16 * y + x for y in range(4 * gy, 4 * gy + 4) for x in range(4 * gx, 4 * gx + 4)]
             np.testing.assert_allclose(pooled[:, 1 + 4 * gy + gx], z[:, idx].mean(1), atol=1e-6)
-    assert C.reduce_tokens(z, "pooled", pool_grid=8).shape == (2, 65, 5)
+    assert CX.reduce_tokens(z, "pooled", pool_grid=8).shape == (2, 65, 5)
     with pytest.raises(ValueError, match="pool_grid=3"):
-        C.reduce_tokens(z, "pooled", pool_grid=3)
+        CX.reduce_tokens(z, "pooled", pool_grid=3)
     with pytest.raises(ValueError, match=r"tokens='top'.*first77"):
-        C.reduce_tokens(z, "top")
+        CX.reduce_tokens(z, "top")
 
 
 # --------------------------------------------------------------------------- text
@@ -217,7 +219,7 @@ def test_text_bad_captions(tiny) -> None:
 
 # --------------------------------------------------------------------------- extractors
 def test_extractors_interface_batch_independent(images: np.ndarray) -> None:
-    vis = C.make_clip_vision_extractor(tiny=True, device="cpu", batch_size=2, tokens="first77")
+    vis = CX.make_clip_vision_extractor(tiny=True, device="cpu", batch_size=2, tokens="first77")
     assert (vis.name, vis.input, vis.feature_shape, vis.feature_dims, vis.random_weights) == (
         "clip-vision", "images", (77, 32), ("token", "dim"), True)
     a = json.loads(json.dumps(vis.attrs()))
@@ -226,36 +228,36 @@ def test_extractors_interface_batch_independent(images: np.ndarray) -> None:
     full = vis.extract(images, np.array([3, 4, 5]), seed=0)
     assert full.shape == (3, 77, 32) and full.dtype == np.float32
     np.testing.assert_allclose(vis.extract(images[2:], np.array([5]), seed=9), full[2:], atol=1e-5)
-    txt = C.make_clip_text_extractor(tiny=True, device="cpu", batch_size=3)
+    txt = CX.make_clip_text_extractor(tiny=True, device="cpu", batch_size=3)
     assert (txt.name, txt.input, txt.feature_shape, txt.feature_dims) == (
         "clip-text", "captions", (77, 32), ("token", "dim"))
     caps = np.array([["a cat", "a dog", "", "", ""], ["the moon", "", "", "", ""]])
     out = txt.extract(caps, np.array([0, 1]), seed=0)
     np.testing.assert_allclose(txt.extract(caps[1:], np.array([1]), seed=1), out[1:], atol=1e-5)
     json.dumps(txt.attrs())
-    pooled = C.make_clip_vision_extractor(tiny=True, device="cpu", tokens="pooled", pool_grid=8)
+    pooled = CX.make_clip_vision_extractor(tiny=True, device="cpu", tokens="pooled", pool_grid=8)
     assert pooled.feature_shape == (65, 32) and pooled.attrs()["pool_grid"] == 8
 
 
 def test_extractor_bfloat16_close_to_float32(images: np.ndarray) -> None:
-    f32 = C.make_clip_vision_extractor(tiny=True, device="cpu").extract(images[:1], np.array([0]), 0)
-    bf16 = C.make_clip_vision_extractor(tiny=True, device="cpu", dtype="bf16").extract(images[:1], np.array([0]), 0)
+    f32 = CX.make_clip_vision_extractor(tiny=True, device="cpu").extract(images[:1], np.array([0]), 0)
+    bf16 = CX.make_clip_vision_extractor(tiny=True, device="cpu", dtype="bf16").extract(images[:1], np.array([0]), 0)
     assert bf16.dtype == np.float32
     assert np.abs(bf16 - f32).max() < 0.1 * np.abs(f32).max()
 
 
 def test_extractor_errors() -> None:
     with pytest.raises(WeightsError, match="weights.clip"):
-        C.make_clip_text_extractor()
+        CX.make_clip_text_extractor()
     with pytest.raises(ValueError, match=r"dtype='half'.*float32"):
-        C.make_clip_vision_extractor(tiny=True, dtype="half")
+        CX.make_clip_vision_extractor(tiny=True, dtype="half")
     with pytest.raises(ValueError, match="tokens='some'"):
-        C.make_clip_vision_extractor(tiny=True, tokens="some")
+        CX.make_clip_vision_extractor(tiny=True, tokens="some")
     with pytest.raises(ValueError, match="pool_grid=5"):
-        C.make_clip_vision_extractor(tiny=True, tokens="pooled", pool_grid=5)
+        CX.make_clip_vision_extractor(tiny=True, tokens="pooled", pool_grid=5)
     with pytest.raises(ValueError, match="batch_size=0"):
-        C.make_clip_text_extractor(tiny=True, batch_size=0)
-    vis = C.make_clip_vision_extractor(tiny=True, device="cpu")
+        CX.make_clip_text_extractor(tiny=True, batch_size=0)
+    vis = CX.make_clip_vision_extractor(tiny=True, device="cpu")
     with pytest.raises(ValueError, match=r"dtype float32.*uint8"):
         vis.extract(np.zeros((1, 8, 8, 3), np.float32), np.array([0]), 0)
     with pytest.raises(ValueError, match="one id per image"):
@@ -281,12 +283,12 @@ def test_load_clip_local_and_memory_url(tiny, saved_dir: str, images: np.ndarray
     fs = fsspec.filesystem("memory")
     for name in os.listdir(saved_dir):
         fs.pipe(f"/clipdir/{name}", open(os.path.join(saved_dir, name), "rb").read())
-    for url in (saved_dir, "memory://clipdir"):
+    for url in (saved_dir, open_weights("memory://clipdir")):
         m2, t2 = C.load_clip(url, device="cpu")
         np.testing.assert_allclose(C.clip_vision_features(m2, C.clip_vision_preprocess(images[:1])), want_v,
                                    atol=1e-6)
         np.testing.assert_allclose(C.clip_text_uncond(m2, t2), want_t, atol=1e-6)
-    ex = C.make_clip_text_extractor(weights="memory://clipdir", device="cpu")
+    ex = CX.make_clip_text_extractor(weights=open_weights("memory://clipdir"), device="cpu")
     assert ex.random_weights is False and ex.attrs()["weights"] == "clipdir"
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from fmri2img.storage.weights import open_weights
 from fmri2img.models import vdvae as V
 from fmri2img.models.vdvae_blocks import IMAGENET64, TINY, VDVAE
 from fmri2img.models.weights import WeightsError, image_generator
@@ -332,7 +333,8 @@ def test_memory_url_and_extractor_with_weights(tiny, images):
 
     with fsspec.filesystem("memory").open("/vdvae/tiny-ema.th", "wb") as f:
         torch.save(tiny.state_dict(), f)
-    ext = V.make_vdvae_extractor(weights="memory://vdvae/tiny-ema.th", hparams="tiny", n_blocks=5, device="cpu")
+    ext = V.make_vdvae_extractor(weights=open_weights("memory://vdvae/tiny-ema.th"), hparams="tiny", n_blocks=5,
+                                 device="cpu")
     assert ext.random_weights is False and ext.attrs()["weights"] == "tiny-ema.th"
     np.testing.assert_array_equal(ext.extract(images, np.arange(3), 0),
                                   V.encode_latents(tiny, images, np.arange(3), 0, n_blocks=5))

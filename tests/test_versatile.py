@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from fmri2img.models import vd_load as VL
+from fmri2img.storage.weights import open_weights
 from fmri2img.models import vd_keys
 from fmri2img.models import versatile as V
 from fmri2img.models import vd_sampler as S
@@ -292,30 +294,30 @@ def test_load_diffusers_directory_local_and_memory_url(tmp_path):
     import fsspec
 
     expected = _probe(_save_diffusers_dir(tmp_path))
-    comps = V.load_vd(str(tmp_path), device="cpu", dtype="float32")
+    comps = VL.load_vd(str(tmp_path), device="cpu", dtype="float32")
     for a, b in zip(_probe(comps), expected):
         assert torch.equal(a, b)
     fs = fsspec.filesystem("memory")
     for f in tmp_path.rglob("*"):
         if f.is_file():
             fs.pipe(f"/vdtest/{f.relative_to(tmp_path)}", f.read_bytes())
-    remote = V.load_vd("memory://vdtest", device="cpu", dtype="float32")
+    remote = VL.load_vd(open_weights("memory://vdtest"), device="cpu", dtype="float32")
     for a, b in zip(_probe(remote), expected):
         assert torch.equal(a, b)
-    assert V.load_vd(str(tmp_path), device="cpu", dtype="bfloat16").dtype == torch.bfloat16
+    assert VL.load_vd(str(tmp_path), device="cpu", dtype="bfloat16").dtype == torch.bfloat16
 
 
 def test_load_diffusers_directory_errors(tmp_path):
     _save_diffusers_dir(tmp_path)
     with pytest.raises(WeightsError, match="not found"):
-        V.load_vd(str(tmp_path / "nothing"), device="cpu")
+        VL.load_vd(str(tmp_path / "nothing"), device="cpu")
     for f in (tmp_path / "text_unet").iterdir():
         if f.name.startswith("diffusion_pytorch_model"):
             f.unlink()
     with pytest.raises(WeightsError, match=r"text_unet/ needs config.json and diffusion_pytorch_model"):
-        V.load_vd(str(tmp_path), device="cpu")
+        VL.load_vd(str(tmp_path), device="cpu")
     with pytest.raises(ValueError, match="dtype='half'"):
-        V.load_vd(str(tmp_path), device="cpu", dtype="half")
+        VL.load_vd(str(tmp_path), device="cpu", dtype="half")
 
 
 def _tiny_configs():
@@ -334,7 +336,7 @@ def test_original_checkpoint_round_trip(tmp_path):
     torch.save({"state_dict": {**unet_sd, "optimus.unused": torch.zeros(1)}}, tmp_path / "vd.pth")
     torch.save({f"first_stage_model.{k}": v for k, v in vae_sd.items()}, tmp_path / "kl-f8.pth")
     unet_cfg, vae_cfg = _tiny_configs()
-    comps = V.load_vd_original(str(tmp_path / "vd.pth"), str(tmp_path / "kl-f8.pth"), unet_config=unet_cfg,
+    comps = VL.load_vd_original(str(tmp_path / "vd.pth"), str(tmp_path / "kl-f8.pth"), unet_config=unet_cfg,
                                vae_config=vae_cfg, device="cpu", dtype="float32")
     expected = V.components_from_models(*V.tiny_vd_models(seed=3))
     for mix in (0.0, 0.4, 1.0):
@@ -343,7 +345,7 @@ def test_original_checkpoint_round_trip(tmp_path):
     del unet_sd["model.diffusion_model.unet_text.middle_block.1.proj_out.weight"]
     torch.save(unet_sd, tmp_path / "broken.pth")
     with pytest.raises(WeightsError, match=r"text flow mid_block.*1 missing key.*unet_text.middle_block.1.proj_out"):
-        V.load_vd_original(str(tmp_path / "broken.pth"), str(tmp_path / "kl-f8.pth"), unet_config=unet_cfg,
+        VL.load_vd_original(str(tmp_path / "broken.pth"), str(tmp_path / "kl-f8.pth"), unet_config=unet_cfg,
                            vae_config=vae_cfg, device="cpu", dtype="float32")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fmri2img.storage.weights import open_weights
 from fmri2img.models.weights import WeightsError, check_state_dict, image_generator, load_into, load_state_dict
 
 
@@ -33,8 +34,10 @@ def test_memory_url(tmp_path):
     buf = fsspec.filesystem("memory")
     with buf.open("/weights/net.pth", "wb") as f:
         torch.save(net.state_dict(), f)
-    sd = load_state_dict("memory://weights/net.pth")
+    sd = load_state_dict(open_weights("memory://weights/net.pth"))
     assert set(sd) == set(net.state_dict())
+    with pytest.raises(WeightsError, match="is a URL: models take a local path or opened weights"):
+        load_state_dict("memory://weights/net.pth")  # models never open a URL themselves
 
 
 def test_wrong_architecture_lists_keys(tmp_path):

@@ -45,7 +45,7 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
-def build_clip(weights: str | None = None, storage_options: Mapping[str, Any] | None = None, seed: int = 0):
+def build_clip(weights: Any = None, seed: int = 0):
     """CLIP for the evaluation: a transformers-format directory (path or URL), or a tiny seeded random model.
 
     Returns
@@ -56,7 +56,7 @@ def build_clip(weights: str | None = None, storage_options: Mapping[str, Any] | 
 
     if weights is None:
         return tiny_clip(seed)[0]
-    return load_clip(weights, storage_options, device="cpu")[0]
+    return load_clip(weights, device="cpu")[0]
 
 
 def _clip_embedding(model: Any, x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +81,7 @@ class EvalNet:
     Attributes
     ----------
     builder : callable
-        ``builder(weights=None, storage_options=None, seed=0)`` → network in eval mode.
+        ``builder(weights=None, seed=0)`` → network in eval mode (``weights``: a local path or opened weights).
     tap : str
         The layer whose output is the feature (for the record).
     normalization : str
@@ -115,8 +115,8 @@ EVAL_NETS: dict[str, EvalNet] = {
 
 
 def _tiny(seed: int) -> Callable[..., Any]:
-    def build(weights: str | None = None, storage_options: Mapping[str, Any] | None = None, seed: int = seed):
-        return build_tiny_cnn(weights, storage_options, seed)
+    def build(weights: Any = None, seed: int = seed):
+        return build_tiny_cnn(weights, seed)
     build.__name__ = f"build_tiny_cnn_{seed}"
     return build
 

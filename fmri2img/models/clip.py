@@ -19,17 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
-from fmri2img.storage import secrets
-from fmri2img.models.weights import WeightsError, pick_device
+from fmri2img.models.weights import LocalWeights, WeightsError, as_weights, pick_device, weights_name
 
 logger = logging.getLogger(__name__)
 
@@ -97,18 +94,6 @@ def tiny_clip(seed: int = 0, projection_dim: int = 32):
     return model.eval().requires_grad_(False), tok
 
 
-def _copy_remote_dir(url: str, storage_options: Mapping[str, Any] | None, dest: str) -> None:
-    from fmri2img.storage import urls
-
-    fs, path = urls.filesystem(url, dict(storage_options or {}) or None)
-    try:
-        names = {os.path.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)}
-    except FileNotFoundError:
-        names = set()
-    for name in sorted(names & {"config.json", *_MODEL_FILES, *_TOKENIZER_FILES}):
-        fs.get(f"{path.rstrip('/')}/{name}", os.path.join(dest, name))
-
-
 def _check_clip_dir(local: str, shown: str) -> None:
     files = set(os.listdir(local)) if os.path.isdir(local) else set()
     problems = []
@@ -131,26 +116,22 @@ def _check_clip_dir(local: str, shown: str) -> None:
         )
 
 
-def load_clip(weights: str, storage_options: Mapping[str, Any] | None = None, *, device: str = "auto",
-              dtype: str = "float32"):
-    """Load a transformers-format CLIP model and tokenizer from a directory or fsspec URL.
+def load_clip(weights: Any, *, device: str = "auto", dtype: str = "float32"):
+    """Load a transformers-format CLIP model and tokenizer from a directory.
 
     Nothing is fetched from a model hub: the architecture comes from ``config.json``
     (``local_files_only=True``), the weights through :func:`fmri2img.models.weights.load_state_dict`
     (safetensors, or ``torch.load(weights_only=True)``) and are checked key for key and shape
     for shape by :func:`~fmri2img.models.weights.check_state_dict` (one :class:`WeightsError`
-    listing missing, unexpected and misshapen keys).  A remote URL
-    (``s3://``, ``gs://``, ``gdrive://``, ``memory://`` …) is read through
-    :func:`fmri2img.storage.urls.filesystem` into a temporary local directory, the one
-    local copy this loader makes; it is deleted once the model is in memory.
+    listing missing, unexpected and misshapen keys).  A remote folder (opened weights from
+    :func:`fmri2img.storage.weights.open_weights`) is copied into a temporary local directory,
+    the one local copy this loader makes; it is deleted once the model is in memory.
 
     Parameters
     ----------
-    weights : str
+    weights : str, path-like or opened weights
         Directory with ``config.json``, ``model.safetensors`` or ``pytorch_model.bin``, and
         ``vocab.json`` + ``merges.txt`` (or ``tokenizer.json``).
-    storage_options : mapping, optional
-        fsspec options (credentials) for remote URLs.
     device : str
         "auto", "cpu", "cuda", "mps".
     dtype : str
@@ -161,23 +142,13 @@ def load_clip(weights: str, storage_options: Mapping[str, Any] | None = None, *,
     model : transformers.CLIPModel (eval mode)
     tokenizer : transformers.CLIPTokenizer
     """
-    from fmri2img.storage import urls
-
-    torch_dtype = _dtype(dtype)
-    shown = secrets.redact(str(weights))
-    scheme, _ = urls.split_url(str(weights))
-    if scheme in ("", "file"):
-        if not os.path.isdir(_local_path(str(weights))):
-            raise WeightsError(f"CLIP weights directory {shown} not found: set weights.clip to a transformers-format "
-                               f"CLIP ViT-L/14 directory (nothing is downloaded at run time)")
-        return _load_local(_local_path(str(weights)), shown, device, torch_dtype)
-    with tempfile.TemporaryDirectory(prefix="fmri2img-clip-") as tmp:
-        _copy_remote_dir(str(weights), storage_options, tmp)
-        return _load_local(tmp, shown, device, torch_dtype)
-
-
-def _local_path(url: str) -> str:
-    return url[len("file://"):] if url.startswith("file://") else url
+    torch_dtype = dtype_of(dtype)
+    source, shown = as_weights(weights), weights_name(weights)
+    if isinstance(source, LocalWeights) and not os.path.isdir(source.path):
+        raise WeightsError(f"CLIP weights directory {shown} not found: set weights.clip to a transformers-format "
+                           f"CLIP ViT-L/14 directory (nothing is downloaded at run time)")
+    with source.local_dir({"config.json", *_MODEL_FILES, *_TOKENIZER_FILES}) as local:
+        return _load_local(local, shown, device, torch_dtype)
 
 
 def _load_local(local: str, shown: str, device: str, torch_dtype: torch.dtype):
@@ -199,7 +170,7 @@ def _load_local(local: str, shown: str, device: str, torch_dtype: torch.dtype):
     return model.to(device=pick_device(device), dtype=torch_dtype).eval().requires_grad_(False), tok
 
 
-def _dtype(name: str) -> torch.dtype:
+def dtype_of(name: str) -> torch.dtype:
     try:
         return DTYPES[name]
     except KeyError:
@@ -216,7 +187,7 @@ def _device(model) -> torch.device:
 
 
 # --------------------------------------------------------------------------- text
-def _check_captions(captions: Any) -> np.ndarray:
+def check_captions(captions: Any) -> np.ndarray:
     arr = np.asarray(captions)
     if arr.ndim != 2 or arr.dtype.kind not in "UO":
         raise ValueError(f"captions has shape {arr.shape} and dtype {arr.dtype}; expected (n, k) strings "
@@ -262,7 +233,7 @@ def clip_text_features(model, tokenizer, captions: np.ndarray, batch_size: int =
     -------
     array of shape (n, 77, projection_dim), float32
     """
-    caps = _check_captions(captions)
+    caps = check_captions(captions)
     per_image = [image_captions(row) for row in caps]
     flat = [c for cs in per_image for c in cs]
     parts = [_encode_text(model, tokenizer, flat[i:i + batch_size]) for i in range(0, len(flat), batch_size)]
@@ -287,7 +258,7 @@ def clip_text_uncond(model, tokenizer) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- vision
-def _check_images(images: Any) -> np.ndarray:
+def check_images(images: Any) -> np.ndarray:
     arr = np.asarray(images)
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"images has shape {arr.shape} and dtype {arr.dtype}; expected (n, height, width, 3) "
@@ -330,7 +301,7 @@ def signed_512(images: np.ndarray, workers: int | None = None) -> np.ndarray:
     -------
     array of shape (n, 512, 512, 3), float32 in [−1, 1]
     """
-    arr = _check_images(images)
+    arr = check_images(images)
     out = np.empty((len(arr), RESIZE_SIDE, RESIZE_SIDE, 3), np.float32)
     return _pool_map(_signed_512_one, arr, out, workers)
 
@@ -382,7 +353,7 @@ def clip_vision_preprocess(images: np.ndarray, workers: int | None = None) -> to
     -------
     Tensor of shape (n, 3, 224, 224), float32
     """
-    arr = _check_images(images)
+    arr = check_images(images)
     out = np.empty((len(arr), 3, VISION_SIDE, VISION_SIDE), np.float32)
     return torch.from_numpy(_pool_map(lambda img: _processor_one(_signed_512_one(img)), arr, out, workers))
 
@@ -440,208 +411,3 @@ def clip_vision_uncond(model) -> np.ndarray:
     """
     zeros = np.zeros((1, VISION_SIDE, VISION_SIDE, 3), np.float32)
     return clip_vision_features(model, _processor_steps(zeros))[0]
-
-
-# --------------------------------------------------------------------------- token reductions
-def _all(z: np.ndarray, pool_grid: int) -> np.ndarray:
-    return z
-
-
-def _first77(z: np.ndarray, pool_grid: int) -> np.ndarray:
-    return z[:, :MAX_TOKENS]
-
-
-def _pooled(z: np.ndarray, pool_grid: int) -> np.ndarray:
-    n, t, d = z.shape
-    side = int(round((t - 1) ** 0.5))
-    if side * side != t - 1 or side % pool_grid:
-        raise ValueError(f"pool_grid={pool_grid} does not divide the {side}×{side} patch grid; "
-                         f"use a divisor of {side} (for ViT-L/14: 1, 2, 4, 8 or 16)")
-    k = side // pool_grid
-    grid = z[:, 1:].reshape(n, pool_grid, k, pool_grid, k, d).mean(axis=(2, 4), dtype=np.float64)
-    return np.concatenate([z[:, :1], grid.reshape(n, pool_grid * pool_grid, d).astype(z.dtype)], axis=1)
-
-
-@dataclass(frozen=True)
-class TokenReduction:
-    """A way to cut the 257 vision tokens down; ``n_tokens(pool_grid)`` gives the result's count."""
-
-    reduce: Callable[[np.ndarray, int], np.ndarray]
-    n_tokens: Callable[[int], int]
-    description: str
-
-
-#: name → token reduction of (n, 257, d) vision features
-TOKEN_REDUCTIONS: dict[str, TokenReduction] = {
-    "all": TokenReduction(_all, lambda g: 257, "all 257 tokens (Brain-Diffuser)"),
-    "first77": TokenReduction(_first77, lambda g: MAX_TOKENS,
-                              "tokens [:77]: CLS + the first 76 patches in row-major order, i.e. the top ~4.75 "
-                              "rows of the 16×16 grid (the seed paper's cut; spatially biased)"),
-    "pooled": TokenReduction(_pooled, lambda g: 1 + g * g,
-                             "CLS + the 16×16 patch grid average-pooled to pool_grid × pool_grid "
-                             "(keeps the whole visual field)"),
-}
-
-
-def reduce_tokens(features: np.ndarray, tokens: str = "all", pool_grid: int = 4) -> np.ndarray:
-    """Apply token reduction ``tokens`` (a key of :data:`TOKEN_REDUCTIONS`) to (n, 257, d) features."""
-    return _reduction(tokens).reduce(np.asarray(features), pool_grid)
-
-
-def _reduction(tokens: str) -> TokenReduction:
-    try:
-        return TOKEN_REDUCTIONS[tokens]
-    except KeyError:
-        raise ValueError(f"tokens={tokens!r}; expected one of {sorted(TOKEN_REDUCTIONS)}") from None
-
-
-
-# --------------------------------------------------------------------------- extractors
-@dataclass
-class _ClipExtractor:
-    """Shared state of the two CLIP extractors: the model, where it runs, and its provenance."""
-
-    model: Any
-    tokenizer: Any
-    weights_name: str | None
-    batch_size: int
-    dtype: str
-
-    @property
-    def random_weights(self) -> bool:
-        return self.weights_name is None
-
-    def _base_attrs(self) -> dict[str, Any]:
-        return {"extractor": self.name, "model": "CLIP ViT-L/14 (transformers)" if not self.random_weights
-                else "tiny CLIP (seeded random weights; proves the plumbing, not the features)",
-                "weights": self.weights_name, "random_weights": self.random_weights, "dtype": self.dtype,
-                "projection_dim": int(self.model.config.projection_dim), "batch_size": self.batch_size}
-
-    @staticmethod
-    def _check_ids(n: int, image_ids: Any) -> None:
-        m = len(np.asarray(image_ids).reshape(-1))
-        if m != n:
-            raise ValueError(f"image_ids has {m} entries but the batch has {n} rows: pass one id per image")
-
-
-class ClipTextExtractor(_ClipExtractor):
-    """The 'clip-text' extractor: (n, 5) captions → (n, 77, d) float32 (deterministic; no randomness)."""
-
-    name = "clip-text"
-    input = "captions"
-
-    @property
-    def feature_shape(self) -> tuple[int, ...]:
-        return (MAX_TOKENS, int(self.model.config.projection_dim))
-
-    feature_dims = ("token", "dim")
-
-    def attrs(self) -> dict[str, Any]:
-        return {**self._base_attrs(), "tokens": MAX_TOKENS,
-                "recipe": "projection on all 77 tokens, / |projected EOS|, mean over non-empty captions "
-                          "(no caption: the empty caption)"}
-
-    def extract(self, batch: np.ndarray, image_ids: np.ndarray, seed: int) -> np.ndarray:
-        """Features of a batch of caption rows: array (n, k) str → (n, 77, d) float32."""
-        caps = _check_captions(batch)
-        self._check_ids(len(caps), image_ids)
-        return clip_text_features(self.model, self.tokenizer, caps, self.batch_size)
-
-
-class ClipVisionExtractor(_ClipExtractor):
-    """The 'clip-vision' extractor: uint8 images → (n, n_tokens, d) float32 (deterministic)."""
-
-    name = "clip-vision"
-    input = "images"
-    feature_dims = ("token", "dim")
-
-    def __init__(self, *args: Any, tokens: str = "all", pool_grid: int = 4, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.tokens, self.pool_grid = tokens, pool_grid
-
-    @property
-    def feature_shape(self) -> tuple[int, ...]:
-        return (_reduction(self.tokens).n_tokens(self.pool_grid), int(self.model.config.projection_dim))
-
-    def attrs(self) -> dict[str, Any]:
-        extra = {"pool_grid": self.pool_grid} if self.tokens == "pooled" else {}
-        return {**self._base_attrs(), "token_reduction": self.tokens,
-                "token_reduction_description": _reduction(self.tokens).description, **extra,
-                "preprocessing": "PIL bilinear 512, x/255*2-1, (x+1)/2*255 truncated to uint8, PIL bicubic "
-                                 "shortest side 224, centre crop 224, /255, CLIP mean/std",
-                "recipe": "post_layernorm + visual_projection on all tokens, / |projected CLS|"}
-
-    def extract(self, batch: np.ndarray, image_ids: np.ndarray, seed: int) -> np.ndarray:
-        """Features of uint8 images (n, H, W, 3) → (n, n_tokens, d) float32."""
-        imgs = _check_images(batch)
-        self._check_ids(len(imgs), image_ids)
-        out = [reduce_tokens(f, self.tokens, self.pool_grid)
-               for f in clip_vision_batches(self.model, imgs, self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, *self.feature_shape), np.float32)
-
-
-def _build(weights: str | None, storage_options: Any, tiny: bool, device: str, dtype: str,
-           batch_size: int) -> dict[str, Any]:
-    from fmri2img.storage import urls
-
-    torch_dtype = _dtype(dtype)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}; expected a positive integer (for example 16)")
-    if tiny:
-        model, tok = tiny_clip()
-        model = model.to(device=pick_device(device), dtype=torch_dtype)
-        name = None
-    elif not weights:
-        raise WeightsError("no CLIP weights given: set weights.clip in the configuration to a transformers-format "
-                           "CLIP ViT-L/14 directory (local path or fsspec URL), or use tiny = true for the "
-                           "random-weight test model")
-    else:
-        model, tok = load_clip(weights, storage_options, device=device, dtype=dtype)
-        name = os.path.basename(str(secrets.redact(str(weights))).rstrip("/")) or str(secrets.redact(str(weights)))
-    return dict(model=model, tokenizer=tok, weights_name=name, batch_size=int(batch_size), dtype=dtype)
-
-
-def make_clip_text_extractor(*, weights: str | None = None, storage_options: Any = None, tiny: bool = False,
-                             device: str = "auto", dtype: str = "float32",
-                             batch_size: int = 64) -> ClipTextExtractor:
-    """Build the 'clip-text' extractor (feature shape (77, projection_dim), dims ("token", "dim")).
-
-    Parameters
-    ----------
-    weights : str, optional
-        transformers-format CLIP directory or fsspec URL (see :func:`load_clip`).
-    storage_options : mapping, optional
-    tiny : bool
-        Use :func:`tiny_clip` (seeded random weights) instead of ``weights``.
-    device, dtype : str
-        Device choice ("auto" picks CUDA, MPS or CPU) and one of :data:`DTYPES`.
-    batch_size : int
-        Captions per forward pass.
-    """
-    return ClipTextExtractor(**_build(weights, storage_options, tiny, device, dtype, batch_size))
-
-
-def make_clip_vision_extractor(*, weights: str | None = None, storage_options: Any = None, tiny: bool = False,
-                               device: str = "auto", dtype: str = "float32", batch_size: int = 16,
-                               tokens: str = "all", pool_grid: int = 4) -> ClipVisionExtractor:
-    """Build the 'clip-vision' extractor (feature shape (n_tokens, projection_dim), dims ("token", "dim")).
-
-    Parameters
-    ----------
-    weights, storage_options, tiny, device, dtype
-        As :func:`make_clip_text_extractor`.
-    batch_size : int
-        Images per forward pass.
-    tokens : str
-        Token reduction, a key of :data:`TOKEN_REDUCTIONS`: "all" (257, Brain-Diffuser),
-        "first77" (the seed paper's spatially biased cut) or "pooled" (1 + pool_grid²).
-    pool_grid : int
-        Side of the pooled patch grid for ``tokens="pooled"`` (4 → 17 tokens, 8 → 65).
-    """
-    red = _reduction(tokens)
-    if tokens == "pooled" and (isinstance(pool_grid, bool) or not isinstance(pool_grid, (int, np.integer))
-                               or pool_grid < 1 or 16 % pool_grid):
-        raise ValueError(f"pool_grid={pool_grid!r}; expected a divisor of the 16×16 patch grid: 1, 2, 4, 8 or 16")
-    logger.debug("clip-vision token reduction: %s", red.description)
-    return ClipVisionExtractor(**_build(weights, storage_options, tiny, device, dtype, batch_size),
-                               tokens=tokens, pool_grid=int(pool_grid))

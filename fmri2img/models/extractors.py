@@ -5,8 +5,8 @@ entry that builds it): the ``kind`` option, or the name itself.  So one configur
 two of a kind side by side, e.g. ``vdvae`` (31 blocks) and ``vdvae-10`` (``kind = "vdvae"``,
 10 blocks, the seed paper's reduced VDVAE).
 
-Every factory takes ``weights``, ``storage_options``, ``tiny``, ``device``, ``dtype``,
-``batch_size`` and its own options, and returns an object with ``name``, ``input``
+Every factory takes ``weights`` (a local path or opened weights, never a URL), ``tiny``,
+``device``, ``dtype``, ``batch_size`` and its own options, and returns an object with ``name``, ``input``
 (``"images"`` or ``"captions"``), ``feature_shape``, ``feature_dims``,
 ``random_weights``, ``attrs()`` and ``extract(batch, image_ids, seed)``.
 """
@@ -20,12 +20,17 @@ from typing import Any, Callable, Mapping
 EXTRACTORS: dict[str, str] = {
     "pixels": "fmri2img.models.pixels:make_pixels_extractor",
     "vdvae": "fmri2img.models.vdvae:make_vdvae_extractor",
-    "clip-text": "fmri2img.models.clip:make_clip_text_extractor",
-    "clip-vision": "fmri2img.models.clip:make_clip_vision_extractor",
+    "clip-text": "fmri2img.models.clip_extract:make_clip_text_extractor",
+    "clip-vision": "fmri2img.models.clip_extract:make_clip_vision_extractor",
 }
 
 #: which entry of the [weights] configuration section each extractor loads
 WEIGHTS_KEY: dict[str, str] = {"vdvae": "vdvae", "clip-text": "clip", "clip-vision": "clip"}
+
+
+#: options every extractor takes besides its factory's: its kind, and the fsspec options of its weights URL
+#: (the stage opens the URL with them, :func:`fmri2img.storage.weights.opened_options`; factories never see URLs)
+SHARED_OPTIONS = ("kind", "storage_options")
 
 
 class ExtractorError(ValueError):
@@ -71,9 +76,9 @@ def check_options(name: str, options: Mapping[str, Any], where: str = "features"
     params = inspect.signature(factory(kind)).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    unknown = sorted(set(options) - set(params) - {"kind"})
+    unknown = sorted(set(options) - set(params) - set(SHARED_OPTIONS))
     if unknown:
-        raise ExtractorError(f"{where}.{name}: unknown option(s) {unknown}; valid: {sorted({*params, 'kind'})}")
+        raise ExtractorError(f"{where}.{name}: unknown option(s) {unknown}; valid: {sorted({*params, *SHARED_OPTIONS})}")
 
 
 def build(name: str, **options: Any) -> Any:

@@ -128,7 +128,7 @@ class PixelsExtractor:
         return resize_pixels(arr, self.side)
 
 
-def make_pixels_extractor(*, side: int = 64, weights: str | None = None, storage_options: Any = None,
+def make_pixels_extractor(*, side: int = 64, weights: Any = None,
                           tiny: bool = False, device: str = "auto", dtype: str = "float32",
                           batch_size: int = 64) -> PixelsExtractor:
     """Build the 'pixels' extractor.
@@ -137,7 +137,7 @@ def make_pixels_extractor(*, side: int = 64, weights: str | None = None, storage
     ----------
     side : int
         Output side in pixels (default 64: 64 × 64 × 3 = 12,288 features).
-    weights, storage_options, tiny, device, dtype, batch_size
+    weights, tiny, device, dtype, batch_size
         Accepted for the common factory signature; the feature has no weights and runs on
         the CPU with PIL, so they are ignored (``weights`` must be None).
 

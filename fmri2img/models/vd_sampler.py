@@ -408,7 +408,7 @@ def reconstruct(components: VDComponents, init_images: np.ndarray, vision: Any, 
     Parameters
     ----------
     components : VDComponents
-        From :func:`~fmri2img.models.versatile.load_vd`, :func:`~fmri2img.models.versatile.load_vd_original`
+        From :func:`~fmri2img.models.vd_load.load_vd`, :func:`~fmri2img.models.vd_load.load_vd_original`
         or :func:`~fmri2img.models.versatile.tiny_vd_components`.
     init_images : array of shape (n, H, W, 3), uint8
         Stage-1 reconstructions (resized to ``settings.size`` with PIL bicubic if needed).

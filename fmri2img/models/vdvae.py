@@ -356,8 +356,8 @@ def weights_name(weights: str) -> str:
     return os.path.basename(str(weights).split("?", 1)[0].rstrip("/"))
 
 
-def load_vdvae(weights: str, storage_options: Mapping[str, Any] | None = None,
-               hparams: VDVAEHparams = IMAGENET64, device: str = "auto", dtype: str = "float32") -> VDVAE:
+def load_vdvae(weights: Any, hparams: VDVAEHparams = IMAGENET64, device: str = "auto",
+               dtype: str = "float32") -> VDVAE:
     """Load an openai/vdvae checkpoint (``imagenet64-iter-1600000-model-ema.th``) into :class:`VDVAE`.
 
     The EMA file is a plain ``state_dict`` saved with ``torch.save``; the non-EMA file of a
@@ -367,10 +367,8 @@ def load_vdvae(weights: str, storage_options: Mapping[str, Any] | None = None,
 
     Parameters
     ----------
-    weights : str
-        Local path or fsspec URL.
-    storage_options : mapping, optional
-        fsspec options for remote URLs.
+    weights : str, path-like or opened weights
+        A local path, or opened weights (:func:`fmri2img.storage.weights.open_weights`).
     hparams : VDVAEHparams
     device : str
         "auto" (CUDA, MPS, CPU), or a device name.
@@ -382,7 +380,7 @@ def load_vdvae(weights: str, storage_options: Mapping[str, Any] | None = None,
     VDVAE in eval mode, on ``device`` in ``dtype``
     """
     torch_dtype = _dtype(dtype)
-    state = _strip_ddp(load_state_dict(weights, storage_options))
+    state = _strip_ddp(load_state_dict(weights))
     with torch.device("meta"):  # no memory, no random init: every tensor comes from the file
         model = VDVAE(hparams)
     check_state_dict(model, state, f"VDVAE {hparams.name} ({weights_name(weights)})")
@@ -450,16 +448,15 @@ class VDVAEExtractor:
         return encode_latents(self.model, batch, image_ids, seed, self.n_blocks, self.batch_size)
 
 
-def make_vdvae_extractor(*, weights: str | None = None, storage_options: Any = None, tiny: bool = False,
+def make_vdvae_extractor(*, weights: Any = None, tiny: bool = False,
                          device: str = "auto", dtype: str = "float32", batch_size: int = 30, n_blocks: int = 31,
                          hparams: str = "imagenet64", seed: int = 0, note: str = "") -> VDVAEExtractor:
     """Build the 'vdvae' extractor.
 
     Parameters
     ----------
-    weights : str, optional
-        Path or fsspec URL of ``imagenet64-iter-1600000-model-ema.th`` (the ``[weights] vdvae`` key).
-    storage_options : mapping, optional
+    weights : str, path-like or opened weights, optional
+        ``imagenet64-iter-1600000-model-ema.th`` (the ``[weights] vdvae`` key).
     tiny : bool
         Use the TINY configuration with seeded random weights (tests; plumbing only); ``weights`` must be None.
     device, dtype : str
@@ -496,6 +493,6 @@ def make_vdvae_extractor(*, weights: str | None = None, storage_options: Any = N
         raise ValueError(f"hparams={hparams!r}; expected one of {sorted(HPARAMS)}")
     hp = HPARAMS[hparams]
     n_blocks = _check_n_blocks(hp, n_blocks)
-    model = load_vdvae(weights, storage_options, hp, device=device, dtype=dtype)
+    model = load_vdvae(weights, hp, device=device, dtype=dtype)
     extra = {"weights_note": str(note)} if note else {}
     return VDVAEExtractor(model, n_blocks, int(batch_size), weights_name(weights), False, extra=extra)

@@ -15,18 +15,15 @@ The two contexts travel concatenated along the token axis as the UNet's
 vision tokens end and what the text share is, so any token counts work (257 or 77 vision
 tokens, 77 text tokens).  Without a :class:`MixSpec` the UNet is the plain image flow.
 
-Loading: :func:`load_vd` reads a diffusers-format directory (``image_unet/``, ``text_unet/``,
-``vae/``, ``scheduler/``; local or fsspec URL) and takes from ``text_unet`` only its
-cross-attention transformers; :func:`load_vd_original` reads the original four-flow ``.pth``
-and ``kl-f8.pth`` through the key mapping of :mod:`fmri2img.models.vd_keys`.
+Loading (:mod:`fmri2img.models.vd_load`): ``load_vd`` reads a diffusers-format directory
+(``image_unet/``, ``text_unet/``, ``vae/``, ``scheduler/``) and takes from ``text_unet`` only its
+cross-attention transformers; ``load_vd_original`` reads the original four-flow ``.pth`` and
+``kl-f8.pth`` through the key mapping of :mod:`fmri2img.models.vd_keys`.
 :func:`tiny_vd_components` builds a seeded random-weight model of the same structure.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -35,8 +32,8 @@ import torch
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
-from fmri2img.storage import secrets
-from fmri2img.models.weights import WeightsError, check_state_dict, load_state_dict, pick_device
+from fmri2img.models.weights import WeightsError
+
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +52,8 @@ VD_VAE = dict(sample_size=256, in_channels=3, out_channels=3, block_out_channels
               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
               latent_channels=4, layers_per_block=2, scaling_factor=0.18215)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_SUBDIRS = ("image_unet", "text_unet", "vae", "scheduler")
-_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+SUBDIRS = ("image_unet", "text_unet", "vae", "scheduler")
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
                  "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin")
 
 
@@ -275,7 +272,7 @@ def tiny_vd_components(seed: int = 0, context_dim: int = 32) -> VDComponents:
 
 
 # --------------------------------------------------------------------------- diffusers-format directory
-def _dtype(name: str) -> torch.dtype:
+def dtype_of(name: str) -> torch.dtype:
     try:
         return _DTYPES[name]
     except KeyError:
@@ -283,193 +280,7 @@ def _dtype(name: str) -> torch.dtype:
                          f"in float16)") from None
 
 
-def _copy_remote(url: str, storage_options: Mapping[str, Any] | None, dest: str) -> None:
-    from fmri2img.storage import urls
-
-    fs, path = urls.filesystem(url, dict(storage_options or {}) or None)
-    for sub in _SUBDIRS:
-        try:
-            names = {os.path.basename(p.rstrip("/")) for p in fs.ls(f"{path.rstrip('/')}/{sub}", detail=False)}
-        except FileNotFoundError:
-            continue
-        os.makedirs(os.path.join(dest, sub), exist_ok=True)
-        for name in sorted(names & {"config.json", "scheduler_config.json", *_WEIGHT_FILES}):
-            fs.get(f"{path.rstrip('/')}/{sub}/{name}", os.path.join(dest, sub, name))
-
-
-def _read_dir(local: str, sub: str, shown: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    folder = os.path.join(local, sub)
-    files = set(os.listdir(folder)) if os.path.isdir(folder) else set()
-    weights = next((f for f in _WEIGHT_FILES if f in files), None)
-    if "config.json" not in files or weights is None:
-        raise WeightsError(f"Versatile Diffusion weights {shown}: {sub}/ needs config.json and "
-                           f"diffusion_pytorch_model.safetensors (or .bin); found {sorted(files) or 'nothing'}. "
-                           f"Set weights.versatile_diffusion to a diffusers-format VD directory (image_unet/, "
-                           f"text_unet/, vae/, scheduler/), or pass the original .pth to load_vd_original")
-    with open(os.path.join(folder, "config.json")) as f:
-        config = json.load(f)
-    return config, load_state_dict(os.path.join(folder, weights))
-
-
-def _like(transformer: nn.Module) -> nn.Module:
-    """A new Transformer2DModel with the architecture of ``transformer`` (fresh weights).
-
-    Built from explicit arguments: ``from_config`` would restore the defaults of the entries
-    the UNet passed positionally (listed in ``_use_default_values``), e.g. 16 heads × 88.
-    """
-    from diffusers.models.transformers.transformer_2d import Transformer2DModel
-
-    return Transformer2DModel(**{k: v for k, v in dict(transformer.config).items() if not k.startswith("_")})
-
-
-def _text_transformers(image_unet: nn.Module, state: Mapping[str, torch.Tensor], shown: str) -> dict[str, nn.Module]:
-    """Build the text flow's transformers from the image flow's configs and the text_unet state dict."""
-    out = {}
-    for path in transformer_paths(image_unet):
-        module = _like(image_unet.get_submodule(path))
-        sub = {k[len(path) + 1:]: v for k, v in state.items() if k.startswith(path + ".")}
-        check_state_dict(module, sub, f"Versatile Diffusion text flow {path} ({shown}/text_unet)")
-        module.load_state_dict(sub)
-        out[path] = module
-    return out
-
-
-def load_vd(weights: str, storage_options: Mapping[str, Any] | None = None, *, device: str = "auto",
-            dtype: str = "float16") -> VDComponents:
-    """Load Versatile Diffusion from a diffusers-format directory or fsspec URL.
-
-    Reads ``image_unet/`` (UNet2DConditionModel), ``text_unet/`` (only its cross-attention
-    transformers are kept: every other text-flow layer is unused when the image flow runs),
-    ``vae/`` (AutoencoderKL) and ``scheduler/`` (its betas; optional).  Architectures come from
-    each ``config.json``; weights through :func:`fmri2img.models.weights.load_state_dict`
-    (safetensors, or ``torch.load(weights_only=True)``) and are checked key for key.  A remote
-    URL is copied to a temporary directory that is deleted once the models are in memory.
-
-    Parameters
-    ----------
-    weights : str
-        Local directory or fsspec URL.
-    storage_options : mapping, optional
-        fsspec options (credentials) for remote URLs.
-    device : str
-        "auto", "cpu", "cuda", "mps".
-    dtype : str
-        "float16" (Brain-Diffuser), "bfloat16" or "float32".
-
-    Returns
-    -------
-    VDComponents
-    """
-    from fmri2img.storage import urls
-
-    torch_dtype = _dtype(dtype)
-    shown = secrets.redact(str(weights))
-    scheme, _ = urls.split_url(str(weights))
-    if scheme in ("", "file"):
-        local = str(weights)[len("file://"):] if str(weights).startswith("file://") else str(weights)
-        if not os.path.isdir(local):
-            raise WeightsError(f"Versatile Diffusion weights directory {shown} not found: set "
-                               f"weights.versatile_diffusion (nothing is downloaded at run time)")
-        return _load_local(local, shown, device, torch_dtype)
-    with tempfile.TemporaryDirectory(prefix="fmri2img-vd-") as tmp:
-        _copy_remote(str(weights), storage_options, tmp)
-        return _load_local(tmp, shown, device, torch_dtype)
-
-
-def _load_local(local: str, shown: str, device: str, torch_dtype: torch.dtype) -> VDComponents:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    config, state = _read_dir(local, "image_unet", shown)
-    image_unet = UNet2DConditionModel.from_config(config)
-    check_state_dict(image_unet, state, f"Versatile Diffusion image flow ({shown}/image_unet)")
-    image_unet.load_state_dict(state)
-    _, text_state = _read_dir(local, "text_unet", shown)
-    texts = _text_transformers(image_unet, text_state, shown)
-    del state, text_state
-    config, state = _read_dir(local, "vae", shown)
-    vae = AutoencoderKL.from_config(config)
-    check_state_dict(vae, state, f"Versatile Diffusion autoencoder ({shown}/vae)")
-    vae.load_state_dict(state)
-    sched_file = os.path.join(local, "scheduler", "scheduler_config.json")
-    sched_config = None
-    if os.path.exists(sched_file):
-        with open(sched_file) as f:
-            sched_config = json.load(f)
-    comps = VDComponents(unet=dual_unet(image_unet, texts).eval().requires_grad_(False),
-                         vae=vae.eval().requires_grad_(False), scheduler=vd_scheduler(sched_config))
-    logger.info("loaded Versatile Diffusion from %s", shown)
-    return comps.to(device=pick_device(device), dtype=torch_dtype)
-
-
-# --------------------------------------------------------------------------- original checkpoints
-def _original_state(url: str, storage_options: Mapping[str, Any] | None, strip: tuple[str, ...]) -> dict:
-    state = load_state_dict(url, storage_options)
-    for prefix in strip:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
-def load_vd_original(unet_pth: str, vae_pth: str, storage_options: Mapping[str, Any] | None = None, *,
-                     unet_config: Mapping[str, Any] | None = None, vae_config: Mapping[str, Any] | None = None,
-                     device: str = "auto", dtype: str = "float16") -> VDComponents:
-    """Load the original four-flow checkpoint and kl-f8 autoencoder through the written-out key mapping.
-
-    Parameters
-    ----------
-    unet_pth : str
-        ``vd-four-flow-v1-0-fp16-deprecated.pth`` (or any VD checkpoint with the
-        ``model.diffusion_model.unet_image.`` / ``unet_text.`` layout), local or fsspec URL.
-        Flows other than the image flow and the text flow's transformers (optimus, CLIP,
-        the text flow's other layers) are ignored.
-    vae_pth : str
-        ``kl-f8.pth`` (LDM autoencoder layout; a ``first_stage_model.`` prefix is stripped).
-    storage_options : mapping, optional
-        fsspec options for remote URLs.
-    unet_config, vae_config : mapping, optional
-        diffusers constructor arguments; default :data:`VD_IMAGE_UNET` and :data:`VD_VAE`.
-    device, dtype : str
-        As in :func:`load_vd`.
-
-    Returns
-    -------
-    VDComponents
-    """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    from fmri2img.models import vd_keys
-    from fmri2img.storage import urls
-
-    torch_dtype = _dtype(dtype)
-    image_unet = UNet2DConditionModel(**dict(unet_config or VD_IMAGE_UNET))
-    vae = AutoencoderKL(**dict(vae_config or VD_VAE))
-    original = _original_state(unet_pth, storage_options, ())
-    shown = secrets.redact(str(unet_pth))
-    expected = {k: v.shape for k, v in image_unet.state_dict().items()}
-    table = unet_key_map(image_unet)
-    name = _original_namer(vd_keys.ORIGINAL_PREFIXES["image"])
-    image_unet.load_state_dict(vd_keys.from_original(table, original, expected, name, f"{shown} (image flow)"))
-    texts = {}
-    text_name = _original_namer(vd_keys.ORIGINAL_PREFIXES["text"])
-    for path in transformer_paths(image_unet):
-        module = _like(image_unet.get_submodule(path))
-        sub_table = {k[len(path) + 1:]: v for k, v in table.items() if k.startswith(path + ".")}
-        sub_expected = {k: v.shape for k, v in module.state_dict().items()}
-        module.load_state_dict(vd_keys.from_original(sub_table, original, sub_expected, text_name,
-                                                     f"{shown} (text flow {path})"))
-        texts[path] = module
-    del original
-    vae_state = _original_state(vae_pth, storage_options, ("first_stage_model.", "autokl."))
-    vae_expected = {k: v.shape for k, v in vae.state_dict().items()}
-    vae.load_state_dict(vd_keys.from_original(vae_key_map(vae), vae_state, vae_expected, lambda s, k: k,
-                                              secrets.redact(str(vae_pth))))
-    comps = VDComponents(unet=dual_unet(image_unet, texts).eval().requires_grad_(False),
-                         vae=vae.eval().requires_grad_(False), scheduler=vd_scheduler())
-    logger.info("loaded Versatile Diffusion from original checkpoints %s and %s", shown, secrets.redact(str(vae_pth)))
-    return comps.to(device=pick_device(device), dtype=torch_dtype)
-
-
-def _original_namer(branch_prefix: str):
+def original_namer(branch_prefix: str):
     from fmri2img.models import vd_keys
 
     return lambda scope, key: vd_keys.original_name(scope, key, branch_prefix)
@@ -501,11 +312,11 @@ def to_original_checkpoint(image_unet: nn.Module, text_unet: nn.Module,
 
     table = unet_key_map(image_unet)
     unet_state = vd_keys.to_original(table, image_unet.state_dict(),
-                                     _original_namer(vd_keys.ORIGINAL_PREFIXES["image"]))
+                                     original_namer(vd_keys.ORIGINAL_PREFIXES["image"]))
     paths = transformer_paths(image_unet)
     text_table = {k: v for k, v in table.items() if any(k.startswith(p + ".") for p in paths)}
     unet_state.update(vd_keys.to_original(text_table, text_unet.state_dict(),
-                                          _original_namer(vd_keys.ORIGINAL_PREFIXES["text"])))
+                                          original_namer(vd_keys.ORIGINAL_PREFIXES["text"])))
     vae_state = vae.state_dict()
     vae_table = vae_key_map(vae)
     return unet_state, vd_keys.to_original(vae_table, vae_state, lambda s, k: k,

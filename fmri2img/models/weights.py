@@ -1,18 +1,22 @@
-"""Safe weight loading from a local path or an fsspec URL, with clear architecture errors.
+"""Safe weight loading from opened weights files, with clear architecture errors.
 
-Nothing here downloads from a model hub: the caller names the file (the
-``weights`` section of the configuration).  Loading is safe: ``.safetensors``
-files through safetensors, anything else through ``torch.load(weights_only=True)``
-(no arbitrary pickles).  A state dict that does not fit a module gets one error
-listing the missing, unexpected and misshapen keys.
+Models never open a URL: they take a local path or an opened weights object, anything with a
+``name`` (shown in messages) and ``open()`` (a binary file object) and, for folder formats,
+``local_dir()`` (a context manager giving a local directory). The stages make those objects
+with :func:`fmri2img.storage.weights.open_weights` from the ``[weights]`` section's URLs.
+
+Nothing here downloads from a model hub: the caller names the file. Loading is safe:
+``.safetensors`` files through safetensors, anything else through
+``torch.load(weights_only=True)`` (no arbitrary pickles). A state dict that does not fit a
+module gets one error listing the missing, unexpected and misshapen keys.
 """
 from __future__ import annotations
 
-from fmri2img.storage import secrets
-
+import contextlib
 import io
 import logging
-from typing import Any, Mapping
+import os
+from typing import IO, Any, Iterator, Mapping, Protocol
 
 import torch
 
@@ -23,30 +27,74 @@ class WeightsError(ValueError):
     """A weights file is missing, unreadable, or does not match the architecture."""
 
 
-def _open_bytes(url: str, storage_options: Mapping[str, Any] | None) -> bytes:
-    from fmri2img.storage import urls  # URLs are parsed in storage/ only
+class Weights(Protocol):
+    """What loaders take: a weights file or folder, already resolved by the caller."""
 
-    fs, path = urls.filesystem(url, dict(storage_options or {}) or None)
+    name: str
+
+    def open(self) -> IO[bytes]: ...
+
+    def local_dir(self, names: Any = None) -> contextlib.AbstractContextManager[str]: ...
+
+
+class LocalWeights:
+    """A weights file or folder on this machine's disk, named by a plain path (no URL)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        text = os.fspath(path)
+        if "://" in text and not text.startswith("file://"):
+            raise WeightsError(f"weights {text.split('://', 1)[0]}://... is a URL: models take a local path or "
+                               f"opened weights; open it with fmri2img.storage.weights.open_weights(url, "
+                               f"storage_options)")
+        self.path = os.path.expanduser(text[len("file://"):] if text.startswith("file://") else text)
+        self.name = self.path
+
+    def open(self) -> IO[bytes]:
+        try:
+            return open(self.path, "rb")
+        except FileNotFoundError:
+            raise WeightsError(f"weights file {self.name} not found: set the path in the [weights] section of the "
+                               f"configuration (nothing is downloaded at run time); `fmri2img weights check CONFIG` "
+                               f"lists what is missing") from None
+
+    @contextlib.contextmanager
+    def local_dir(self, names: Any = None) -> Iterator[str]:
+        yield self.path
+
+
+def as_weights(weights: Any) -> Any:
+    """``weights`` as an object with ``name``, ``open()`` and ``local_dir()``: a path becomes :class:`LocalWeights`."""
+    if hasattr(weights, "open") and hasattr(weights, "name"):
+        return weights
+    if isinstance(weights, (str, os.PathLike)):
+        return LocalWeights(weights)
+    raise WeightsError(f"weights must be a local path or opened weights (fmri2img.storage.weights.open_weights), "
+                       f"got {type(weights).__name__}")
+
+
+def weights_name(weights: Any) -> str:
+    """The name to show for ``weights`` (a path, or an opened object's credential-free name)."""
+    return str(getattr(weights, "name", weights))
+
+
+def read_weights(weights: Any) -> bytes:
+    """The bytes of a weights file (a local path or opened weights)."""
+    source = as_weights(weights)
     try:
-        with fs.open(path, "rb") as f:
+        with source.open() as f:
             return f.read()
-    except FileNotFoundError:
-        raise WeightsError(
-            f"weights file {secrets.redact(url)} not found: set the path in the [weights] section of the "
-            f"configuration (nothing is downloaded at run time); `fmri2img weights check CONFIG` lists what is missing"
-        ) from None
+    except FileNotFoundError as exc:
+        raise WeightsError(str(exc)) from None
 
 
-def load_state_dict(url: str, storage_options: Mapping[str, Any] | None = None, *,
-                    key: str | None = None) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``url`` (local path or fsspec URL).
+def load_state_dict(weights: Any, *, key: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a state dict from a weights file.
 
     Parameters
     ----------
-    url : str
-        ``.safetensors`` or a torch checkpoint (``.pt``, ``.pth``, ``.th``, ``.bin``).
-    storage_options : mapping, optional
-        fsspec options (credentials) for remote URLs.
+    weights : str, path-like or opened weights
+        ``.safetensors`` or a torch checkpoint (``.pt``, ``.pth``, ``.th``, ``.bin``): a local path,
+        or an object from :func:`fmri2img.storage.weights.open_weights`.
     key : str, optional
         When the checkpoint is a dict that wraps the state dict (``{"state_dict": ...}``),
         the entry to take.  Tried automatically for ``state_dict`` and ``model``.
@@ -55,11 +103,9 @@ def load_state_dict(url: str, storage_options: Mapping[str, Any] | None = None, 
     -------
     dict of str to Tensor
     """
-    from fmri2img.storage import urls
-
-    raw = _open_bytes(url, storage_options)
-    name = secrets.redact(url)
-    if str(url).endswith(".safetensors"):
+    raw = read_weights(weights)
+    name = weights_name(weights)
+    if name.endswith(".safetensors"):
         from safetensors.torch import load as load_safetensors
 
         try:
@@ -123,10 +169,9 @@ def _few(items: list[str], n: int = 5) -> str:
     return shown + (f", … (+{len(items) - n} more)" if len(items) > n else "")
 
 
-def load_into(module: torch.nn.Module, url: str, what: str, storage_options: Mapping[str, Any] | None = None,
-              **kwargs: Any) -> torch.nn.Module:
-    """Load ``url`` into ``module`` after :func:`check_state_dict`; return the module."""
-    state = load_state_dict(url, storage_options)
+def load_into(module: torch.nn.Module, weights: Any, what: str, **kwargs: Any) -> torch.nn.Module:
+    """Load ``weights`` (a local path or opened weights) into ``module`` after :func:`check_state_dict`."""
+    state = load_state_dict(weights)
     check_state_dict(module, state, what, **kwargs)
     module.load_state_dict(state, strict=kwargs.get("strict", True))
     logger.info("loaded %s", what)

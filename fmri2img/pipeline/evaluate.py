@@ -22,6 +22,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from fmri2img.storage.weights import open_weights
 from fmri2img.pipeline.reconstruct import recon_group
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.storage import schema
@@ -64,7 +65,7 @@ def get_net(name: str, weights: Mapping[str, Any], device: str = "auto", tiny: b
     key = json.dumps([spec.builder.__name__, path, device])
     with _LOCK:
         if key not in _NETS:
-            net = spec.builder(weights=path, storage_options=weights.get("storage_options") or None)
+            net = spec.builder(weights=open_weights(path, weights.get("storage_options")) if path else None)
             _NETS[key] = net.to(pick_device(device))
         return _NETS[key]
 
@@ -155,7 +156,6 @@ def evaluate(store: Store, subject: int, runs: Sequence[str], *, parts: Sequence
         and as random as the full-size ones (the summary says ``random_weights``).
     """
     from fmri2img.metrics.features import EVAL_NETS
-    from fmri2img.metrics.scores import METRICS, per_image_scores, summarize
 
     t0 = time.perf_counter()
     weights = dict(weights or {})
@@ -196,6 +196,17 @@ def evaluate(store: Store, subject: int, runs: Sequence[str], *, parts: Sequence
             jobs.append((run, part))
     run_tasks(tasks, stage=f"evaluate-{schema.subject_key(subject)}", client=client, progress=progress)
 
+    out = _write_metrics(store, subject, ids, jobs, nets, random_nets, attrs, keys)
+    logger.info("evaluate subj%02d: %s in %.1f s", subject, out, time.perf_counter() - t0)
+    return out
+
+
+def _write_metrics(store: Store, subject: int, ids: np.ndarray, jobs: Sequence[tuple[str, str]], nets: Sequence[str],
+                   random_nets: Sequence[str], attrs: Mapping[str, Any], keys: Mapping[tuple[str, str], str]
+                   ) -> dict[str, dict[str, float]]:
+    """Per-image scores and summaries of every (run, part) → ``metrics/subjNN/<run>/<part>``; the means."""
+    from fmri2img.metrics.scores import METRICS, per_image_scores, summarize
+
     gt = store.group(gt_features_group(subject))
     gt_feats = {n: np.asarray(gt[n][:]) for n in nets}
     out = {}
@@ -215,11 +226,10 @@ def evaluate(store: Store, subject: int, runs: Sequence[str], *, parts: Sequence
         group = metrics_group(subject, run, part)
         region = [Region(0, "image", 0, len(ids), "all")]
         store.write_template(group, ds, region, attrs={**attrs, "summary": json.dumps(summary, default=json_default),
-                                                       "run": run, "part": part, "random_nets": random_nets,
+                                                       "run": run, "part": part, "random_nets": list(random_nets),
                                                        INPUTS_ATTR: keys[(run, part)]})
         store.mark_done(group, region[0])
         out[f"{run}/{part}"] = {m: s["mean"] for m, s in summary.items()}
-    logger.info("evaluate subj%02d: %s in %.1f s", subject, out, time.perf_counter() - t0)
     return out
 
 

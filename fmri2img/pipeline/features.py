@@ -19,6 +19,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from fmri2img.storage.weights import opened_options
 from fmri2img.models import extractors as registry
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.storage import schema
@@ -48,7 +49,7 @@ def get_extractor(name: str, options: Mapping[str, Any]) -> Any:
     with _LOCK:
         if key not in _EXTRACTORS:
             t0 = time.perf_counter()
-            _EXTRACTORS[key] = registry.build(name, **dict(options))
+            _EXTRACTORS[key] = registry.build(name, **opened_options(options))
             logger.info("built extractor %s in %.1f s", name, time.perf_counter() - t0)
         return _EXTRACTORS[key]
 

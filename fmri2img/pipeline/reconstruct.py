@@ -29,6 +29,7 @@ from fmri2img.pipeline.regress import prediction_group
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.storage import schema
 from fmri2img.storage.outputs import Outputs
+from fmri2img.storage.weights import opened_options
 from fmri2img.storage.store import Region, Store, regular_regions
 
 logger = logging.getLogger(__name__)
@@ -122,12 +123,12 @@ STAGE1.update({"vdvae": _stage1_vdvae, "pixels": _stage1_pixels})
 # -- stage 2 ---------------------------------------------------------------------------------------
 
 def _vd_components(run: RunSpec):
-    from fmri2img.models import versatile
+    from fmri2img.models import vd_load, versatile
 
     key = json.dumps(run.vd, sort_keys=True, default=str)
     with _LOCK:
         if key not in _VD:
-            opts = dict(run.vd)
+            opts = opened_options(run.vd)
             device, dtype = opts.pop("device", "auto"), opts.pop("dtype", "float32")
             if opts.pop("tiny", False):
                 dim = _context_dim(run)
@@ -136,10 +137,9 @@ def _vd_components(run: RunSpec):
 
                 comps.to(device=pick_device(device))
             elif "weights" in opts:
-                comps = versatile.load_vd(opts["weights"], opts.get("storage_options"), device=device, dtype=dtype)
+                comps = vd_load.load_vd(opts["weights"], device=device, dtype=dtype)
             elif "unet_pth" in opts:
-                comps = versatile.load_vd_original(opts["unet_pth"], opts["vae_pth"], opts.get("storage_options"),
-                                                   device=device, dtype=dtype)
+                comps = vd_load.load_vd_original(opts["unet_pth"], opts["vae_pth"], device=device, dtype=dtype)
             else:
                 raise ReconstructError(
                     "no Versatile Diffusion weights: set [weights] versatile_diffusion (a diffusers-format directory) "
@@ -164,7 +164,8 @@ def _unconditional(run: RunSpec) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _compute_unconditional(run: RunSpec) -> tuple[np.ndarray, np.ndarray]:
-    from fmri2img.models.clip import clip_text_uncond, clip_vision_uncond, reduce_tokens
+    from fmri2img.models.clip import clip_text_uncond, clip_vision_uncond
+    from fmri2img.models.clip_extract import reduce_tokens
 
     text = vision = None
     if run.text in run.extractor_options:

@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from fmri2img.storage.weights import open_weights
 from fmri2img.storage import secrets
 from fmri2img.config import Config
 
@@ -39,21 +40,21 @@ def _loaders() -> dict[str, Callable[[str, dict], Any]]:
     def vdvae(url: str, opts: dict) -> Any:
         from fmri2img.models.vdvae import load_vdvae
 
-        return load_vdvae(url, opts or None, device="cpu")
+        return load_vdvae(open_weights(url, opts), device="cpu")
 
     def clip(url: str, opts: dict) -> Any:
         from fmri2img.models.clip import load_clip
 
-        return load_clip(url, opts or None, device="cpu")
+        return load_clip(open_weights(url, opts), device="cpu")
 
     def vd(url: str, opts: dict) -> Any:
-        from fmri2img.models.versatile import load_vd
+        from fmri2img.models.vd_load import load_vd
 
-        return load_vd(url, opts or None, device="cpu", dtype="float32")
+        return load_vd(open_weights(url, opts), device="cpu", dtype="float32")
 
     out: dict[str, Callable[[str, dict], Any]] = {"vdvae": vdvae, "clip": clip, "versatile_diffusion": vd}
     for spec in EVAL_NETS.values():
-        out.setdefault(spec.weights_key, lambda url, opts, b=spec.builder: b(weights=url, storage_options=opts or None))
+        out.setdefault(spec.weights_key, lambda url, opts, b=spec.builder: b(weights=open_weights(url, opts)))
     return out
 
 

@@ -3,8 +3,9 @@
 torchvision itself is not a dependency (its binary wheels are tied to one torch build);
 these modules load torchvision's published weight files, and the SwAV ResNet-50
 checkpoint, unchanged.  Every network has ``tap(x, name)`` returning the activation the
-evaluation uses, and a ``build_*`` function taking ``weights`` (path or fsspec URL; None
-for seeded random weights), ``storage_options`` and ``seed``.
+evaluation uses, and a ``build_*`` function taking ``weights`` (a local path or opened weights
+from :func:`fmri2img.storage.weights.open_weights`, never a URL; None for seeded random weights)
+and ``seed``.
 """
 from .alexnet import AlexNet, build_alexnet
 from .efficientnet import EfficientNetB1, build_efficientnet_b1

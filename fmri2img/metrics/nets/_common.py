@@ -63,13 +63,12 @@ def load_checked(module: torch.nn.Module, state: Mapping[str, torch.Tensor], wha
     return module.eval()
 
 
-def finish(module: torch.nn.Module, weights: str | None, storage_options: Mapping[str, Any] | None,
-           what: str) -> torch.nn.Module:
-    """Load the state-dict file ``weights`` (path or fsspec URL) into ``module`` with :func:`load_checked`;
+def finish(module: torch.nn.Module, weights: Any, what: str) -> torch.nn.Module:
+    """Load the state-dict file ``weights`` (a local path or opened weights) into ``module`` with :func:`load_checked`;
     None keeps the seeded random initialisation.  Returns the module in eval mode."""
     if weights is None:
         return module.eval()
-    return load_checked(module, load_state_dict(weights, storage_options), what)
+    return load_checked(module, load_state_dict(weights), what)
 
 
 def unknown_tap(net: str, tap: str, taps: Mapping[str, Any] | tuple[str, ...]) -> ValueError:

@@ -6,7 +6,7 @@ Evaluation taps (REFERENCE.md §5): ``features.4`` (ReLU after conv2; 192 × 27 
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,7 +48,7 @@ class AlexNet(nn.Module):
         return self.features[: TAPS[name] + 1](x)
 
 
-def build_alexnet(weights: str | None = None, storage_options: Mapping[str, Any] | None = None,
+def build_alexnet(weights: Any = None,
                   seed: int = 0) -> AlexNet:
     """AlexNet in eval mode: torchvision's weight file at ``weights`` (path or URL), or seeded random weights.
 
@@ -58,4 +58,4 @@ def build_alexnet(weights: str | None = None, storage_options: Mapping[str, Any]
         When the file is missing, unsafe, or has other keys or shapes than torchvision's AlexNet.
     """
     net = seeded_build(AlexNet, seed)
-    return finish(net, weights, storage_options, "AlexNet (torchvision alexnet IMAGENET1K_V1)")
+    return finish(net, weights, "AlexNet (torchvision alexnet IMAGENET1K_V1)")

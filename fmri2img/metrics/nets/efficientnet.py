@@ -12,7 +12,7 @@ is the identity at evaluation).  The evaluation tap is ``avgpool`` (1280 values)
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -105,7 +105,7 @@ class EfficientNetB1(nn.Module):
         return self.pooled(x)
 
 
-def build_efficientnet_b1(weights: str | None = None, storage_options: Mapping[str, Any] | None = None,
+def build_efficientnet_b1(weights: Any = None,
                           seed: int = 0) -> EfficientNetB1:
     """EfficientNet-B1 in eval mode: torchvision's IMAGENET1K_V1 file at ``weights``, or seeded random weights.
 
@@ -115,4 +115,4 @@ def build_efficientnet_b1(weights: str | None = None, storage_options: Mapping[s
         When the file has other keys or shapes than torchvision's ``efficientnet_b1``.
     """
     net = seeded_build(EfficientNetB1, seed)
-    return finish(net, weights, storage_options, "EfficientNet-B1 (torchvision efficientnet_b1 IMAGENET1K_V1)")
+    return finish(net, weights, "EfficientNet-B1 (torchvision efficientnet_b1 IMAGENET1K_V1)")

@@ -9,7 +9,7 @@ feature map is 5 × 5.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -215,7 +215,7 @@ class InceptionV3(nn.Module):
         return self.pooled(x)
 
 
-def build_inception_v3(weights: str | None = None, storage_options: Mapping[str, Any] | None = None,
+def build_inception_v3(weights: Any = None,
                        seed: int = 0, transform_input: bool = True) -> InceptionV3:
     """Inception-v3 in eval mode: torchvision's IMAGENET1K_V1 file at ``weights``, or seeded random weights.
 
@@ -223,7 +223,6 @@ def build_inception_v3(weights: str | None = None, storage_options: Mapping[str,
     ----------
     weights : str, optional
         Path or fsspec URL of ``inception_v3_google-0cc3c7bd.pth`` (or the same weights as safetensors).
-    storage_options : mapping, optional
     seed : int
     transform_input : bool
         True as in torchvision's pretrained model (and in Brain-Diffuser's evaluation).
@@ -234,4 +233,4 @@ def build_inception_v3(weights: str | None = None, storage_options: Mapping[str,
         When the file has other keys or shapes than torchvision's ``inception_v3``.
     """
     net = seeded_build(lambda: InceptionV3(transform_input=transform_input), seed)
-    return finish(net, weights, storage_options, "InceptionV3 (torchvision inception_v3 IMAGENET1K_V1)")
+    return finish(net, weights, "InceptionV3 (torchvision inception_v3 IMAGENET1K_V1)")

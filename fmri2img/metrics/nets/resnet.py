@@ -104,7 +104,7 @@ def swav_to_torchvision(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
-def build_resnet50(weights: str | None = None, storage_options: Mapping[str, Any] | None = None,
+def build_resnet50(weights: Any = None,
                    seed: int = 0) -> ResNet50:
     """ResNet-50 in eval mode from torchvision's weight file or the SwAV checkpoint, or seeded random weights.
 
@@ -113,7 +113,6 @@ def build_resnet50(weights: str | None = None, storage_options: Mapping[str, Any
     weights : str, optional
         Path or fsspec URL of ``resnet50-*.pth`` (torchvision) or ``swav_800ep_pretrain.pth.tar``.
         A checkpoint without ``fc`` (SwAV) leaves ``fc`` at its seeded random initialisation.
-    storage_options : mapping, optional
     seed : int
 
     Raises
@@ -124,7 +123,7 @@ def build_resnet50(weights: str | None = None, storage_options: Mapping[str, Any
     net = seeded_build(ResNet50, seed)
     if weights is None:
         return net.eval()
-    state = swav_to_torchvision(load_state_dict(weights, storage_options))
+    state = swav_to_torchvision(load_state_dict(weights))
     ignore: tuple[str, ...] = ()
     if not any(k.startswith("fc.") for k in state):
         logger.info("ResNet-50 checkpoint has no fc layer (SwAV): fc stays random; the avgpool tap is unaffected")

@@ -10,7 +10,7 @@ into the full-size networks.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,7 +47,7 @@ class TinyEvalCNN(nn.Module):
         return h.mean(dim=(2, 3)) if pool else h
 
 
-def build_tiny_cnn(weights: str | None = None, storage_options: Mapping[str, Any] | None = None,
+def build_tiny_cnn(weights: Any = None,
                    seed: int = 0) -> TinyEvalCNN:
     """A :class:`TinyEvalCNN` with seeded random weights (it has no published weights to load)."""
     if weights is not None:

@@ -256,20 +256,58 @@ def ingest(
     """
     t0 = time.perf_counter()
     plan = plan_subject(source, subject, sessions)
-    split, tps = plan.split, plan.trials_per_session
+    split = plan.split
     attrs = schema.provenance(source=source.safe_url, config=config, subject=int(subject),
                               sessions=",".join(map(str, split.sessions)))
     logger.info("subject %d: %d train / %d test images, %d trials in %d sessions, %d voxels",
                 subject, len(split.train_ids), len(split.test_ids), len(split.trial_image),
                 len(split.sessions), len(plan.voxels))
+    current = ingest_resume.identity(source, subject, split.sessions, prefer=prefer, nan_policy=nan_policy,
+                                     betas_scale=betas_scale)
+    bregions, btodo = _betas_template(store, source, subject, plan, attrs, current, stimuli, betas_scale)
+    vregions, todo_avg = _subject_templates(store, source, subject, plan, attrs, overwrite=bool(btodo))
+    chunk_map = _subject_chunk_map(source, subject, [split.sessions[r.index] for r in btodo], plan) \
+        if prefer == "hdf5" else None
+    tasks = [Task(r.label, ingest_session, (store, source, subject, split.sessions[r.index], r, plan.voxels,
+                                            plan.volume_shape, plan.trials_per_session, prefer, nan_policy,
+                                            betas_scale, chunk_map))
+             for r in btodo]
+    stim_todo, stim_ids, stim_layout = (_stimuli_plan(store, source, split, attrs, captions) if stimuli
+                                        else ([], None, None))
+    tasks += [Task(b[0].label, ingest_stimuli_blocks,
+                   (store, source, b, stim_ids[b[0].start:b[-1].stop], captions, stim_layout))
+              for b in _batches(stim_todo, STIMULI_TASK_REGIONS)]
+    results = run_tasks(tasks, stage=f"ingest-subj{subject:02d}", client=client, progress=progress)
+    sessions_done = [r for r in results if "session" in r]
+    # averages over repeats, after every session is in
+    rows = _rows_of(split)
+    vtodo = sorted({r.index for part in todo_avg for r in todo_avg[part]})
+    avg_tasks = [Task(vregions[i].label, average_block, (store, subject, vregions[i], rows)) for i in vtodo]
+    run_tasks(avg_tasks, stage=f"average-subj{subject:02d}", client=client, progress=progress)
+    summary = {
+        "subject": int(subject), "sessions": list(split.sessions), "n_train": int(len(split.train_ids)),
+        "n_test": int(len(split.test_ids)), "n_trials": int(len(split.trial_image)),
+        "n_voxels": int(len(plan.voxels)), "sessions_written": len(sessions_done),
+        "sessions_skipped": len(bregions) - len(btodo),
+        "nan_betas_zeroed": int(sum(r["nan_betas"] for r in sessions_done)),
+        "stimulus_blocks_written": len(stim_todo), "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if summary["nan_betas_zeroed"]:
+        g = store.group(schema.subject_group(subject, "betas"), mode="a")
+        g.attrs["nan_betas_zeroed"] = int(g.attrs.get("nan_betas_zeroed", 0)) + summary["nan_betas_zeroed"]
+    logger.info("ingest subject %d done: %s", subject, summary)
+    return summary
 
-    # -- templates
+
+def _betas_template(store: Store, source: Source, subject: int, plan: SubjectPlan, attrs: dict,
+                    current: Mapping[str, Any], stimuli: bool, betas_scale: str | float
+                    ) -> tuple[list[Region], list[Region]]:
+    """``subjects/subjNN/betas``: one region per session; a resume whose inputs changed is refused first."""
+    split, tps = plan.split, plan.trials_per_session
     bgroup = schema.subject_group(subject, "betas")
     btemplate = schema.betas_template(split.trial_session, split.trial_image, split.trial_index, tps,
                                       plan.voxels, plan.volume_shape)
     bregions = [Region(k, "trial", k * tps, (k + 1) * tps, f"session-{s:02d}") for k, s in enumerate(split.sessions)]
-    current = ingest_resume.identity(source, subject, split.sessions, prefer=prefer, nan_policy=nan_policy,
-                                     betas_scale=betas_scale)
     if store.has_group(bgroup):  # a resume: refused before any write when its inputs differ (issue 12)
         done = store.done_regions(bgroup)
         ingest_resume.check_resume(store, subject, current, [r.label for r in bregions if r.index in done],
@@ -279,7 +317,16 @@ def ingest(
     btodo = store.ensure_template(bgroup, btemplate, bregions, attrs={**attrs, "trials_per_session": tps,
                                                                           "betas_scale": str(betas_scale),
                                                                           **ingest_resume.record(current)})
+    return bregions, btodo
 
+
+def _subject_templates(store: Store, source: Source, subject: int, plan: SubjectPlan, attrs: dict, *,
+                       overwrite: bool) -> tuple[list[Region], dict[str, list[Region]]]:
+    """The ``train``/``test`` averages' templates (regions by voxel block) and the ROI masks, written now.
+
+    Independent groups: their metadata writes (many small requests on object stores) overlap.
+    """
+    split = plan.split
     vregions = regular_regions("voxel", len(plan.voxels), schema.VOXEL_CHUNK, "voxels")
     names, sources_, masks = read_roi_masks(source, plan)
 
@@ -289,7 +336,7 @@ def ingest(
         counts = [len(t) for t in (split.train_trials if part == "train" else split.test_trials)]
         template["n_repeats"] = ("image", np.asarray(counts, dtype=np.int16))
         return store.ensure_template(schema.subject_group(subject, part), template, vregions, attrs=attrs,
-                                     overwrite=bool(btodo))
+                                     overwrite=overwrite)
 
     def rois() -> None:
         rgroup = schema.subject_group(subject, "rois")
@@ -298,52 +345,12 @@ def ingest(
         if store.ensure_template(rgroup, rtemplate, rregion, attrs=attrs) and len(names):
             store.write_region(rgroup, rregion[0], {"masks": masks})
 
-    # independent groups: their metadata writes (many small requests on object stores) overlap
     with ThreadPoolExecutor(max_workers=3) as pool:
         futures = {"train": pool.submit(averaged, "train"), "test": pool.submit(averaged, "test"),
                    "rois": pool.submit(rois)}
         todo_avg = {part: futures[part].result() for part in ("train", "test")}
         futures["rois"].result()
-
-    chunk_map = _subject_chunk_map(source, subject, [split.sessions[r.index] for r in btodo], plan) \
-        if prefer == "hdf5" else None
-    tasks = [
-        Task(r.label, ingest_session, (store, source, subject, split.sessions[r.index], r, plan.voxels,
-                                       plan.volume_shape, tps, prefer, nan_policy, betas_scale, chunk_map))
-        for r in btodo
-    ]
-    stim_todo, stim_ids, stim_layout = (_stimuli_plan(store, source, split, attrs, captions) if stimuli
-                                        else ([], None, None))
-    tasks += [Task(b[0].label, ingest_stimuli_blocks,
-                   (store, source, b, stim_ids[b[0].start:b[-1].stop], captions, stim_layout))
-              for b in _batches(stim_todo, STIMULI_TASK_REGIONS)]
-    results = run_tasks(tasks, stage=f"ingest-subj{subject:02d}", client=client, progress=progress)
-    sessions_done = [r for r in results if "session" in r]
-
-    # -- averages over repeats (after every session is in)
-    rows = _rows_of(split)
-    vtodo = sorted({r.index for part in todo_avg for r in todo_avg[part]})
-    avg_tasks = [Task(vregions[i].label, average_block, (store, subject, vregions[i], rows)) for i in vtodo]
-    run_tasks(avg_tasks, stage=f"average-subj{subject:02d}", client=client, progress=progress)
-
-    summary = {
-        "subject": int(subject),
-        "sessions": list(split.sessions),
-        "n_train": int(len(split.train_ids)),
-        "n_test": int(len(split.test_ids)),
-        "n_trials": int(len(split.trial_image)),
-        "n_voxels": int(len(plan.voxels)),
-        "sessions_written": len(sessions_done),
-        "sessions_skipped": len(bregions) - len(btodo),
-        "nan_betas_zeroed": int(sum(r["nan_betas"] for r in sessions_done)),
-        "stimulus_blocks_written": len(stim_todo),
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    if summary["nan_betas_zeroed"]:
-        g = store.group(bgroup, mode="a")
-        g.attrs["nan_betas_zeroed"] = int(g.attrs.get("nan_betas_zeroed", 0)) + summary["nan_betas_zeroed"]
-    logger.info("ingest subject %d done: %s", subject, summary)
-    return summary
+    return vregions, todo_avg
 
 
 def _subject_chunk_map(source: Source, subject: int, sessions: list[int], plan: SubjectPlan):
