@@ -168,7 +168,7 @@ def test_amplitudes_are_the_mini_nsd_betas(noisy):
 
 
 def test_clean_data_recover_the_amplitudes_through_the_files(clean):
-    """No AR noise: data − drift − nuisance (truth) regressed on the known HRFs gives the amplitudes (int16 rounding)."""
+    """No AR noise: data − drift − nuisance (truth) regressed on the known HRFs gives the amplitudes (to int16)."""
     root, _, _ = clean
     with h5py.File(root / mts.TRUTH_FILE) as f:
         g = f["subj01"]

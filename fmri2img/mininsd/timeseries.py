@@ -279,7 +279,8 @@ class SubjectWriter:
         betas : array of shape (n_trials, Z, Y, X)
             The session's betas as stored (× 300); NaN counts as no response.
         """
-        amps = np.nan_to_num(betas.reshape(len(images), -1)[:, self.vox.zyx].astype(np.float64) / BETA_SCALE)
+        stored = betas.reshape(len(images), -1)[:, self.vox.zyx]
+        amps = np.nan_to_num(stored / np.float32(BETA_SCALE)).astype(np.float32)
         pattern = self.pattern[session - 1]
         counts = pattern.sum(axis=1).astype(np.int64)
         group = self.group.create_group(f"session{session:02d}")
@@ -290,7 +291,7 @@ class SubjectWriter:
             onset_of.append(onsets)
             self._write_run(group, session, r + 1, pattern[r], onsets, images[trials], amps[trials])
         for name, data in (("image", np.asarray(images, np.int64)), ("run", run_of),
-                           ("onset_volume", np.concatenate(onset_of)), ("amplitudes", amps.astype(np.float32))):
+                           ("onset_volume", np.concatenate(onset_of)), ("amplitudes", amps)):
             group.create_dataset(name, data=data, track_times=False)
         self.sessions.append(int(session))
 
@@ -305,7 +306,7 @@ class SubjectWriter:
         v = self.vox
         drift = np.asarray(DRIFT_PSC)[:, None] * rng.standard_normal((len(DRIFT_PSC), v.flat.size))
         nuisance = nuisance_courses(rng, n_vol)
-        signal = noiseless_signal(onsets, amps, self.hrfs, v.hrf_index[v.responding], n_vol)
+        signal = noiseless_signal(onsets, amps.astype(np.float64), self.hrfs, v.hrf_index[v.responding], n_vol)
         run_path = self.root / self.layout.timeseries(self.subject, session, run)
         self._stream_volumes(run_path, rng, drift_basis(n_vol), drift, nuisance, signal)
         sub = group.create_group(f"run{run:02d}")

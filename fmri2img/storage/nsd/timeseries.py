@@ -244,18 +244,11 @@ class RunHeader:
 
     Attributes
     ----------
-    shape : tuple of 3 int
-        (X, Y, Z).
-    n_volumes : int
-    dtype : numpy dtype
-        Stored type (NSD: int16), with the file's byte order.
-    tr : float
-        Seconds between volumes.
-    affine : array of shape (4, 4)
-    data_offset : int
-        Byte offset of the data in the uncompressed file.
-    scale : tuple of (float, float) or None
-        (slope, intercept) when the header sets them, else None.
+    shape : tuple of 3 int, (X, Y, Z); n_volumes : int
+    dtype : numpy dtype, stored type (NSD: int16) with the file's byte order
+    tr : float, seconds between volumes; affine : array of shape (4, 4)
+    data_offset : int, byte offset of the data in the uncompressed file
+    scale : (slope, intercept) when the header sets them, else None
     """
 
     shape: tuple[int, int, int]
@@ -285,27 +278,20 @@ class _Inflater:
     def read_into(self, view: memoryview) -> int:
         """Fill ``view``; return how many bytes were filled (fewer only at the end of the file)."""
         filled = 0
-        while filled < len(view):
-            if self.z is None:
-                chunk = self.pending or self._raw()
-                self.pending = b""
-                if not chunk:
-                    break
-                n = min(len(chunk), len(view) - filled)
-                view[filled:filled + n] = chunk[:n]
-                self.pending = chunk[n:]
-                filled += n
-                continue
-            if self.z.eof:
-                break
-            data = self.z.unconsumed_tail or self.pending or self._raw()
+        while filled < len(view) and not (self.z is not None and self.z.eof):
+            data = self.pending or (self.z.unconsumed_tail if self.z is not None else b"") or self._raw()
             self.pending = b""
-            if not data:
+            if self.z is None:  # a plain .nii
+                if not data:
+                    break
+                out, self.pending = data[:len(view) - filled], data[len(view) - filled:]
+            elif not data:
                 raise _truncated_stream(self.path, "the gzip stream ends early")
-            try:
-                out = self.z.decompress(data, len(view) - filled)
-            except zlib.error as exc:
-                raise _truncated_stream(self.path, f"zlib: {exc}") from exc
+            else:
+                try:
+                    out = self.z.decompress(data, len(view) - filled)
+                except zlib.error as exc:
+                    raise _truncated_stream(self.path, f"zlib: {exc}") from exc
             view[filled:filled + len(out)] = out
             filled += len(out)
         return filled
@@ -337,7 +323,7 @@ def _parse_header(raw: bytes, path: str) -> RunHeader:
         raise NSDFormatError(f"{_name(path)} at {path} does not start with a NIfTI-1 header ({exc}); expected an NSD "
                              f"time series (timeseries_sessionSS_runRR.nii.gz): download it again") from exc
     if len(shape) != 4 or shape[3] < 2:
-        raise NSDFormatError(f"{_name(path)} is {_fmt(shape)}; expected a 4-D X×Y×Z×T time series (one volume a TR): "
+        raise NSDFormatError(f"{_name(path)} is {_fmt(shape)}; expected a 4-D X×Y×Z×T time series (a volume a TR): "
                              f"is this a single volume (a mask, a mean) rather than a run?")
     tr = float(zooms[3]) * {"msec": 1e-3, "usec": 1e-6}.get(units, 1.0)
     if not np.isfinite(tr) or tr <= 0:
@@ -475,18 +461,8 @@ def _check_voxel_values(path: str, data: np.ndarray, voxels: np.ndarray, shape: 
 
 @dataclass(frozen=True)
 class RunInfo:
-    """One run of a session: its files, header and design.
-
-    Attributes
-    ----------
-    run : int
-        1-based run number in the file names.
-    path, design_path : str
-    header : RunHeader
-    design : array of shape (n_rows,), int64
-    rest : bool
-        A resting-state run (runs 1 and 14 of a 14-run session; all-zero design).
-    """
+    """One run of a session: ``run`` (1-based), ``path``, ``design_path``, ``header``, ``design``
+    (array of shape (n_rows,), int64) and ``rest`` (runs 1 and 14 of a 14-run session, all-zero design)."""
 
     run: int
     path: str
@@ -503,14 +479,7 @@ class RunInfo:
 
 @dataclass(frozen=True)
 class SessionRuns:
-    """The checked runs of one session (all share grid, length and TR).
-
-    Attributes
-    ----------
-    subject, session : int
-    runs : tuple of RunInfo
-        Every run, rest runs included, in run order.
-    """
+    """The checked runs of one session (all share grid, length and TR); ``runs`` in run order, rest included."""
 
     subject: int
     session: int
@@ -521,13 +490,8 @@ class SessionRuns:
         """The runs with trials (the 12 NSD runs)."""
         return tuple(r for r in self.runs if not r.rest)
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self.runs[0].header.shape
-
-    @property
-    def tr(self) -> float:
-        return self.runs[0].header.tr
+    shape = property(lambda self: self.runs[0].header.shape, doc="(X, Y, Z) of every run.")
+    tr = property(lambda self: self.runs[0].header.tr, doc="TR of every run, seconds.")
 
     @property
     def n_trials(self) -> int:
