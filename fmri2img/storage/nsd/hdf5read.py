@@ -151,7 +151,9 @@ class ByteSource:
             for (a, _), data in fresh.items():
                 self._keep(a, data)
             return [self._held(a, b) if b > a else b"" for a, b in ranges]
-        return [_assemble(a, b, fresh, self) if b > a else b"" for a, b in ranges]
+        pieces = {a: data for (a, _), data in fresh.items()}
+        starts = sorted(pieces)
+        return [_assemble(a, b, pieces, starts, self) if b > a else b"" for a, b in ranges]
 
     def fetch_fresh(self, ranges: list[tuple[int, int]]) -> list[bytes]:
         """The ranges fetched from the file as they are now, one request each, nothing held consulted.
@@ -199,22 +201,23 @@ class ByteSource:
         return CachedFile(self)
 
 
-def _assemble(a: int, b: int, fresh: dict, source: ByteSource) -> bytes:
-    """[a, b) from the freshly fetched pieces and what the source holds."""
-    for (fa, fb), data in fresh.items():
-        if fa <= a and b <= fb:
-            return data[a - fa:b - fa]
+def _assemble(a: int, b: int, pieces: dict[int, bytes], starts: list[int], source: ByteSource) -> bytes:
+    """[a, b) from freshly fetched ``pieces`` ({start: bytes}; ``starts`` sorted) and what the source holds."""
     parts, pos = [], a
-    for (fa, fb), data in sorted(fresh.items()):
-        if fb <= pos or fa >= b:
-            continue
-        if fa > pos:
-            parts.append(source._held(pos, fa))
-        parts.append(data[max(pos, fa) - fa:min(b, fb) - fa])
-        pos = min(b, fb)
-    if pos < b:
-        parts.append(source._held(pos, b))
-    return b"".join(parts)
+    i = max(0, bisect.bisect_right(starts, a) - 1)
+    while pos < b:
+        if i < len(starts) and starts[i] + len(pieces[starts[i]]) <= pos:
+            i += 1
+        elif i < len(starts) and starts[i] <= pos:
+            data = pieces[starts[i]]
+            parts.append(data[pos - starts[i]:b - starts[i]])
+            pos = min(b, starts[i] + len(data))
+            i += 1
+        else:
+            nxt = min(b, starts[i]) if i < len(starts) else b
+            parts.append(source._held(pos, nxt))
+            pos = nxt
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class HDF5Truncated(OSError):
