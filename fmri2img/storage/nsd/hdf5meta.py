@@ -2,10 +2,12 @@
 
 Facts from the HDF5 File Format Specification, version 3.0 (the ``H5.format`` document), cited
 by section below. Only what a masked read of one dataset needs is parsed: where the dataset's
-chunks (or its contiguous block) are, and how its chunk index is built. Every structure that the
-specification gives a checksum (Jenkins' lookup3, "II.C Checksums" of the specification's
-glossary of metadata) is verified; anything unexpected raises :class:`HDF5LayoutError`, which
-callers treat as "this file cannot be planned": they read it whole, once, through h5py.
+chunks (or its contiguous block) are, and how its chunk index is built. Every structure that
+carries a "Checksum" field (the version 2/3 superblock, version 2 object headers and their
+continuation blocks, and every chunk index structure of the layout message version 4; Jenkins'
+lookup3 hash, as the specification's field descriptions say) is verified; anything unexpected
+raises :class:`HDF5LayoutError`, which callers treat as "this file cannot be planned": they read
+it whole, once, through h5py.
 """
 
 from __future__ import annotations
