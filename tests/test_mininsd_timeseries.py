@@ -212,3 +212,8 @@ def test_manifest_records_the_time_series(noisy):
     assert ts["truth"] == mts.TRUTH_FILE and ts["runs_per_session"] == 2 and ts["trials_per_run"] == [20, 20]
     assert manifest["spec"]["timeseries"] is True
     assert "nsddata/ppdata/subj01/func1pt8mm/brainmask.nii.gz" in manifest["files"]
+
+
+def test_runs_shorter_than_the_hrf_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="shorter than a run"):
+        make(tmp_path, subjects=(1,), n_sessions=2, trials_per_session=30, runs_per_session=5)

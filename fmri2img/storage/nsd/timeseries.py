@@ -77,7 +77,7 @@ _HEADER_PIECE = 4096  # compressed bytes read at a time for the header
 _HEADER_BLOCK = 2**16  # smallest sensible range request (object stores)
 _DATA_PIECE = 2**18  # compressed bytes read at a time for the data
 _DATA_BLOCK = 4 * 2**20  # range request size for the data
-_RUN_NAME = re.compile(r"timeseries_session(\d{2})_run(\d{2})\.nii(\.gz)?$")
+_RUN_NAME = re.compile(r"timeseries_session(\d{2})_run(\d{2})\.nii\.gz$")
 
 
 class NSDDesignError(NSDError):
