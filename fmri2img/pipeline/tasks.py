@@ -61,6 +61,53 @@ def run_tasks(
     return results
 
 
+def tree_sum(tasks: Sequence[Task], combine: Callable[[Any, Any], Any], *, stage: str, client=None,
+             progress: bool = True) -> Any:
+    """``combine`` the results of ``tasks`` pairwise, level by level, and return the total.
+
+    The pairing is fixed by the tasks' order (level 1 adds results 0+1, 2+3, ...; an odd last one
+    goes up unpaired), with or without a client, so the floating-point sum does not depend on
+    the workers. With a client the partial results stay on the workers (a tree reduction: no
+    process holds more than a pair of them and the total); without one the results are computed
+    here one by one and combined in the same order.
+    """
+    if not tasks:
+        raise ValueError(f"{stage}: nothing to sum")
+    if client is None:
+        parts = run_tasks(tasks, stage=stage, client=None, progress=progress)
+        while len(parts) > 1:
+            parts = [combine(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
+                     for i in range(0, len(parts), 2)]
+        return parts[0]
+    return _tree_sum_distributed(tasks, combine, stage, client, progress)
+
+
+def _tree_sum_distributed(tasks, combine, stage, client, progress):
+    from distributed import as_completed, span
+
+    with span(stage):
+        leaves = [client.submit(_call, t, stage, key=f"{stage}-{t.label}-{_token(t)}", pure=False) for t in tasks]
+        level = list(leaves)
+        while len(level) > 1:
+            level = [client.submit(combine, level[i], level[i + 1], key=f"{stage}-sum-{_token(tasks[0])}", pure=False)
+                     if i + 1 < len(level) else level[i] for i in range(0, len(level), 2)]
+    with progress_bar(len(leaves), stage, progress) as bar:
+        try:
+            for fut in as_completed(leaves):
+                if fut.status == "error":
+                    raise fut.exception()
+                bar.update(1)
+            return level[0].result()
+        except BaseException as exc:
+            from fmri2img.cluster.faults import scheduler_lost
+
+            lost = scheduler_lost(client, exc, stage=stage, done=bar.n, total=len(leaves))
+            if lost is not None:
+                raise lost from None
+            client.cancel(leaves + level)
+            raise
+
+
 def progress_bar(total: int, stage: str, enabled: bool = True, unit: str = "region") -> tqdm:
     """The one progress style of every stage: a tqdm line on stderr, named after the stage, cleared when done."""
     return tqdm(total=total, desc=stage, unit=unit, disable=not enabled, file=sys.stderr, leave=False,

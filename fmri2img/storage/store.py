@@ -346,6 +346,19 @@ class Store:
     def _reset_progress(self, group: str, n_regions: int) -> None:
         _create_progress(self.zarr_store(), self._progress_path(group), n_regions)
 
+    def delete_group(self, group: str) -> None:
+        """Delete ``group`` (every array and sub-group under it) and its completion records, if present."""
+        if not self.has_group(group):
+            return
+        self.unconsolidate()
+        root = zarr.open_group(self.zarr_store(), mode="a", zarr_format=3)
+        for path in (group, self._progress_path(group)):
+            try:
+                del root[path]
+            except KeyError:
+                continue
+        logger.info("deleted %s from %s", group, self.describe())
+
     def list_groups(self, prefix: str = "") -> list[str]:
         """Paths of every group holding arrays under ``prefix`` (records excluded)."""
         try:
