@@ -1,50 +1,42 @@
 """NSD's pre-processed fMRI time series and their design files, read run by run, streamed.
 
-Facts, with their sources (the NSD data manual, "Time-series data",
+Facts and their sources (NSD data manual, "Time-series data",
 https://cvnlab.slite.page/p/vjWTghPTb3/Time-series-data; NSD's own code, cvnlab/nsddatapaper
-``main/export.m``, ``main/glm_nsd.m``, ``main/datafix_script3b.m``; GLMsingle's example 1):
+``main/export.m``, ``glm_nsd.m``, ``datafix_script3b.m``; GLMsingle's example 1):
 
 * **Files.** ``nsddata_timeseries/ppdata/subjNN/func1pt8mm/timeseries/timeseries_sessionSS_runRR.nii.gz``
-  (``func1mm`` for the 1-mm preparation), and beside them
-  ``design/design_sessionSS_runRR.tsv`` (manual; export.m). A session has 12 runs; sessions
-  with resting-state scans have 14, whose first and last (runs 01 and 14) are the rest runs
-  with an all-zero design (manual; export.m ``allruns([13 1:12 14])``; glm_nsd.m fits runs
-  2..13 of such sessions).
-* **Data.** int16 NIfTI-1, X×Y×Z×T (subject 1: 81×104×83 at 1.8 mm), the scanner's
-  intensities: "no high-pass filtering, nuisance regression, nor units conversion" (manual);
-  saved without scaling, with the TR in the header (export.m: ``load_untouch_nii`` "stored as
-  int16", ``nsd_savenifti(..., tr)``). Voxels outside the subject's liberal brain mask,
-  ``nsddata/ppdata/subjNN/func1pt8mm/brainmask.nii.gz``, are zero (manual; export.m).
-  NIfTI data are in Fortran order, so each volume is one contiguous run of bytes: this
-  reader streams the gzip volume by volume and keeps only the asked voxels.
-* **Time.** Resampled (cubic, slice-time corrected) to 4/3 s (≈1.333 s, the "standard"
-  func1pt8mm) or 1 s (the "high" func1mm); the first time point is the start of the first
-  volume's acquisition (manual). A run is 75 trial slots of 4 s (300 s); a trial shows an
-  image for 3 s (glm_nsd.m ``stimdur = 3``) then 1 s of gap. func1pt8mm runs have 226
-  volumes, func1mm runs 301 (datafix_script3b.m), i.e. samples at 0 … 300 s (188
-  acquired volumes at TR 1.6 s resampled to 4/3 s, as a public comparison of the files
-  notes).
-* **Design.** One integer a row: the 1-based 73k id of the image whose trial starts at
-  that volume, else 0 (manual; export.m writes the image of each trial's first row; its
-  sanity check compares the non-zero rows with the upsampled ``stimpattern``). func1pt8mm
-  has 3 rows a trial (``designmatrixFULL_3pertrial``), func1mm 4. Trials: 750 a session
-  (the sum of a session's ``stimpattern``), 62 or 63 a run.
-* **Rows vs volumes.** The design has 225 rows (75 × 3; 300 for func1mm) and the run 226
-  volumes (301): the last volume, at t = 300 s, lies after the last slot. NSD's GLM drops
-  it ("trailing volumes of fMRI data must be dropped in order to match!", export.m;
-  glm_nsd.m asserts ``size(data,4) >= size(stimulus,1)`` and keeps ``1:size(stimulus,1)``),
-  and GLMsingle's NSD example has 300 volumes per run at 1 s. This reader allows the run
-  to be longer than its design by at most :data:`MAX_TRAILING_VOLUMES` volumes, and
+  (``func1mm``: the 1-mm preparation) and ``.../design/design_sessionSS_runRR.tsv``. A session
+  has 12 runs; one with resting-state scans has 14, whose runs 01 and 14 are rest with an
+  all-zero design (manual; export.m ``allruns([13 1:12 14])``; glm_nsd.m fits runs 2..13).
+* **Data.** int16 NIfTI-1, X×Y×Z×T (subject 1: 81×104×83, 1.8 mm), scanner intensities: "no
+  high-pass filtering, nuisance regression, nor units conversion" (manual); no scaling, the
+  TR in the header (export.m: "stored as int16", ``nsd_savenifti(..., tr)``). Voxels outside
+  the liberal brain mask ``nsddata/ppdata/subjNN/func1pt8mm/brainmask.nii.gz`` are zero. NIfTI
+  data are in Fortran order, one volume a contiguous run of bytes: this reader streams the
+  gzip volume by volume and keeps only the asked voxels.
+* **Time.** Cubic resampling (slice-time corrected) to 4/3 s (≈1.333 s, "standard",
+  func1pt8mm) or 1 s ("high", func1mm); the first time point is the start of the first
+  volume's acquisition (manual). A run is 75 trial slots of 4 s; a trial shows an image for
+  3 s (glm_nsd.m ``stimdur = 3``), then 1 s of gap. Runs have 226 volumes (func1pt8mm) or
+  301 (func1mm) (datafix_script3b.m): samples at 0 … 300 s (188 volumes acquired at TR 1.6 s).
+* **Design.** One integer a row: the 1-based 73k id of the image whose trial starts at that
+  volume, else 0 (manual; export.m, whose check compares the non-zero rows with the upsampled
+  ``stimpattern``); 3 rows a trial in func1pt8mm (``designmatrixFULL_3pertrial``), 4 in
+  func1mm. 750 trials a session (a session's ``stimpattern``), 62 or 63 a run.
+* **Rows vs volumes.** 225 rows (75 × 3; func1mm 300) for 226 volumes (301): the last volume,
+  at t = 300 s, follows the last slot. NSD's GLM drops it ("trailing volumes of fMRI data
+  must be dropped in order to match!", export.m; glm_nsd.m asserts ``size(data,4) >=
+  size(stimulus,1)`` and keeps ``1:size(stimulus,1)``); GLMsingle's NSD example has 300
+  volumes a run at 1 s. A run may exceed its design by :data:`MAX_TRAILING_VOLUMES` volume;
   :func:`read_run` keeps the first ``n_rows`` when asked.
 
 Bad input raises an :class:`~fmri2img.storage.nsd.NSDError` subclass naming the file, what
-was expected and the fix; every such error survives pickling (message-only exceptions).
+was expected and the fix (message-only exceptions: they survive pickling).
 """
 
 from __future__ import annotations
 
 import io
-import logging
 import re
 import zlib
 from dataclasses import dataclass
@@ -55,11 +47,9 @@ import numpy as np
 
 from fmri2img.storage.nsd._common import NSDError, NSDFileMissing, NSDFormatError, _fmt, _name, _open, _subj
 
-logger = logging.getLogger(__name__)
-
 #: TR in seconds of each preparation (manual: 1.333 s standard, 1 s high resolution).
 TR_SECONDS: dict[str, float] = {"func1pt8mm": 4.0 / 3.0, "func1mm": 1.0}
-#: Volumes of an NSD run, and design rows (75 slots × rows per trial).
+#: Volumes of an NSD run; design rows a trial (a run's rows: 75 slots × these).
 RUN_VOLUMES: dict[str, int] = {"func1pt8mm": 226, "func1mm": 301}
 ROWS_PER_TRIAL: dict[str, int] = {"func1pt8mm": 3, "func1mm": 4}
 TRIAL_SECONDS = 4.0
@@ -97,15 +87,8 @@ class NSDVoxelError(NSDError):
 
 @dataclass(frozen=True)
 class TimeseriesLayout:
-    """Paths of NSD's time-series files under a dataset root, as in the bucket.
-
-    Parameters
-    ----------
-    root : str
-        Dataset root on the filesystem the readers receive (``"natural-scenes-dataset"``
-        for the bucket, a local directory for mini-NSD).
-    space : {"func1pt8mm", "func1mm"}
-    """
+    """Paths of NSD's time-series files under a dataset ``root`` (``"natural-scenes-dataset"``
+    for the bucket, a local directory for mini-NSD), in ``space`` "func1pt8mm" or "func1mm"."""
 
     root: str
     space: str = "func1pt8mm"
@@ -155,13 +138,7 @@ def list_sessions(fs: Any, layout: TimeseriesLayout, subject: int) -> list[int]:
 
 
 def list_runs(fs: Any, layout: TimeseriesLayout, subject: int, session: int) -> list[int]:
-    """Runs of one session (1..n, sorted); a gap in the numbering is a missing file.
-
-    Raises
-    ------
-    NSDFileMissing
-        The session has no time-series files, or a run number between 1 and the last is absent.
-    """
+    """Runs of one session (1..n, sorted); no run, or a gap in the numbering, is :class:`NSDFileMissing`."""
     runs = sorted(r for s, r in _listed_runs(fs, layout, subject) if s == session)
     where = layout.run_dir(subject)
     if not runs:
@@ -218,19 +195,9 @@ def read_design(fs: Any, path: str) -> np.ndarray:
 
 
 def design_trials(design: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The trials of a design: their onset volumes and images.
-
-    Parameters
-    ----------
-    design : array of shape (n_rows,)
-
-    Returns
-    -------
-    onsets : array of shape (n_trials,), int64
-        0-based volume of each trial's onset (time = onset × TR).
-    images : array of shape (n_trials,), int64
-        0-based 73k index of each trial's image (the file's id minus 1).
-    """
+    """The trials of a design (array of shape (n_rows,)) as two arrays of shape (n_trials,), int64:
+    ``onsets``, each trial's 0-based onset volume (time = onset × TR), and ``images``, its 0-based
+    73k index (the file's id minus 1)."""
     onsets = np.flatnonzero(design)
     return onsets.astype(np.int64), np.asarray(design)[onsets].astype(np.int64) - 1
 
@@ -269,11 +236,8 @@ class _Inflater:
 
     def __init__(self, f: Any, path: str, piece: int) -> None:
         self.f, self.path, self.piece = f, path, piece
-        head = f.read(2)
-        self.gz = head == _GZIP_MAGIC
-        self.z = zlib.decompressobj(31) if self.gz else None
-        self.pending = head
-        self.bytes_in = len(head)
+        self.pending = f.read(2)
+        self.z = zlib.decompressobj(31) if self.pending == _GZIP_MAGIC else None
 
     def read_into(self, view: memoryview) -> int:
         """Fill ``view``; return how many bytes were filled (fewer only at the end of the file)."""
@@ -298,11 +262,9 @@ class _Inflater:
 
     def _raw(self) -> bytes:
         try:
-            chunk = self.f.read(self.piece)
+            return self.f.read(self.piece)
         except (OSError, ValueError, EOFError) as exc:
             raise _truncated_stream(self.path, f"{type(exc).__name__}: {exc}") from exc
-        self.bytes_in += len(chunk)
-        return chunk
 
 
 def _truncated_stream(path: str, why: str) -> NSDFormatError:
@@ -313,11 +275,8 @@ def _truncated_stream(path: str, why: str) -> NSDFormatError:
 def _parse_header(raw: bytes, path: str) -> RunHeader:
     try:
         hdr = nib.Nifti1Header.from_fileobj(io.BytesIO(raw), check=True)
-        shape = tuple(int(s) for s in hdr.get_data_shape())
-        dtype = hdr.get_data_dtype()
-        zooms = hdr.get_zooms()
-        units = hdr.get_xyzt_units()[1]
-        slope, inter = hdr.get_slope_inter()
+        shape, dtype, zooms = tuple(int(s) for s in hdr.get_data_shape()), hdr.get_data_dtype(), hdr.get_zooms()
+        units, (slope, inter) = hdr.get_xyzt_units()[1], hdr.get_slope_inter()
         affine = np.asarray(hdr.get_best_affine(), dtype=np.float64)
     except Exception as exc:  # nibabel: HeaderDataError, HeaderTypeError, ...
         raise NSDFormatError(f"{_name(path)} at {path} does not start with a NIfTI-1 header ({exc}); expected an NSD "
@@ -342,12 +301,7 @@ def _read_header(inflater: _Inflater, path: str) -> RunHeader:
 
 
 def read_header(fs: Any, path: str) -> RunHeader:
-    """Read a run's header from its first bytes only (a small range read on object stores).
-
-    Returns
-    -------
-    RunHeader
-    """
+    """Read a run's :class:`RunHeader` from its first bytes only (a small range read on object stores)."""
     with _open(fs, path, what="run time series", fix="download the session's time series", ranged=True,
                block_size=_HEADER_BLOCK) as f:
         return _read_header(_Inflater(f, path, _HEADER_PIECE), path)
@@ -385,9 +339,7 @@ def read_run(fs: Any, path: str, mask: np.ndarray, *, block: slice | np.ndarray 
         columns in the order of ``np.flatnonzero(mask)[block]``.
     """
     mask = np.asarray(mask, dtype=bool)
-    voxels = np.flatnonzero(mask)
-    if block is not None:
-        voxels = voxels[block]
+    voxels = np.flatnonzero(mask) if block is None else np.flatnonzero(mask)[block]
     with _open(fs, path, what="run time series", fix="download the session's time series", ranged=True,
                block_size=_DATA_BLOCK) as f:
         inflater = _Inflater(f, path, _DATA_PIECE)
@@ -416,8 +368,7 @@ def _volumes(inflater: _Inflater, path: str, header: RunHeader) -> Iterator[np.n
     if skip and inflater.read_into(memoryview(bytearray(skip))) < skip:
         raise _truncated_stream(path, "ends inside the header extensions")
     buf = bytearray(header.volume_bytes)
-    view = memoryview(buf)
-    volume = np.frombuffer(buf, dtype=header.dtype)
+    view, volume = memoryview(buf), np.frombuffer(buf, dtype=header.dtype)
     for t in range(header.n_volumes):
         got = inflater.read_into(view)
         if got < len(buf):
@@ -434,8 +385,7 @@ def _check_grid(path: str, header: RunHeader, mask_shape: tuple[int, ...]) -> No
 
 
 def _keep(path: str, header: RunHeader, n_volumes: int | None) -> int:
-    if n_volumes is None:
-        return header.n_volumes
+    n_volumes = header.n_volumes if n_volumes is None else n_volumes
     if isinstance(n_volumes, bool) or not isinstance(n_volumes, (int, np.integer)) or not \
             1 <= n_volumes <= header.n_volumes:
         raise NSDError(f"n_volumes={n_volumes!r} for {_name(path)}, which has {header.n_volumes} volumes; expected "
@@ -471,10 +421,7 @@ class RunInfo:
     design: np.ndarray
     rest: bool
 
-    @property
-    def n_rows(self) -> int:
-        """Volumes the GLM uses: the design's rows (NSD's trailing volume dropped)."""
-        return int(self.design.size)
+    n_rows = property(lambda self: int(self.design.size), doc="Volumes the GLM uses: the design's rows.")
 
 
 @dataclass(frozen=True)
@@ -493,27 +440,18 @@ class SessionRuns:
     shape = property(lambda self: self.runs[0].header.shape, doc="(X, Y, Z) of every run.")
     tr = property(lambda self: self.runs[0].header.tr, doc="TR of every run, seconds.")
 
-    @property
-    def n_trials(self) -> int:
-        return int(sum(np.count_nonzero(r.design) for r in self.task_runs))
+    n_trials = property(lambda self: int(sum(np.count_nonzero(r.design) for r in self.task_runs)),
+                        doc="Trials of the session.")
 
 
 def read_session_runs(fs: Any, layout: TimeseriesLayout, subject: int, session: int, *,
                       mask_shape: tuple[int, int, int] | None = None) -> SessionRuns:
-    """List, read (headers and designs only) and check one session's runs.
+    """List, read (headers and designs only) and check one session's runs: a :class:`SessionRuns`.
 
-    Checks: every run has its design; all runs have the same grid (and ``mask_shape`` when
-    given), the same number of volumes and the same TR; each design has as many rows as its
-    run has volumes, or up to :data:`MAX_TRAILING_VOLUMES` fewer (NSD: 225 rows, 226
-    volumes); every run but a 14-run session's rest runs 1 and 14 has trials.
-
-    Returns
-    -------
-    SessionRuns
-
-    Raises
-    ------
-    NSDFileMissing, NSDFormatError, NSDRunMismatchError, NSDDesignError
+    Checks (raising NSDFileMissing, NSDFormatError, NSDRunMismatchError, NSDDesignError):
+    every run has its design; all runs have one grid (``mask_shape`` when given), length and
+    TR; a design has as many rows as its run has volumes, or up to :data:`MAX_TRAILING_VOLUMES`
+    fewer (NSD: 225 rows, 226 volumes); every run but a 14-run session's runs 1 and 14 has trials.
     """
     numbers = list_runs(fs, layout, subject, session)
     runs = []
