@@ -3,6 +3,7 @@
     fmri2img demo [--workdir DIR] [--cluster SPEC]
     fmri2img mini-nsd DIR [--seed N] [--subjects 1,2] [--side 425] ...
     fmri2img ingest --source URL --store URL --subject N [--sessions 1-37]
+    fmri2img glm --source URL --store URL --subject N [--sessions 1-3] [--preset glmsingle|nsd] [--export DIR]
     fmri2img run CONFIG.toml [--stages ingest,...] [--cluster SPEC]
     fmri2img status STORE [--verify [--repair]]
     fmri2img unlock STORE
@@ -17,7 +18,7 @@ import logging
 import os
 import sys
 
-from fmri2img.cli import clinical, data, store
+from fmri2img.cli import clinical, data, glm, store
 from fmri2img.cli.runtime import (add_cluster_options, cluster_from, exit_promptly, os_error_line, probe_configured,
                                   stage_lines)
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True)
     data.add_parsers(sub)
+    glm.add_parsers(sub)
     p = sub.add_parser("run", help="run the stages of a TOML configuration")
     p.add_argument("config")
     p.add_argument("--stages", default=None, help="comma-separated subset, e.g. ingest")
@@ -57,7 +59,7 @@ def cmd_run(args) -> int:
     return 0
 
 
-COMMANDS = {**data.COMMANDS, "run": cmd_run, **store.COMMANDS, **clinical.COMMANDS}
+COMMANDS = {**data.COMMANDS, **glm.COMMANDS, "run": cmd_run, **store.COMMANDS, **clinical.COMMANDS}
 
 
 def _secrets_of_args(args) -> list[str]:

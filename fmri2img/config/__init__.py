@@ -21,6 +21,7 @@ from fmri2img.config.sections import (
     DecodeConfig,
     EvaluateConfig,
     FeaturesConfig,
+    GlmConfig,
     IngestConfig,
     OutputsConfig,
     ReconstructConfig,
@@ -35,5 +36,5 @@ from fmri2img.config.validate import from_dict, register_check, validate
 
 __all__ = ["ConfigError", "load", "loads", "dumps", "from_dict", "validate", "register_check", "parse_sessions",
            "PUBLIC", "STAGES", "METHOD_STAGES", "Config", "StoreConfig", "SourceConfig", "ClusterConfig",
-           "IngestConfig", "FeaturesConfig", "RegressConfig", "ReconstructConfig", "EvaluateConfig", "RoiConfig",
+           "IngestConfig", "GlmConfig", "FeaturesConfig", "RegressConfig", "ReconstructConfig", "EvaluateConfig", "RoiConfig",
            "DecodeConfig", "AlignConfig", "OutputsConfig", "WeightsConfig"]

@@ -131,6 +131,52 @@ class IngestConfig:
 
 
 @dataclass
+class GlmConfig:
+    """The glm stage: a subject's time series → single-trial betas (GLMsingle's types A–D), before ingest.
+
+    NSD's time-series layout is read from [source]; a BIDS dataset with fMRIPrep derivatives from
+    ``bids`` (then ``participant`` goes to store subject ``subjects[0]``).
+    """
+
+    #: store subjects to fit (NSD: their own numbers)
+    subjects: list = field(default_factory=list)
+    #: NSD sessions, e.g. "1-3"; "all": every session with time series
+    sessions: str = "all"
+    #: "glmsingle" (GLMsingle's defaults) or "nsd" (NSD's own GLM)
+    preset: str = "glmsingle"
+    #: GlmOptions fields that override the preset's, e.g. {n_pcs = 10, fracs = [...]}
+    options: dict = field(default_factory=dict)
+    #: a TSV of HRFs (one column an HRF, one row a time step; a header "step" line gives the step in s);
+    #: default GLMsingle's 20-HRF library
+    hrf_library: str = ""
+    #: the model whose betas become subjects/subjNN/betas: fithrf, fithrf_glmdenoise, fithrf_glmdenoise_rr
+    model: str = "fithrf_glmdenoise_rr"
+    #: voxels per task (memory per worker grows with it: about 22 kB a voxel for an NSD session)
+    block_size: int = 4096
+    #: NSD: "func1pt8mm" (default) or "func1mm"; BIDS: the fMRIPrep space (default "T1w")
+    space: str = ""
+    #: the brain mask (default: NSD's brainmask.nii.gz; BIDS: the runs' brain masks)
+    mask: str = ""
+    #: also write NSD-layout betas files (int16 × 300) under this directory or URL
+    export: str = ""
+    #: keep the staged time series in the store after a session is done
+    keep_timeseries: bool = False
+    #: BIDS: the raw dataset, its fMRIPrep derivatives (default <bids>/derivatives/fmriprep), the participant
+    bids: str = ""
+    derivatives: str = ""
+    participant: str = ""
+    session: str = ""
+    task: str = ""
+    #: BIDS: the events column naming the stimulus (a file, or a 0-based 73k id)
+    stim_column: str = "stim_file"
+    #: BIDS: fMRIPrep confounds as extra regressors, e.g. "none", "simple", "motion=basic+high_pass"
+    confounds: str = "none"
+    #: BIDS: onsets off the TR grid: "round" (nearest volume) or "resample" (cubic, onto a grid that fits them)
+    onsets: str = "round"
+    storage_options: dict = field(default_factory=dict)
+
+
+@dataclass
 class FeaturesConfig:
     """Feature extraction: which extractors, with which options (see fmri2img.models.extractors)."""
 
@@ -278,6 +324,7 @@ class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    glm: GlmConfig = field(default_factory=GlmConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     regress: RegressConfig = field(default_factory=RegressConfig)
@@ -341,4 +388,4 @@ def _redact_tree(data: Any, key: str = "") -> Any:
 #: the method's stages, what the demo runs; STAGES adds the clinician's path (align, decode), which needs
 #: its own [align] / [decode] sections
 METHOD_STAGES = ("ingest", "features", "regress", "reconstruct", "evaluate", "roi")
-STAGES = ("ingest", "features", "regress", "align", "reconstruct", "evaluate", "roi", "decode")
+STAGES = ("glm", "ingest", "features", "regress", "align", "reconstruct", "evaluate", "roi", "decode")

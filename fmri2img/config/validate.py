@@ -19,7 +19,7 @@ import typing
 from typing import Any, Callable, Mapping
 
 from fmri2img.config.errors import ConfigError
-from fmri2img.config.sections import STAGES, Config
+from fmri2img.config.sections import STAGES, Config, parse_sessions
 
 
 
@@ -41,6 +41,8 @@ _CHOICES = {
     "ingest.nan_policy": ("error", "zero"),
     "align.targets": ("encoding", "shared", "hybrid"),
     "ingest.experiment": ("nsd", "nsdimagery"),
+    "glm.model": ("fithrf", "fithrf_glmdenoise", "fithrf_glmdenoise_rr"),
+    "glm.onsets": ("round", "resample"),
     "reconstruct.device": ("auto", "cpu", "cuda", "mps"),
     "evaluate.device": ("auto", "cpu", "cuda", "mps"),
     "decode.calibration": ("loo", "none"),
@@ -123,6 +125,25 @@ def _check_decode(config: Config) -> None:
                           "voxels to decode (or decode.imagery = true for the subject's NSD-Imagery betas)")
 
 
+def _check_glm(config: Config) -> None:
+    """[glm]: subjects to fit, a known preset and options, a positive block size (when the stage runs)."""
+    if "glm" not in config.stages:
+        return
+    from fmri2img import glm
+
+    g = config.glm
+    if not g.subjects or any(not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= 99 for s in g.subjects):
+        raise ConfigError(f"glm.subjects: expected the store subjects to fit, like [1], got {g.subjects!r}")
+    if g.block_size < 1:
+        raise ConfigError(f"glm.block_size: expected a positive number of voxels per task, got {g.block_size}")
+    if g.sessions not in ("all", ""):
+        parse_sessions(g.sessions, field_name="glm.sessions")
+    try:
+        glm.resolve_options(g.preset, **dict(g.options))
+    except glm.GlmInputError as exc:
+        raise ConfigError(f"glm.preset / glm.options: {exc}") from None
+
+
 def validate(config: Config) -> Config:
     """Cross-field checks that types alone cannot express."""
     config.ingest.session_list()
@@ -161,6 +182,7 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"align.subject: {config.align.subject!r} is not a new subject to align to align.reference "
                           f"{config.align.reference}; give the new subject's number (another than the reference)")
     _check_decode(config)
+    _check_glm(config)
     if not config.store.url:
         raise ConfigError("store.url: empty; give the store's URL, e.g. './runs/x/store.zarr' or 's3://bucket/x.zarr'")
     for check in CHECKS.values():

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import zarr
 
-from fmri2img.config import Config
+from fmri2img.config import Config, validate
 from fmri2img.pipeline.evaluate import evaluate
 from fmri2img.pipeline.features import extract_features
 from fmri2img.pipeline.ingest.nsd import ingest
@@ -51,6 +51,18 @@ class RunContext:
         return Source(s.url, dict(s.storage_options), s.captions_url)
 
 
+def stage_glm(ctx: RunContext) -> dict:
+    """``[glm]``: each subject's time series → glm groups → its betas (and what ingest writes after them)."""
+    from fmri2img.pipeline.glm.run import glm_nsd_subject
+
+    g = ctx.config.glm
+    return {f"subj{subject:02d}": glm_nsd_subject(
+        ctx.store, ctx.source, subject, sessions=g.sessions, preset=g.preset, options=g.options,
+        hrf_library=g.hrf_library, model=g.model, block_size=g.block_size, space=g.space, mask=g.mask,
+        export=g.export, keep_timeseries=g.keep_timeseries, client=ctx.client, progress=ctx.progress,
+        config=ctx.config.redacted()) for subject in g.subjects}
+
+
 def stage_ingest(ctx: RunContext) -> dict:
     cfg = ctx.config.ingest
     out = {}
@@ -60,7 +72,11 @@ def stage_ingest(ctx: RunContext) -> dict:
             ctx.store, ctx.source, subject, client=ctx.client, prefer=cfg.prefer, nan_policy=cfg.nan_policy,
             betas_scale=cfg.betas_scale, config=ctx.config.redacted(), progress=ctx.progress)
             for subject in cfg.subjects}
+    glm = ctx.config.glm
     for subject in cfg.subjects:
+        if "glm" in ctx.config.stages and subject in glm.subjects:  # its betas came with the glm stage
+            out[f"subj{subject:02d}"] = {"from": "glm", "model": glm.model}
+            continue
         out[f"subj{subject:02d}"] = ingest(
             ctx.store, ctx.source, subject, cfg.session_list(), client=ctx.client, prefer=cfg.prefer,
             nan_policy=cfg.nan_policy, stimuli=cfg.stimuli, captions=cfg.stimuli, betas_scale=cfg.betas_scale,
@@ -149,6 +165,7 @@ def stage_decode(ctx: RunContext) -> dict:
 
 #: stage name → function, in run order (the same names as fmri2img.config.STAGES)
 STAGES: dict[str, Callable[[RunContext], dict]] = {
+    "glm": stage_glm,
     "ingest": stage_ingest,
     "features": stage_features,
     "regress": stage_regress,
@@ -162,6 +179,7 @@ STAGES: dict[str, Callable[[RunContext], dict]] = {
 
 def run(config: Config, *, stages: list[str] | None = None, client=None, progress: bool = True) -> dict:
     """Run ``stages`` (default: the configured ones) in registry order; return their summaries."""
+    validate(config)  # again: every stage's declared checks are registered now (fmri2img.pipeline)
     wanted = stages or list(config.stages)
     unknown = [s for s in wanted if s not in STAGES]
     if unknown:

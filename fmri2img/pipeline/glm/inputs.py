@@ -3,7 +3,7 @@
 Every kind of input gives the same small interface (:func:`fmri2img.pipeline.glm.stage.glm_session`
 reads nothing else): ``runs`` (each with ``design``, an (n_volumes_r, n_conditions) 0/1 onset
 matrix, and ``confounds``, an (n_volumes_r, k) array or None), ``tr`` and ``stimdur`` (seconds),
-``voxels`` ((n_voxels, 3) NIfTI i, j, k), ``volume_shape``, ``condition_images()`` (0-based NSD-73k
+``voxels`` ((n_voxels, 3) NIfTI i, j, k), ``volume_shape``, ``affine``, ``condition_images()`` (0-based NSD-73k
 id of each design column, -1 when unknown), ``read_run(r, voxels=None)`` ((n_volumes_r,
 n_voxels) float32, read on a worker) and ``summary()`` (plain values for provenance and for the
 resume key). Each is picklable: it holds URLs and small arrays, never the time series.
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RunDesign", "ArrayInputs"]
+__all__ = ["RunDesign", "ArrayInputs", "NSDInputs"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,6 +69,10 @@ class ArrayInputs:
             object.__setattr__(self, "volume_shape", tuple(int(v) + 1 for v in np.max(self.voxels, axis=0)))
 
     @property
+    def affine(self) -> np.ndarray:
+        return np.eye(4)
+
+    @property
     def runs(self) -> list[RunDesign]:
         extra = self.confounds or [None] * len(self.designs)
         return [RunDesign(np.asarray(d), None if c is None else np.asarray(c)) for d, c in zip(self.designs, extra)]
@@ -87,3 +91,102 @@ class ArrayInputs:
             h.update(np.ascontiguousarray(a).tobytes())
         return {"kind": "arrays", "name": self.name, "runs": len(self.data), "sha256": h.hexdigest()[:16],
                 "tr": float(self.tr), "stimdur": float(self.stimdur)}
+
+
+def _onset_matrix(design: np.ndarray, conditions: np.ndarray) -> np.ndarray:
+    """NSD design rows (1-based 73k id at a trial's onset, else 0) → (n_rows, n_conditions) 0/1."""
+    out = np.zeros((len(design), len(conditions)), np.uint8)
+    rows = np.flatnonzero(design)
+    out[rows, np.searchsorted(conditions, design[rows] - 1)] = 1
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class NSDInputs:
+    """A session of NSD's time-series layout (``nsddata_timeseries``), from any fsspec URL.
+
+    Runs are the session's task runs (a 14-run session's resting-state runs 1 and 14 are left
+    out, as NSD's own GLM does); each run keeps its design's rows (NSD: 225 of 226 volumes, the
+    trailing volume dropped as NSD's GLM does); the TR is the runs' NIfTI header's; the stimulus
+    lasts 3 s (:data:`fmri2img.storage.nsd.timeseries.STIMULUS_SECONDS`); the voxels are the
+    subject's brain mask (``nsddata/ppdata/subjNN/<space>/brainmask.nii.gz``, or ``mask_url``).
+    Conditions are the session's distinct images (the design's 73k ids), in ascending id order.
+    Build it with :meth:`open`.
+    """
+
+    url: str
+    storage_options: dict = field(repr=False)
+    subject: int
+    session: int
+    space: str
+    mask_url: str
+    session_runs: Any
+    mask: np.ndarray
+    images: np.ndarray
+    sizes: tuple
+
+    @classmethod
+    def open(cls, url: str, subject: int, session: int, *, storage_options: dict | None = None,
+             space: str = "func1pt8mm", mask_url: str = "") -> "NSDInputs":
+        """Read and check a session's headers, designs and mask (a few small reads; nothing is written)."""
+        from fmri2img.storage import nsd, urls
+        from fmri2img.storage.nsd import timeseries as ts
+
+        options = dict(storage_options or {})
+        fs, root = urls.filesystem(url, options or None)
+        layout = ts.TimeseriesLayout(root, space)
+        if mask_url:
+            mfs, mpath = urls.filesystem(mask_url, options or None)
+        else:
+            mfs, mpath = fs, layout.brainmask(subject)
+        mask = nsd.read_mask(mfs, mpath)
+        runs = ts.read_session_runs(fs, layout, subject, session, mask_shape=mask.shape)
+        task = runs.task_runs
+        images = np.unique(np.concatenate([r.design[r.design > 0] for r in task]) - 1).astype(np.int64)
+        sizes = tuple(int(fs.size(r.path)) for r in task)
+        return cls(url, options, int(subject), int(session), space, mask_url, runs, mask, images, sizes)
+
+    @property
+    def runs(self) -> list[RunDesign]:
+        return [RunDesign(_onset_matrix(r.design, self.images)) for r in self.session_runs.task_runs]
+
+    @property
+    def tr(self) -> float:
+        return float(self.session_runs.tr)
+
+    @property
+    def stimdur(self) -> float:
+        from fmri2img.storage.nsd.timeseries import STIMULUS_SECONDS
+
+        return float(STIMULUS_SECONDS)
+
+    @property
+    def voxels(self) -> np.ndarray:
+        return np.argwhere(self.mask).astype(np.int64)
+
+    @property
+    def volume_shape(self) -> tuple:
+        return tuple(int(s) for s in self.mask.shape)
+
+    @property
+    def affine(self) -> np.ndarray:
+        return np.asarray(self.session_runs.runs[0].header.affine, dtype=float)
+
+    def condition_images(self) -> np.ndarray:
+        return self.images
+
+    def read_run(self, r: int, voxels: Any = None) -> np.ndarray:
+        from fmri2img.storage import urls
+        from fmri2img.storage.nsd import timeseries as ts
+
+        run = self.session_runs.task_runs[r]
+        fs, _ = urls.filesystem(self.url, dict(self.storage_options) or None)
+        return ts.read_run(fs, run.path, self.mask, block=voxels, n_volumes=run.n_rows)
+
+    def summary(self) -> dict:
+        from fmri2img.storage import secrets
+
+        return {"kind": "nsd-timeseries", "source": secrets.redact(self.url), "subject": self.subject,
+                "session": self.session, "space": self.space, "mask": secrets.redact(self.mask_url) or "brainmask",
+                "runs": [int(r.run) for r in self.session_runs.task_runs], "bytes": list(self.sizes),
+                "tr": self.tr, "voxels": int(self.mask.sum())}

@@ -130,7 +130,8 @@ def glm_session(store: Store, inputs: Any, subject: int, session: int, *, option
     ----------
     inputs : session inputs
         ``runs`` (each with ``design``, an (n_volumes_r, n_conditions) 0/1 array, and optional
-        ``confounds``), ``tr``, ``stimdur``, ``voxels`` ((n_voxels, 3) NIfTI i, j, k),
+        ``confounds``), ``tr``, ``stimdur``, ``voxels`` ((n_voxels, 3) NIfTI i, j, k), ``volume_shape``,
+        ``affine`` (4 × 4),
         ``condition_images()`` (0-based 73k id of each design column, -1 when unknown),
         ``read_run(r)`` ((n_volumes_r, n_voxels) float32) and ``summary()`` (provenance);
         picklable (tasks read runs on workers).
@@ -169,7 +170,8 @@ def glm_session(store: Store, inputs: Any, subject: int, session: int, *, option
         **schema.provenance(**dict(attrs or {})), INPUTS_ATTR: fit_key, "inputs": json.dumps(inputs.summary(),
                                                                                               default=str),
         "options": json.dumps(dataclasses.asdict(options), sort_keys=True), "tr": float(plan.tr),
-        "stimdur": float(plan.stimdur), "thresholds": json.dumps(dataclasses.asdict(choice["thresholds"]), default=float),
+        "stimdur": float(plan.stimdur), "volume_shape": json.dumps([int(s) for s in inputs.volume_shape]),
+        "affine": json.dumps(np.asarray(inputs.affine, dtype=float).tolist()), "thresholds": json.dumps(dataclasses.asdict(choice["thresholds"]), default=float),
         "xvaltrend": json.dumps(None if choice["trend"] is None else [float(x) for x in choice["trend"]]),
         "hrf_library_sha256": hashlib.sha256(np.ascontiguousarray(plan.library).tobytes()).hexdigest()})
     pool = choice["pool"]

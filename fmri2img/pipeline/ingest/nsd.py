@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fmri2img.pipeline.ingest import resume as ingest_resume
+from fmri2img.pipeline.ingest.glm_betas import glm_identity, read_glm_betas
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.storage import nsd, schema
 from fmri2img.storage.source import Source
@@ -136,13 +137,17 @@ def schema_shape(shape: Sequence[int]) -> str:
 
 def ingest_session(store: Store, source: Source, subject: int, session: int, region: Region,
                    voxels: np.ndarray, volume_shape: tuple, trials: int, prefer: str, nan_policy: str,
-                   betas_scale: str | float = nsd.NSD_SCALE, chunk_map: Any = None) -> dict:
-    """Stream one session file, mask it, write its betas row; return a summary."""
+                   betas_scale: str | float = nsd.NSD_SCALE, chunk_map: Any = None,
+                   glm_model: str | None = None, images: np.ndarray | None = None) -> dict:
+    """Stream one session file (or read the session's glm group), mask it, write its betas row; return a summary."""
     t0 = time.perf_counter()
     fs, root = source.filesystem()
     layout = nsd.NSDLayout(root)
-    betas = nsd.read_session_betas(fs, layout, subject, session, voxels, volume_shape, trials, prefer=prefer,
-                                   scale=betas_scale, chunk_map=chunk_map)
+    if glm_model:
+        betas = read_glm_betas(store, subject, session, voxels, volume_shape, glm_model, images)
+    else:
+        betas = nsd.read_session_betas(fs, layout, subject, session, voxels, volume_shape, trials, prefer=prefer,
+                                       scale=betas_scale, chunk_map=chunk_map)
     bad = ~np.isfinite(betas)
     n_bad = int(bad.sum())
     if n_bad:
@@ -224,6 +229,7 @@ def ingest(
     store: Store, source: Source, subject: int, sessions: Sequence[int] | None, *, client=None,
     prefer: str = "hdf5", nan_policy: str = "error", stimuli: bool = True, captions: bool = True,
     config: Mapping[str, Any] | None = None, progress: bool = True, betas_scale: str | float = nsd.NSD_SCALE,
+    glm_model: str | None = None,
 ) -> dict:
     """Ingest one subject from ``source`` into ``store``; resumable.
 
@@ -248,6 +254,9 @@ def ingest(
     betas_scale : "nsd" or float
         Units of the betas files: NSD's int16 × 300 (float files are refused), or a number the
         values are divided by (see :func:`fmri2img.storage.nsd.read_session_betas`).
+    glm_model : str, optional
+        Read each session's betas from the glm stage's ``subjects/subjNN/glm/sessionSS`` (this
+        model) instead of NSD's betas files (:mod:`fmri2img.pipeline.ingest.glm_betas`).
 
     Returns
     -------
@@ -263,14 +272,16 @@ def ingest(
                 subject, len(split.train_ids), len(split.test_ids), len(split.trial_image),
                 len(split.sessions), len(plan.voxels))
     current = ingest_resume.identity(source, subject, split.sessions, prefer=prefer, nan_policy=nan_policy,
-                                     betas_scale=betas_scale)
+                                     betas_scale=betas_scale,
+                                     files=glm_identity(store, subject, split.sessions, glm_model) if glm_model
+                                     else None)
     bregions, btodo = _betas_template(store, source, subject, plan, attrs, current, stimuli, betas_scale)
     vregions, todo_avg = _subject_templates(store, source, subject, plan, attrs, overwrite=bool(btodo))
     chunk_map = _subject_chunk_map(source, subject, [split.sessions[r.index] for r in btodo], plan) \
-        if prefer == "hdf5" else None
+        if prefer == "hdf5" and not glm_model else None
     tasks = [Task(r.label, ingest_session, (store, source, subject, split.sessions[r.index], r, plan.voxels,
                                             plan.volume_shape, plan.trials_per_session, prefer, nan_policy,
-                                            betas_scale, chunk_map))
+                                            betas_scale, chunk_map, glm_model, split.trial_image[r.slice]))
              for r in btodo]
     stim_todo, stim_ids, stim_layout = (_stimuli_plan(store, source, split, attrs, captions) if stimuli
                                         else ([], None, None))

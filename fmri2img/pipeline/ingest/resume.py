@@ -57,10 +57,14 @@ def session_files(source: Source, subject: int, sessions: Sequence[int]) -> dict
 
 
 def identity(source: Source, subject: int, sessions: Sequence[int], *, prefer: str, nan_policy: str,
-             betas_scale: Any) -> dict[str, Any]:
-    """Everything that decides the values of the betas regions of ``subject``."""
+             betas_scale: Any, files: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Everything that decides the values of the betas regions of ``subject``.
+
+    ``files``: what each session's betas come from, when not NSD's betas files (the glm stage's groups).
+    """
     return {"format": INGEST_FORMAT, "source": source.safe_url, "prefer": prefer, "nan_policy": nan_policy,
-            "betas_scale": str(betas_scale), "files": session_files(source, subject, sessions)}
+            "betas_scale": str(betas_scale),
+            "files": dict(files) if files is not None else session_files(source, subject, sessions)}
 
 
 def check_resume(store: Store, subject: int, current: Mapping[str, Any], done_labels: Sequence[str],
