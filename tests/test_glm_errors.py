@@ -22,6 +22,15 @@ from fmri2img.glm import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """One BLAS thread: on a shared 2-core machine, threaded SVDs of small matrices thrash."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
 @pytest.fixture(scope="module")
 def sim():
     return simulate_session(n_runs=3, n_volumes=60, n_voxels=30, seed=2)

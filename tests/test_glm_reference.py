@@ -18,6 +18,15 @@ from fmri2img.glm.linalg import RunSystem, SessionSystem, fracridge_alphas, shri
 DEG = 2  # explicit polynomial degree in these tests
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """One BLAS thread: on a shared 2-core machine, threaded SVDs of small matrices thrash."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
 @pytest.fixture(scope="module")
 def sim():
     return simulate_session(n_runs=4, n_volumes=90, n_voxels=60, gain=(2.0, 4.0), seed=3)

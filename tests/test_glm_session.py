@@ -16,6 +16,15 @@ from fmri2img.glm.crossval import xval_badness, xval_scale
 from fmri2img.glm.options import NSD_FRACS
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """One BLAS thread: on a shared 2-core machine, threaded SVDs of small matrices thrash."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
 @pytest.fixture(scope="module")
 def sim():
     return simulate_session(n_runs=4, n_volumes=90, n_voxels=120, gain=(2.0, 4.0), seed=0)
@@ -139,6 +148,19 @@ def test_option_paths(sim):
     fixed = fit_session(**base, fracs=(1.0,), pcstop=-3)
     assert fixed.pcnum == 3 and fixed.scaleoffset is None and fixed.xvaltrend is None
     np.testing.assert_allclose(fixed.betas[2], fixed.betas[1], rtol=1e-9, atol=1e-9)
+
+
+def test_voxel_masks(sim, whole):
+    exclude = np.zeros(120, bool)
+    exclude[np.flatnonzero(whole.noise_pool)[::2]] = True
+    allowed = np.zeros(120, bool)
+    allowed[:60] = True
+    res = fit_session(sim.runs, sim.design, sim.tr, sim.stimdur, brain_exclude=exclude, pc_r2_cutoff_mask=allowed)
+    np.testing.assert_array_equal(res.noise_pool, whole.noise_pool & ~exclude)
+    np.testing.assert_array_equal(res.pc_voxels, whole.pc_voxels & allowed)
+    nobody = fit_session(sim.runs, sim.design, sim.tr, sim.stimdur, pc_r2_cutoff=1e9)  # none passes: best 100
+    assert nobody.pc_voxels.sum() == 100
+    assert nobody.onoff_r2[nobody.pc_voxels].min() >= nobody.onoff_r2[~nobody.pc_voxels].max()
 
 
 def test_extra_regressor_policies(sim):

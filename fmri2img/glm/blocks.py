@@ -148,11 +148,13 @@ def _psc(betas: np.ndarray, meanvol: np.ndarray, plan: GlmPlan) -> np.ndarray:
     return betas * (100 / np.abs(meanvol)) if plan.options.wantpercentbold else betas
 
 
-def _system(plan: GlmPlan, hrf: np.ndarray, nuisance: Sequence[np.ndarray]) -> SessionSystem:
-    runs = []
-    for onsets, n, poly, e in zip(plan.trials.onsets, plan.n_volumes, plan.poly, nuisance):
-        runs.append(RunSystem.build(convolve_onsets(onsets, n, hrf), poly, e))
-    return SessionSystem(runs)
+def _designs(plan: GlmPlan, hrf: np.ndarray) -> list[np.ndarray]:
+    """Per run, the trials' onsets convolved with ``hrf``: (n_volumes_r, n_trials_r)."""
+    return [convolve_onsets(onsets, n, hrf) for onsets, n in zip(plan.trials.onsets, plan.n_volumes)]
+
+
+def _system(plan: GlmPlan, designs: Sequence[np.ndarray], nuisance: Sequence[np.ndarray]) -> SessionSystem:
+    return SessionSystem([RunSystem.build(x, q, e) for x, q, e in zip(designs, plan.poly, nuisance)])
 
 
 def fit_onoff_block(data: Sequence[np.ndarray], plan: GlmPlan) -> OnOffBlock:
@@ -208,7 +210,7 @@ def fit_hrf_block(data: Sequence[np.ndarray], plan: GlmPlan) -> HrfBlock:
     betas = np.zeros((plan.n_trials, n_vox))
     hrf_r2 = np.empty((plan.n_hrf, n_vox))
     for h in range(plan.n_hrf):
-        system = _system(plan, plan.library[:, h], plan.extra)
+        system = _system(plan, _designs(plan, plan.library[:, h]), plan.extra)
         rot = system.rotate(yp, energy)
         c = system.ols(rot)
         hrf_r2[h] = system.r2(c, rot)
@@ -291,8 +293,9 @@ def pcnum_xval_block(data: Sequence[np.ndarray], plan: GlmPlan, hrf_index: np.nd
     for h in np.unique(index):
         cols = index == h
         yh = [y[:, cols] for y in yp]
+        designs = _designs(plan, plan.library[:, h])
         for n in range(n_pcs + 1):
-            system = _system(plan, plan.library[:, h], nuisance[n])
+            system = _system(plan, designs, nuisance[n])
             betas = system.betas(system.ols(system.rotate(yh, energy[cols])))
             if n == 0:
                 reference, scale = betas, xval_scale(betas, plan)
@@ -363,7 +366,7 @@ def fit_denoised_block(data: Sequence[np.ndarray], plan: GlmPlan, hrf_index: np.
     index = np.asarray(hrf_index)
     for h in np.unique(index):
         cols = index == h
-        system = _system(plan, plan.library[:, h], nuisance)
+        system = _system(plan, _designs(plan, plan.library[:, h]), nuisance)
         rot = system.rotate([y[:, cols] for y in yp], energy[cols])
         c = system.ols(rot)
         if opts.wantglmdenoise:
