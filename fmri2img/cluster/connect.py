@@ -251,7 +251,8 @@ def connect(spec: str = "local", *, logs: str | None = None, **options: Any):
         address ``"tcp://host:port"`` / ``"tls://host:port"``.
     logs : str, optional
         A local directory for the worker jobs' logs of kinds that write them
-        (slurm, pbs), unless the options name one; the command line passes
+        (slurm, pbs), unless the options name one, and for a local cluster's
+        worker log (:mod:`fmri2img.cluster.workerlog`); the command line passes
         ``<outputs>/cluster-logs``.
     **options
         The options of that kind (see :data:`CLUSTER_KINDS` and the kind's module);
@@ -271,6 +272,9 @@ def connect(spec: str = "local", *, logs: str | None = None, **options: Any):
     if logs and entry.log_option and entry.log_option not in options:
         options = {**options, entry.log_option: os.path.abspath(logs)}
     client = entry.factory(spec or "local", **options)
+    from fmri2img.cluster.workerlog import register
+
+    register(client, kind_of(spec or "local"), logs)  # workers redact, and log as verbosely as the command
     logger.info("connected to %s cluster (%s), dashboard %s", kind_of(spec or "local"),
                 secrets.redact(options), dashboard_link(client))
     return client

@@ -14,7 +14,9 @@ attributes, reports, the configuration saved with a run) passes through here:
   ``Authorization`` lines) and the literal values of every credential this process was given
   (:func:`add_secrets`), which catches key ids that follow no pattern;
 - :func:`install`: redacts every log record this process makes from then on, whichever logger
-  emitted it (ours, botocore's, distributed's) and whichever handler prints it.
+  emitted it (ours, botocore's, distributed's) and whichever handler prints it;
+  :class:`RedactingFilter` does the same on one handler (the workers' handlers, see
+  :mod:`fmri2img.cluster.workerlog`).
 
 This module imports nothing from fmri2img, so every layer (storage, cluster, config, the
 report) can stand on it.
@@ -29,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = ["REDACTED", "SECRET_ENV", "MIN_SECRET_LENGTH", "is_secret_name", "redact", "redact_text",
-           "add_secrets", "secrets_of", "install"]
+           "add_secrets", "secrets_of", "known_secrets", "redact_record", "RedactingFilter", "install"]
 
 REDACTED = "***"
 #: environment variables whose values are secrets wherever they appear
@@ -171,6 +173,37 @@ def redact_text(text: str) -> str:
     return text
 
 
+def known_secrets() -> list[str]:
+    """The literal credentials this process was given (:func:`add_secrets`), e.g. to hand to its workers."""
+    with _lock:
+        return sorted(_known)
+
+
+def redact_record(record: logging.LogRecord) -> logging.LogRecord:
+    """``record`` with its message and traceback redacted (in place; returned for convenience)."""
+    try:
+        record.msg, record.args = redact_text(record.getMessage()), ()
+    except Exception:  # noqa: BLE001 - a bad format string must not lose the record
+        record.msg, record.args = redact_text(str(record.msg)), ()
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.exc_info = None
+    if record.exc_text:
+        record.exc_text = redact_text(record.exc_text)
+    if getattr(record, "stack_info", None):
+        record.stack_info = redact_text(record.stack_info)
+    return record
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter that redacts each record it passes (for handlers that records reach unredacted,
+    e.g. a worker's, whose records may be made before :func:`install` runs there)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        redact_record(record)
+        return True
+
+
 def install(extra_secrets: Iterable[Any] = ()) -> None:
     """Redact every log record made from now on in this process (idempotent).
 
@@ -185,15 +218,7 @@ def install(extra_secrets: Iterable[Any] = ()) -> None:
         previous = logging.getLogRecordFactory()
 
         def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-            record = previous(*args, **kwargs)
-            try:
-                record.msg, record.args = redact_text(record.getMessage()), ()
-                if record.exc_info and not record.exc_text:
-                    record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
-                    record.exc_info = None
-            except Exception:  # noqa: BLE001 - a bad format string must not lose the record
-                record.msg, record.args = redact_text(str(record.msg)), ()
-            return record
+            return redact_record(previous(*args, **kwargs))
 
         logging.setLogRecordFactory(factory)
         _installed.append(factory)

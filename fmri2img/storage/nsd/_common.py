@@ -50,6 +50,12 @@ class NSDError(ValueError):
 class NSDFileMissing(NSDError, FileNotFoundError):
     """An NSD file does not exist at the expected path."""
 
+    def __reduce__(self):
+        # rebuilt by calling the class: with both ValueError and OSError as bases, pickling by
+        # attributes (tblib's way, which Dask uses for errors raised on workers) calls
+        # ValueError.__new__, which Python refuses for OSError's layout
+        return type(self), self.args, self.__dict__ or None
+
 
 class NSDFormatError(NSDError):
     """An NSD file is truncated, corrupt, or has the wrong shape, dtype or fields."""
