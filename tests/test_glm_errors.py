@@ -116,6 +116,8 @@ def test_library_of_wrong_length_or_time_step(sim):
         _fit(sim, hrf_library=table)  # GLMsingle's 0.1-s table, not resampled to the TR
     with pytest.raises(HrfLibraryError, match="at least 2 time points"):
         _fit(sim, hrf_library=np.ones((1, 3)))
+    with pytest.raises(HrfLibraryError, match="106 time points, 141.3 s at TR 1.333 s"):
+        _fit(sim, hrf_library=glm.hrf_library(sim.stimdur, 0.5))  # sampled every 0.5 s, not every TR
     with pytest.raises(HrfLibraryError, match="no positive peak"):
         _fit(sim, hrf_library=-np.abs(glm.hrf_library(sim.stimdur, sim.tr)))
 
@@ -156,3 +158,12 @@ def test_block_function_checks_its_data(sim):
         glm.fit_hrf_block(sim.runs[:2], plan)
     with pytest.raises(VoxelDataError, match="must be \\(volumes=60, voxels\\)"):
         glm.fit_onoff_block([r.T for r in sim.runs], plan)
+
+
+def test_trials_near_the_run_end_are_logged(sim, caplog):
+    glm.prepare(sim.design, sim.tr, sim.stimdur)
+    assert "before the run's end" not in caplog.text
+    late = [d.copy() for d in sim.design]
+    late[2][-3, 0] = 1
+    glm.prepare(late, sim.tr, sim.stimdur)
+    assert "run(s) [2] have a trial onset less than 8 s before the run's end" in caplog.text

@@ -24,7 +24,8 @@ __all__ = ["canonical_hrf", "hrf_library", "check_hrfs", "round_half_away"]
 
 #: Sampling step (s) of the tables shipped with the module.
 TABLE_DT = 0.1
-#: Longest HRF accepted (s); GLMsingle's last ~53 s. Longer means another time step.
+#: Duration range accepted for an HRF (s); GLMsingle's last ~53 s. Outside: another time step.
+MIN_HRF_SECONDS = 10.0
 MAX_HRF_SECONDS = 100.0
 
 
@@ -99,7 +100,7 @@ def canonical_hrf(stimdur: float, tr: float) -> np.ndarray:
     return _resample(curve, sampler)[:, 0]
 
 
-def check_hrfs(hrfs: np.ndarray, tr: float, shortest_run: int, name: str = "hrf_library") -> np.ndarray:
+def check_hrfs(hrfs: np.ndarray, tr: float, name: str = "hrf_library") -> np.ndarray:
     """Check a user HRF library (or assumed HRF) and scale each HRF to a peak of 1.
 
     Parameters
@@ -108,8 +109,6 @@ def check_hrfs(hrfs: np.ndarray, tr: float, shortest_run: int, name: str = "hrf_
         HRFs sampled every ``tr`` seconds from onset.
     tr : float
         The data's TR in seconds.
-    shortest_run : int
-        Volumes in the shortest run; an HRF must not be longer.
     name : str
         The input's name for messages.
 
@@ -122,8 +121,8 @@ def check_hrfs(hrfs: np.ndarray, tr: float, shortest_run: int, name: str = "hrf_
     ------
     HrfLibraryError
         Not 1-D/2-D, fewer than 2 samples, non-finite, a column whose peak is not positive,
-        or longer than the shortest run or than 100 s (a library at another time step,
-        e.g. GLMsingle's 0.1-s table passed as is).
+        or lasting under 10 s or over 100 s (a library at another time step, e.g.
+        GLMsingle's 0.1-s table passed as is).
     """
     arr = np.asarray(hrfs, dtype=float)
     if arr.ndim == 1:
@@ -133,12 +132,11 @@ def check_hrfs(hrfs: np.ndarray, tr: float, shortest_run: int, name: str = "hrf_
     if not np.all(np.isfinite(arr)):
         raise HrfLibraryError(f"{name} holds NaN or inf values")
     seconds = arr.shape[0] * tr
-    if arr.shape[0] > shortest_run or seconds > MAX_HRF_SECONDS:
+    if not MIN_HRF_SECONDS <= seconds <= MAX_HRF_SECONDS:
         raise HrfLibraryError(
-            f"{name} has {arr.shape[0]} time points, {seconds:.1f} s at TR {tr} s, but the shortest run "
-            f"has {shortest_run} volumes and an HRF should last under {MAX_HRF_SECONDS:.0f} s: is it sampled "
-            f"at another time step (GLMsingle's table is every {TABLE_DT} s)? Resample it to the TR, "
-            "e.g. fmri2img.glm.hrf_library(stimdur, tr)"
+            f"{name} has {arr.shape[0]} time points, {seconds:.1f} s at TR {tr} s, but an HRF should last "
+            f"{MIN_HRF_SECONDS:.0f}-{MAX_HRF_SECONDS:.0f} s: is it sampled at another time step (GLMsingle's "
+            f"table is every {TABLE_DT} s)? Resample it to the TR, e.g. fmri2img.glm.hrf_library(stimdur, tr)"
         )
     peaks = arr.max(axis=0)
     if np.any(peaks <= 0):

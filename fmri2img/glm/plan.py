@@ -8,6 +8,7 @@ and global steps take it as their first argument; nothing in it depends on the d
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -26,6 +27,11 @@ from .hrf import check_hrfs, round_half_away
 from .options import GlmOptions, check_options
 
 __all__ = ["GlmPlan", "prepare"]
+
+logger = logging.getLogger(__name__)
+
+#: GLMsingle warns when a trial starts less than this many seconds before its run ends.
+END_BUFFER_SECONDS = 8.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -198,6 +204,17 @@ def _frac_plan(opts: GlmOptions) -> tuple[np.ndarray, int, int | None]:
     return with_ref, start, None
 
 
+def _warn_end_buffer(trials: TrialDesign, tr: float) -> None:
+    """Log a warning for trials too close to their run's end (GLM_single.fit, 'endbuffers')."""
+    short = [r for r, (onsets, n) in enumerate(zip(trials.onsets, trials.n_volumes))
+             if (n - 1 - onsets[-1]) * tr < END_BUFFER_SECONDS]
+    if short:
+        logger.warning(
+            "run(s) %s have a trial onset less than %.0f s before the run's end, whose response is mostly "
+            "unobserved; consider leaving such trials out of the design (silence with "
+            "logging.getLogger('fmri2img.glm').setLevel(logging.ERROR))", short, END_BUFFER_SECONDS)
+
+
 def _check_repeats(opts: GlmOptions, pairs: tuple[np.ndarray, np.ndarray], trials: TrialDesign) -> None:
     steps = []
     if opts.wantglmdenoise and opts.pcstop > 0:
@@ -255,13 +272,13 @@ def prepare(
     opts = check_options(options if options is not None else GlmOptions())
     trials = parse_design(design)
     tr_ = _common_tr(tr, trials.n_runs)
-    shortest = min(trials.n_volumes)
+    _warn_end_buffer(trials, tr_)
     assumed = check_hrfs(_hrf.canonical_hrf(stimdur, tr_) if hrf_to_assume is None else hrf_to_assume,
-                         tr_, shortest, "hrf_to_assume")[:, 0]
+                         tr_, "hrf_to_assume")[:, 0]
     if not opts.wantlibrary:
         library = assumed[:, None].copy()
     else:
-        library = check_hrfs(_hrf.hrf_library(stimdur, tr_) if hrf_library is None else hrf_library, tr_, shortest)
+        library = check_hrfs(_hrf.hrf_library(stimdur, tr_) if hrf_library is None else hrf_library, tr_)
     poly = tuple(polynomial_basis(n, d) for n, d in zip(trials.n_volumes, _poly_degrees(opts, trials.n_volumes, tr_)))
     folds = _folds(opts.xval_scheme, trials.n_runs)
     pairs = _pairs(trials, folds, opts.xval_match)
