@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fmri2img.pipeline.ingest import resume as ingest_resume
+from fmri2img.pipeline.ingest.precheck import IngestError, check_inputs
 from fmri2img.pipeline.ingest.glm_betas import glm_identity, read_glm_betas
 from fmri2img.pipeline.tasks import Task, run_tasks
 from fmri2img.storage import nsd, schema
@@ -57,10 +58,6 @@ ROI_MASKS: dict[str, tuple[str, tuple[int, ...] | None]] = {
 
 #: stimulus regions (of schema.STIMULUS_CHUNK images) per task: one batch of range requests each
 STIMULI_TASK_REGIONS = 4
-
-
-class IngestError(ValueError):
-    """Input that cannot be ingested; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)
@@ -265,6 +262,8 @@ def ingest(
     """
     t0 = time.perf_counter()
     plan = plan_subject(source, subject, sessions)
+    check_inputs(store, source, plan, prefer=prefer, betas_scale=betas_scale, stimuli=stimuli, captions=captions,
+                 roi_files=sorted({f for f, _ in ROI_MASKS.values()}), betas=not glm_model)  # before any write
     split = plan.split
     attrs = schema.provenance(source=source.safe_url, config=config, subject=int(subject),
                               sessions=",".join(map(str, split.sessions)))
