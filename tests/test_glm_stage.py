@@ -133,8 +133,13 @@ def test_bad_input_found_while_reading_leaves_no_trace(sim, tmp_path):
 
 def test_a_design_without_repeats_is_refused_before_any_write(sim, tmp_path):
     store = Store(str(tmp_path / "s.zarr"))
-    once = [np.eye(d.shape[0], 1, k=-10, dtype=np.uint8) for d in sim.design]  # one trial, one condition a run
-    inputs = ArrayInputs(list(sim.runs), [np.hstack([o, np.zeros_like(o)]) for o in once], sim.tr, sim.stimdur)
-    with pytest.raises(glm.GlmInputError):
+    n_runs = len(sim.design)
+    designs = []
+    for r, d in enumerate(sim.design):  # every condition shown once: nothing to cross-validate
+        one = np.zeros((d.shape[0], n_runs), np.uint8)
+        one[10, r] = 1
+        designs.append(one)
+    inputs = ArrayInputs(list(sim.runs), designs, sim.tr, sim.stimdur)
+    with pytest.raises(glm.RepeatsError):
         glm_session(store, inputs, 1, 1, options=glm.get_preset("glmsingle"), progress=False)
     assert store.list_groups() == []

@@ -21,7 +21,9 @@ session's runs (NSD's time-series files, a BIDS dataset with fMRIPrep derivative
 
 Every group is written template-first with completion records, salted by the inputs, the
 options and the library, so a killed run resumes where it stopped and gives the same result;
-the staged time series are deleted when the session is complete. Results do not depend on the
+the staged time series and the first pass are deleted when the session is complete. Bad input
+found while reading (a truncated run, a NaN voxel) deletes the groups this call created, so a
+refused command leaves the store as it was. Results do not depend on the
 number of workers (the tree's pairing is fixed by block order) and, up to floating-point
 rounding of the Gram sums, not on the block size. Memory per task is set by ``block_size``
 (voxels × every volume of the session × 8 bytes, a few times over), never by the session.
@@ -142,7 +144,8 @@ def glm_session(store: Store, inputs: Any, subject: int, session: int, *, option
     block_size : int
         Voxels per block task.
     keep_timeseries : bool
-        Keep the staged time series after the session is complete (default: deleted).
+        Keep the staged time series and the first pass's group after the session is complete (default:
+        deleted; the session group holds every result).
 
     Returns
     -------
@@ -157,30 +160,55 @@ def glm_session(store: Store, inputs: Any, subject: int, session: int, *, option
     if store.is_complete(out_group) and store.group(out_group).attrs.get(INPUTS_ATTR) == fit_key:
         logger.info("%s: complete with the same inputs and options, skipped", out_group)
         return _summary(store, out_group, subject, session, plan, t0, skipped=True)
-    n = len(inputs.voxels)
+    fresh = [g for g in (groups.work_group(subject, session, "timeseries"), groups.work_group(subject, session, "fit"),
+                         out_group) if not store.has_group(g)]
+    try:
+        _fit(store, inputs, subject, session, plan, images, (inputs_key, fit_key), block_size, client, progress,
+             attrs, keep_timeseries)
+    except ValueError:  # bad input found while reading (a truncated run, a NaN voxel): leave no trace of this call
+        for group in fresh:
+            store.delete_group(group)
+        raise
+    return _summary(store, out_group, subject, session, plan, t0, skipped=False)
+
+
+def _fit(store: Store, inputs: Any, subject: int, session: int, plan: glm.GlmPlan, images: np.ndarray,
+         keys: tuple[str, str], block_size: int, client, progress: bool, attrs: Mapping[str, Any] | None,
+         keep_timeseries: bool) -> None:
+    """Steps 2-5 of the module docstring (the session's plan is already checked)."""
+    inputs_key, fit_key = keys
     ts_group = _stage_timeseries(store, inputs, subject, session, plan, inputs_key, block_size, client, progress)
     fit_group = _first_pass(store, ts_group, subject, session, plan, fit_key, block_size, inputs.voxels, client,
                             progress)
-    regions = groups.block_regions(n, block_size)
+    regions = groups.block_regions(len(inputs.voxels), block_size)
     choice = _denoise_choice(store, ts_group, fit_group, plan, regions, fit_key, client, progress)
-    final_key = _digest(fit_key, int(choice["pcnum"]))
     template = groups.session_template(plan.models, images, plan.trials.runs, inputs.voxels, block_size,
                                        int(choice["pcnum"]))
-    todo = store.ensure_template(out_group, template, regions, salt=final_key, attrs={
-        **schema.provenance(**dict(attrs or {})), INPUTS_ATTR: fit_key, "inputs": json.dumps(inputs.summary(),
-                                                                                              default=str),
-        "options": json.dumps(dataclasses.asdict(options), sort_keys=True), "tr": float(plan.tr),
-        "stimdur": float(plan.stimdur), "volume_shape": json.dumps([int(s) for s in inputs.volume_shape]),
-        "affine": json.dumps(np.asarray(inputs.affine, dtype=float).tolist()), "thresholds": json.dumps(dataclasses.asdict(choice["thresholds"]), default=float),
-        "xvaltrend": json.dumps(None if choice["trend"] is None else [float(x) for x in choice["trend"]]),
-        "hrf_library_sha256": hashlib.sha256(np.ascontiguousarray(plan.library).tobytes()).hexdigest()})
+    out_group = groups.glm_group(subject, session)
+    todo = store.ensure_template(out_group, template, regions, salt=_digest(fit_key, int(choice["pcnum"])),
+                                 attrs=_session_attrs(inputs, plan, choice, fit_key, attrs))
     pool = choice["pool"]
     run_tasks([Task(r.label, gtasks.fit_last, (store, ts_group, fit_group, out_group, plan, r, choice["pcs"],
                                                int(choice["pcnum"]), None if pool is None else pool[r.slice]))
                for r in todo], stage=f"glm-{fit_key[:6]}-denoise", client=client, progress=progress)
-    if not keep_timeseries:
+    if not keep_timeseries:  # the session group holds every result: the staged series and the first pass go
         store.delete_group(ts_group)
-    return _summary(store, out_group, subject, session, plan, t0, skipped=False)
+        store.delete_group(fit_group)
+
+
+def _session_attrs(inputs: Any, plan: glm.GlmPlan, choice: Mapping[str, Any], fit_key: str,
+                   attrs: Mapping[str, Any] | None) -> dict:
+    """The session group's attributes: provenance, options, timing, the global choices (never credentials)."""
+    trend = choice["trend"]
+    return {**schema.provenance(**dict(attrs or {})), INPUTS_ATTR: fit_key,
+            "inputs": json.dumps(inputs.summary(), default=str),
+            "options": json.dumps(dataclasses.asdict(plan.options), sort_keys=True, default=list),
+            "tr": float(plan.tr), "stimdur": float(plan.stimdur),
+            "volume_shape": json.dumps([int(s) for s in inputs.volume_shape]),
+            "affine": json.dumps(np.asarray(inputs.affine, dtype=float).tolist()),
+            "thresholds": json.dumps(dataclasses.asdict(choice["thresholds"]), default=float),
+            "xvaltrend": json.dumps(None if trend is None else [float(x) for x in trend]),
+            "hrf_library_sha256": hashlib.sha256(np.ascontiguousarray(plan.library).tobytes()).hexdigest()}
 
 
 def _summary(store: Store, group: str, subject: int, session: int, plan: glm.GlmPlan, t0: float, *,
