@@ -107,10 +107,17 @@ def cmd_report(args) -> int:
     """Each subject's report; a subject with nothing reconstructed gets one line and the others go on."""
     from fmri2img import config as cfgmod
     from fmri2img.report.build import NothingToReport, across_subjects, write_report
+    from fmri2img.storage import identity
     from fmri2img.storage.outputs import Outputs
     from fmri2img.storage.store import Store
 
     store = Store(args.store, dict(args.store_option))
+    found = identity.inspect(store)  # what the store is, as status says it (a Zarr v2 store, a file, ...)
+    if not found.is_ours:
+        raise identity.refusal(store, found)
+    if found.kind == "empty":
+        raise NothingToReport(f"{store.describe()}: empty (nothing ingested yet): nothing to report; check the store "
+                              f"URL, or run the stages first (`fmri2img run CONFIG`)")
     outputs = Outputs(args.out) if args.out else Outputs.beside(args.store, dict(args.store_option))
     runs = args.runs.split(",") if args.runs else None
     config = cfgmod.load(args.config) if args.config else None

@@ -171,8 +171,12 @@ def validate(config: Config) -> Config:
         section_options(dataclasses.asdict(config.cluster))
     except ClusterError as exc:
         raise ConfigError(f"cluster: {exc}") from None
-    if config.features.images_per_task < 1:
-        raise ConfigError("features.images_per_task: expected a positive integer")
+    for section in ("features", "reconstruct", "evaluate", "decode"):  # each is also the chunk size along 'image'
+        count = getattr(config, section).images_per_task
+        if count < 1:
+            raise ConfigError(f"{section}.images_per_task: expected a positive number of images per task (each "
+                              f"task's chunk along 'image'), got {count}; e.g. {section}.images_per_task = "
+                              f"{getattr(type(getattr(config, section))(), 'images_per_task')}")
     known = set(STAGES)
     bad = [s for s in config.stages if s not in known]
     if bad:
