@@ -201,7 +201,9 @@ def fracridge_alphas(s: np.ndarray, c: np.ndarray, fracs: np.ndarray) -> np.ndar
     ``||β_α||² = Σ_i (s_i²/(s_i² + α))² c_i²``. As fracridge does, the length is evaluated
     on the grid ``α ∈ {0} ∪ 10^(floor(log10(SMALL_BIAS·s_min²)) : BIAS_STEP :
     ceil(log10(BIG_BIAS·s_max²)))`` and ``log(1 + α)`` is interpolated linearly in the
-    relative length (fracridge.fracridge), so the result equals fracridge's.
+    relative length (fracridge.fracridge), so the result equals fracridge's. ``s_min`` is
+    the smallest singular value ≥ ``SINGULAR_TOL`` (fracridge takes the smallest, and its
+    grid breaks when that is 0; otherwise the two agree).
 
     Parameters
     ----------

@@ -85,7 +85,7 @@ class GlmOptions:
         of the ON-OFF R² histogram (``findtailthreshold``).
     pc_r2_cutoff : float or None
         pcnum is judged on voxels with ON-OFF R² above this (percent). None: the same
-        tail threshold.
+        tail threshold. (GLMsingle reads 0 or [] in either as "unset"; here only None is.)
     fracs : tuple of float
         Ridge fractions, 0 < f ≤ 1; kept unique and descending. A single value means no
         cross-validation (that fraction for every voxel).
