@@ -199,3 +199,13 @@ def test_recovery_of_simulated_truth(sim, whole):
     rel_b = _reliability(whole.betas[0], sim.conditions, vox)
     rel_d = _reliability(whole.betas[2], sim.conditions, vox)
     assert rel_d > rel_b + 0.02, (rel_b, rel_d)
+
+
+def test_plan_of_an_nsd_session_is_small_and_picklable():
+    nsd = simulate_session(n_voxels=2, seed=0)  # 12 runs x 226 volumes, 744 trials
+    plan = glm.prepare(nsd.design, nsd.tr, nsd.stimdur)
+    blob = pickle.dumps(plan)
+    assert len(blob) < 300_000
+    back = pickle.loads(blob)
+    assert back.n_trials == 744 and back.n_volumes == (226,) * 12 and back.library.shape == (40, 20)
+    np.testing.assert_array_equal(back.pairs[0], plan.pairs[0])
