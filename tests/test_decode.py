@@ -254,3 +254,34 @@ def test_decode_stage1_follows_the_feature_kind():
     stage1, final, _ = reconstruct_rows({"px-coarse": pred}, np.array([5, 9]), spec)
     assert final is None
     np.testing.assert_array_equal(stage1, STAGE1["pixels"](pred, np.array([5, 9]), spec))
+
+
+def test_every_image_array_any_stage_writes_is_uint8(loo_store, mini_nsd, tmp_path):
+    """Issue 23, point 8: stimuli (ingest), recon (reconstruct), roi (roi) and decoded (decode) pictures are all
+    uint8 (decode wrote float64: 8 bytes per value); every ``redone_fp32`` flag is bool."""
+    import zarr
+
+    from fmri2img.pipeline.roi import roi_analysis
+
+    path = tmp_path / "store.zarr"
+    shutil.copytree(loo_store.url, path)
+    store = Store(str(path))
+    bd, px = _runs()
+    dec.decode(store, 1, _betas_file(mini_nsd, 1), [bd, px], trials="1-3", progress=False)
+    roi_analysis(store, 1, px, progress=False)
+    found: dict[str, str] = {}
+
+    def walk(group, prefix=""):
+        for name, node in group.members():
+            key = f"{prefix}{name}"
+            if isinstance(node, zarr.Group):
+                walk(node, key + "/")
+            elif name in ("images", "redone_fp32"):
+                found[key] = str(node.dtype)
+
+    walk(zarr.open_group(str(path), mode="r"))
+    prefixes = {k.split("/")[0] for k in found}
+    assert {"stimuli", "recon", "roi", "decoded"} <= prefixes, sorted(found)
+    assert any(k.startswith("decoded/") and k.endswith("final/images") for k in found)
+    wrong = {k: d for k, d in found.items() if d != ("bool" if k.endswith("redone_fp32") else "uint8")}
+    assert not wrong, wrong

@@ -172,11 +172,12 @@ def recon_block(store: Store, name: str, run: RunSpec, region: Region, outputs: 
 
 def _recon_template(data: DecodeInput, size: int, chunk: int, final: bool) -> xr.Dataset:
     n = len(data.trials)
-    ds = xr.Dataset({"images": (("trial", "y", "x", "rgb"), da.zeros((n, size, size, 3), np.uint8,
+    # dtype by keyword: da.zeros ignores a positional dtype (the images were stored as float64)
+    ds = xr.Dataset({"images": (("trial", "y", "x", "rgb"), da.zeros((n, size, size, 3), dtype=np.uint8,
                                                                       chunks=(chunk, size, size, 3)))},
                     coords=_row_coords(data))
     if final:
-        ds["redone_fp32"] = ("trial", da.zeros((n,), bool, chunks=(chunk,)))
+        ds["redone_fp32"] = ("trial", da.zeros((n,), dtype=bool, chunks=(chunk,)))
     ds["images"].attrs["units"] = "uint8 RGB"
     return ds
 
