@@ -2,6 +2,7 @@
 
     python benchmarks/bench_masked_read.py [--data DIR] [--sessions 3] [--workers 2] [--formats hdf5,nii.gz]
         [--server s3rver --s3rver-bin node_modules/.bin/s3rver | --server moto] [--link-mbit 100]
+        [--writers all [--pytables-path DIR]] [--no-ingest]
 
 1. Generates (or reuses, ``--data``) a mini-NSD subject in NSD's layout and size: the
    func1pt8mm volume 81×104×83, 750 trials per session, int16 betas in ``.hdf5`` files chunked
@@ -16,6 +17,13 @@
    once per betas format in ``--formats``; wall time, each worker's peak RSS, and the bytes every
    process wrote to local disk outside the store (``/proc/PID/io`` write_bytes minus the store's
    size).
+
+5. ``--writers all`` (or a comma list of :data:`WRITERS`): session 1 rewritten by each HDF5 writer (h5py's
+   default as NSD, ``libver="latest"`` with its fixed array, extensible array, version 2 B-tree and implicit
+   chunk indexes, early allocation, chunks written in x order, a sparse file, gzip, PyTables' CArray when
+   ``--pytables-path`` holds PyTables), uploaded, and read through the same reader over the counting s3fs:
+   bytes fetched against the file's size and the masked bytes, requests, seconds; the values are checked
+   against h5py's own read of that file. ``--no-ingest`` skips 3 and 4.
 
 ``--link-mbit N`` (root, iproute2) puts the S3 server in a network namespace of its own behind a
 veth pair whose server side sends at most N Mbit/s (a ``tbf`` queue): a lab's link to the bucket
@@ -42,6 +50,8 @@ from bench_ingest import _free_port, _io_write_bytes, _worker_stats  # noqa: E40
 
 NSD_SUBJ01_NSDGENERAL = 15_724  # voxels (MindEye's num_voxels for subject 1)
 NSD_SESSION_BYTES = 81 * 104 * 83 * 750 * 2
+_HEADER_BLOCK = 64 * 2**10  # the reader's header read-ahead (fmri2img.storage.nsd.hdf5read.HEADER_BLOCK)
+_INDEX_SIGNATURES = {b"TREE", b"FAHD", b"FADB", b"EAHD", b"EAIB", b"EASB", b"EADB", b"BTHD", b"BTIN", b"BTLF"}
 
 
 class _Counted:
@@ -57,8 +67,9 @@ class _Counted:
 
     def cat_ranges(self, paths, starts, ends, **kw):
         parts = self.fs.cat_ranges(paths, starts, ends, **kw)
-        for p in parts:
-            kind = "index" if p[:4] == b"TREE" else "data"
+        for a, p in zip(starts, parts):
+            # chunk index structures start with their signature; h5py's header reads are aligned read-ahead blocks
+            kind = "index" if p[:4] in _INDEX_SIGNATURES else "header" if a % _HEADER_BLOCK == 0 else "data"
             self.bytes[kind] += len(p)
             self.requests[kind] += 1
         return parts
@@ -91,6 +102,10 @@ def main() -> None:
                         help="betas formats ingest reads, one ingest each, e.g. hdf5,nii.gz")
     parser.add_argument("--link-mbit", type=float, default=0,
                         help="serve from a network namespace behind a link of this many Mbit/s (0: loopback)")
+    parser.add_argument("--writers", default="", help="'all' or a comma list of HDF5 writers to measure (step 5)")
+    parser.add_argument("--pytables-path", default="", help="a directory holding PyTables (pip install --target), "
+                        "put on PYTHONPATH of the process that writes the PyTables file")
+    parser.add_argument("--no-ingest", action="store_true", help="skip the copy and the ingest runs (steps 3, 4)")
     parser.add_argument("--store", default="local", choices=["local", "s3"],
                         help="where ingest writes: local disk, or the same S3 server (then nothing may touch local disk)")
     args = parser.parse_args()
@@ -160,16 +175,19 @@ def main() -> None:
         read_session_betas(mapped, layout, 1, min(2, args.sessions), voxels, mask.shape, 750, chunk_map=cmap)
         mapped_s = time.perf_counter() - t
 
-        copy_dir = tmp / "copy"
-        copy_dir.mkdir()
         fs = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
-        t = time.perf_counter()
-        fs.get(session_files, [str(copy_dir / Path(p).name) for p in session_files])
-        copy_s = time.perf_counter() - t
-        shutil.rmtree(copy_dir)
-
-        runs = {}
-        for fmt in formats:
+        writers = list(WRITERS) if args.writers == "all" else [w for w in args.writers.split(",") if w]
+        writer_rows = _writer_rows(args, writers, fs, opts, Path(local.betas(1, 1, "hdf5")), voxels, mask.shape,
+                                   tmp / "writers")
+        copy_s, runs = None, {}
+        if not args.no_ingest:
+            copy_dir = tmp / "copy"
+            copy_dir.mkdir()
+            t = time.perf_counter()
+            fs.get(session_files, [str(copy_dir / Path(p).name) for p in session_files])
+            copy_s = round(time.perf_counter() - t, 2)
+            shutil.rmtree(copy_dir)
+        for fmt in formats if not args.no_ingest else []:
             runs[fmt] = _ingest_run(args, fmt, fs, opts, sessions, tmp / f"store-{fmt.replace('.', '')}.zarr")
             runs[fmt]["copy_over_ingest"] = round(copy_s / runs[fmt]["ingest_s"], 2)
         fetched = sum(counted.bytes.values())
@@ -189,7 +207,7 @@ def main() -> None:
             "session_with_subject_map": {"seconds": round(mapped_s, 2), "bytes": mapped.bytes,
                                          "requests": mapped.requests,
                                          "fetched_over_masked": round(fetched_mapped / masked, 3)},
-            "link_mbit": args.link_mbit or "loopback", "copy_hdf5_s": round(copy_s, 2), "ingest": runs,
+            "link_mbit": args.link_mbit or "loopback", "copy_hdf5_s": copy_s, "ingest": runs, "writers": writer_rows,
             "nsd_subject1_estimate": {
                 "bytes_per_session": round(real_session), "bytes_37_sessions": round(37 * real_session),
                 "seconds_37_at_100Mbit": round(37 * real_session * 8 / 100e6, 1),
@@ -209,6 +227,145 @@ def main() -> None:
 _NETNS = "fmri2img-bench"
 
 
+def _copy_betas(src, dst, order: str = "z", keep=None) -> None:
+    """Copy ``betas`` (T, Z, Y, X) slab by slab: along z (a volume writer) or x; ``keep(z)`` skips z-slabs."""
+    n = src.shape[1] if order == "z" else src.shape[3]
+    for i in range(n):
+        if keep is not None and not keep(i):
+            continue
+        if order == "z":
+            dst[:, i] = src[:, i]
+        else:
+            dst[:, :, :, i] = src[:, :, :, i]
+
+
+def _h5py_writer(libver: str = "earliest", maxshape: str = "", early: bool = False, order: str = "z",
+                 sparse: bool = False, **filters):
+    """A writer of ``betas`` with one voxel's trials per chunk, in one of h5py's layouts."""
+    def write(src_path: Path, dst_path: Path) -> None:
+        import h5py
+
+        with h5py.File(src_path, "r") as src_h5, h5py.File(dst_path, "w", libver=libver) as h5:
+            src = src_h5["betas"]
+            t, z, y, x = src.shape
+            chunks = (t, 1, 1, 1)
+            if early:
+                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                dcpl.set_chunk(chunks)
+                dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+                h5py.h5d.create(h5.id, b"betas", h5py.h5t.STD_I16LE, h5py.h5s.create_simple(src.shape), dcpl=dcpl)
+                dst = h5["betas"]
+            else:
+                maxs = {"": None, "trials": (None, z, y, x), "trials,z": (None, None, y, x)}[maxshape]
+                dst = h5.create_dataset("betas", shape=src.shape, dtype=src.dtype, chunks=chunks, maxshape=maxs,
+                                        **filters)
+            _copy_betas(src, dst, order, (lambda i: i % 2 == 0) if sparse else None)
+    return write
+
+
+def _pytables_writer(src_path: Path, dst_path: Path, pytables_path: str) -> None:
+    """PyTables' CArray, one voxel's trials per chunk, written by PyTables in a process of its own."""
+    script = (
+        "import sys, tables\n"
+        f"src = tables.open_file({str(src_path)!r}); a = src.root.betas\n"
+        f"with tables.open_file({str(dst_path)!r}, 'w') as f:\n"
+        "    c = f.create_carray('/', 'betas', atom=tables.Int16Atom(), shape=a.shape,\n"
+        "                        chunkshape=(a.shape[0], 1, 1, 1))\n"
+        "    for z in range(a.shape[1]):\n"
+        "        c[:, z] = a[:, z]\n"
+        "src.close()\n")
+    env = dict(os.environ, PYTHONPATH=pytables_path)
+    subprocess.run([sys.executable, "-c", script], check=True, env=env)
+
+
+#: writer -> function(src_path, dst_path); "nsd" is the mini-NSD file itself (h5py's default, as NSD's files)
+WRITERS = {
+    "nsd (h5py default)": None,
+    "libver=latest: fixed array": _h5py_writer("latest"),
+    "libver=latest: extensible array (trials unlimited)": _h5py_writer("latest", "trials"),
+    "libver=latest: version 2 B-tree (trials, z unlimited)": _h5py_writer("latest", "trials,z"),
+    "libver=latest: implicit (early allocation)": _h5py_writer("latest", early=True),
+    "libver=latest: fixed array, gzip": _h5py_writer("latest", compression="gzip", compression_opts=1),
+    "early allocation (version 1 B-tree)": _h5py_writer(early=True),
+    "x order (version 1 B-tree)": _h5py_writer(order="x"),
+    "sparse: every other z-slab (version 1 B-tree)": _h5py_writer(sparse=True),
+    "PyTables CArray": "pytables",
+}
+
+
+def _h5py_voxels(path: Path, voxels, shape):
+    """h5py's own read of the voxels (z-slab by z-slab), ÷ 300: the reference each writer's read must equal."""
+    import h5py
+    import numpy as np
+
+    x, y, z = np.unravel_index(voxels, shape)
+    with h5py.File(path, "r") as h5:
+        ds = h5["betas"]
+        out = np.empty((ds.shape[0], len(voxels)), np.float32)
+        for zi in np.unique(z):
+            sel = np.flatnonzero(z == zi)
+            out[:, sel] = ds[:, zi][:, y[sel], x[sel]] / np.float32(300)
+    return out
+
+
+def _index_name(path: Path) -> str:
+    import h5py
+
+    from fmri2img.storage.nsd import hdf5chunks, hdf5meta
+
+    raw_read = path.open("rb")
+
+    def read(a: int, n: int) -> bytes:
+        raw_read.seek(a)
+        return raw_read.read(n)
+
+    with h5py.File(path, "r") as h5, raw_read:
+        layout = hdf5meta.read_layout(read, hdf5chunks._header_address(h5["betas"]))
+        filters = h5["betas"].compression or "none"
+    return f"{hdf5meta.INDEX_NAMES[layout.index]}, filters: {filters}"
+
+
+def _writer_rows(args, writers: list[str], fs, opts: dict, src: Path, voxels, shape, work: Path) -> list[dict]:
+    """Each writer's file: written, uploaded, read through the counting s3fs; bytes, requests, seconds."""
+    import numpy as np
+    import s3fs
+
+    from fmri2img.storage.nsd.betas import read_betas_file
+
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in writers:
+        writer = WRITERS[name]
+        path = src if writer is None else work / "betas.hdf5"
+        t = time.perf_counter()
+        if writer == "pytables":
+            if not args.pytables_path:
+                rows.append({"writer": name, "skipped": "no --pytables-path"})
+                continue
+            _pytables_writer(src, path, args.pytables_path)
+        elif writer is not None:
+            writer(src, path)
+        write_s = time.perf_counter() - t
+        key = f"nsd-source/writers/{len(rows):02d}.hdf5"
+        fs.put(str(path), key)
+        counted = _Counted(s3fs.S3FileSystem(skip_instance_cache=True, **opts))
+        t = time.perf_counter()
+        out = read_betas_file(counted, key, voxels, shape, 750)
+        read_s = time.perf_counter() - t
+        same = bool(np.array_equal(out, _h5py_voxels(path, voxels, shape)))
+        size, masked, fetched = path.stat().st_size, len(voxels) * 750 * 2, sum(counted.bytes.values())
+        rows.append({"writer": name, "index": _index_name(path), "file_bytes": size, "masked_bytes": masked,
+                     "fetched_bytes": fetched, "bytes": counted.bytes, "requests": counted.requests,
+                     "fetched_over_masked": round(fetched / masked, 2), "fetched_over_file": round(fetched / size, 4),
+                     "read_s": round(read_s, 2), "write_s": round(write_s, 1), "equals_h5py": same,
+                     "load_1min": round(os.getloadavg()[0], 2)})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+        fs.rm(key)
+        if writer is not None:
+            path.unlink()
+    return rows
+
+
 def _link_up(mbit: float) -> str:
     """A namespace with the server's end of a veth pair, its sending rate capped; returns the server address."""
     subprocess.run(["ip", "netns", "del", _NETNS], check=False, stderr=subprocess.DEVNULL)
@@ -225,7 +382,7 @@ def _ingest_run(args, fmt: str, fs, opts: dict, sessions: list, store_path: Path
     """One ingest of the subject's betas in format ``fmt``: seconds, peak RSS per worker, local disk written."""
     from distributed import Client, LocalCluster
 
-    from fmri2img.pipeline.ingest import ingest
+    from fmri2img.pipeline.ingest.nsd import ingest
     from fmri2img.storage.source import Source
     from fmri2img.storage.store import Store
 
