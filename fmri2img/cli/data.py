@@ -37,6 +37,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imagery", action="store_true",
                    help="also write NSD-Imagery's files (one imagery session per subject, 720 betas; simulated "
                         "mental images: coarser, weaker, weakest in early visual areas)")
+    p.add_argument("--timeseries", action="store_true",
+                   help="also write NSD's time-series layout (nsddata_timeseries: runs, design TSVs, brain mask) "
+                        "simulated from the same single-trial responses, for fmri2img glm")
+    p.add_argument("--timeseries-sessions", type=int, default=None,
+                   help="with --timeseries: sessions with time series, each subject's first K (default 1)")
     p.add_argument("--sessions-per-subject", type=sessions_per_subject, default=None, metavar="S:K,...",
                    help="subjects scanned for fewer sessions (their first K), e.g. 3:1 (a new person, one session)")
 
@@ -73,10 +78,12 @@ def mini_nsd_spec(args):
               "trials_per_session": args.trials_per_session,
               "volume_shape": tuple(args.volume) if args.volume else None, "hdf5_layout": args.hdf5_layout,
               "nsdgeneral_keep": args.nsdgeneral_keep,
-              "sessions_per_subject": getattr(args, "sessions_per_subject", None)}
+              "sessions_per_subject": getattr(args, "sessions_per_subject", None),
+              "timeseries_sessions": getattr(args, "timeseries_sessions", None)}
     return MiniNSDSpec.sized(**{k: v for k, v in fields.items() if v is not None},
                              **({"write_hdf5": False} if args.no_hdf5 else {}),
-                             **({"imagery": True} if getattr(args, "imagery", False) else {}))
+                             **({"imagery": True} if getattr(args, "imagery", False) else {}),
+                             **({"timeseries": True} if getattr(args, "timeseries", False) else {}))
 
 
 def cmd_mini_nsd(args) -> int:

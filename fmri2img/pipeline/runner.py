@@ -44,11 +44,23 @@ class RunContext:
     client: Any = None
     progress: bool = True
     results: dict = field(default_factory=dict)
+    #: what a stage's precheck learned before the store was touched (stage name → anything)
+    prepared: dict = field(default_factory=dict)
 
     @property
     def source(self) -> Source:
         s = self.config.source
         return Source(s.url, dict(s.storage_options), s.captions_url)
+
+
+def precheck_glm(ctx: RunContext) -> None:
+    """``[glm]``'s inputs, opened and checked before the store is touched (a refused run writes nothing)."""
+    from fmri2img.pipeline.glm.run import prepare_nsd_subject
+
+    g = ctx.config.glm
+    ctx.prepared["glm"] = {subject: prepare_nsd_subject(
+        ctx.source, subject, sessions=g.sessions, preset=g.preset, options=g.options, hrf_library=g.hrf_library,
+        space=g.space, mask=g.mask) for subject in g.subjects}
 
 
 def stage_glm(ctx: RunContext) -> dict:
@@ -57,10 +69,9 @@ def stage_glm(ctx: RunContext) -> dict:
 
     g = ctx.config.glm
     return {f"subj{subject:02d}": glm_nsd_subject(
-        ctx.store, ctx.source, subject, sessions=g.sessions, preset=g.preset, options=g.options,
-        hrf_library=g.hrf_library, model=g.model, block_size=g.block_size, space=g.space, mask=g.mask,
-        export=g.export, keep_timeseries=g.keep_timeseries, client=ctx.client, progress=ctx.progress,
-        config=ctx.config.redacted()) for subject in g.subjects}
+        ctx.store, ctx.source, subject, prepared=ctx.prepared["glm"][subject], preset=g.preset, model=g.model,
+        block_size=g.block_size, export=g.export, keep_timeseries=g.keep_timeseries, client=ctx.client,
+        progress=ctx.progress, config=ctx.config.redacted()) for subject in g.subjects}
 
 
 def stage_ingest(ctx: RunContext) -> dict:
@@ -177,6 +188,10 @@ STAGES: dict[str, Callable[[RunContext], dict]] = {
 }
 
 
+#: stage name → a check of its inputs that runs before the store is touched
+PRECHECKS: dict[str, Callable[[RunContext], None]] = {"glm": precheck_glm}
+
+
 def run(config: Config, *, stages: list[str] | None = None, client=None, progress: bool = True) -> dict:
     """Run ``stages`` (default: the configured ones) in registry order; return their summaries."""
     validate(config)  # again: every stage's declared checks are registered now (fmri2img.pipeline)
@@ -185,8 +200,11 @@ def run(config: Config, *, stages: list[str] | None = None, client=None, progres
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)}")
     store = Store(config.store.url, dict(config.store.storage_options))
-    identity.claim(store)  # a foreign or Zarr v2 target is refused before anything is written
     ctx = RunContext(config, store, client, progress)
+    for name in wanted:  # inputs checked before anything is written
+        if name in PRECHECKS:
+            PRECHECKS[name](ctx)
+    identity.claim(store)  # a foreign or Zarr v2 target is refused before anything is written
     with lock.held(store):  # one run per store: a second is refused, naming this one
         for name in STAGES:
             if name not in wanted:

@@ -398,6 +398,11 @@ class Store:
             return False
         return True
 
+    def is_consolidated(self) -> bool:
+        """Whether the root holds consolidated metadata now (one small read)."""
+        root = zarr.open_group(self.zarr_store(read_only=True), mode="r", zarr_format=3, use_consolidated=False)
+        return root.metadata.consolidated_metadata is not None
+
     def unconsolidate(self) -> None:
         """Drop the store's consolidated metadata, if any (one small read; a write only when present)."""
         sync(consolidated.unconsolidate(self.zarr_store()))

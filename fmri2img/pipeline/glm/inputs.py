@@ -128,9 +128,10 @@ class NSDInputs:
     @classmethod
     def open(cls, url: str, subject: int, session: int, *, storage_options: dict | None = None,
              space: str = "func1pt8mm", mask_url: str = "") -> "NSDInputs":
-        """Read and check a session's headers, designs and mask (a few small reads; nothing is written)."""
+        """Read and check a session's headers, designs, mask and file sizes (a few small reads; nothing is written)."""
         from fmri2img.storage import nsd, urls
         from fmri2img.storage.nsd import timeseries as ts
+        from fmri2img.storage.nsd.headers import check_nifti_file
 
         options = dict(storage_options or {})
         fs, root = urls.filesystem(url, options or None)
@@ -142,6 +143,8 @@ class NSDInputs:
         mask = nsd.read_mask(mfs, mpath)
         runs = ts.read_session_runs(fs, layout, subject, session, mask_shape=mask.shape)
         task = runs.task_runs
+        for run in task:  # whole files: the gzip trailer's size matches the header (a download cut short fails here)
+            check_nifti_file(fs, run.path, what="run time series", fix="download the session's time series again")
         images = np.unique(np.concatenate([r.design[r.design > 0] for r in task]) - 1).astype(np.int64)
         sizes = tuple(int(fs.size(r.path)) for r in task)
         return cls(url, options, int(subject), int(session), space, mask_url, runs, mask, images, sizes)

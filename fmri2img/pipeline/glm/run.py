@@ -28,7 +28,7 @@ from fmri2img.storage.store import Store
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GlmRunError", "read_hrf_library", "nsd_sessions", "glm_nsd_subject"]
+__all__ = ["GlmRunError", "read_hrf_library", "nsd_sessions", "prepare_nsd_subject", "glm_nsd_subject"]
 
 
 class GlmRunError(ValueError):
@@ -89,12 +89,34 @@ def nsd_sessions(source: Source, subject: int, sessions: str | Sequence[int], sp
     return wanted
 
 
-def glm_nsd_subject(store: Store, source: Source, subject: int, *, sessions: str | Sequence[int] = "all",
-                    preset: str = "glmsingle", options: Mapping[str, Any] | None = None, hrf_library: str = "",
-                    model: str = "fithrf_glmdenoise_rr", block_size: int = 4096, space: str = "",
-                    mask: str = "", export: str = "", keep_timeseries: bool = False, client=None,
-                    progress: bool = True, config: Mapping[str, Any] | None = None) -> dict:
+def prepare_nsd_subject(source: Source, subject: int, *, sessions: str | Sequence[int] = "all",
+                        preset: str = "glmsingle", options: Mapping[str, Any] | None = None, hrf_library: str = "",
+                        space: str = "", mask: str = "", **_: Any) -> dict:
+    """Open and check every session's inputs and plan its design: all the glm checks, no write.
+
+    Returns
+    -------
+    dict
+        ``sessions``, ``inputs`` (one :class:`NSDInputs` a session), ``options``, ``library``.
+    """
+    opts = glm.resolve_options(preset, **dict(options or {}))
+    numbers = nsd_sessions(source, subject, sessions, space)
+    inputs = [NSDInputs.open(source.url, subject, s, storage_options=dict(source.storage_options),
+                             space=space or "func1pt8mm", mask_url=mask) for s in numbers]
+    library = read_hrf_library(hrf_library, inputs[0].tr, source.storage_options) if hrf_library else None
+    for inp in inputs:
+        plan_session(inp, opts, library)
+    return {"sessions": numbers, "inputs": inputs, "options": opts, "library": library}
+
+
+def glm_nsd_subject(store: Store, source: Source, subject: int, *, prepared: Mapping[str, Any] | None = None,
+                    preset: str = "glmsingle", model: str = "fithrf_glmdenoise_rr", block_size: int = 4096,
+                    export: str = "", keep_timeseries: bool = False, client=None, progress: bool = True,
+                    config: Mapping[str, Any] | None = None, **checks: Any) -> dict:
     """Fit a subject's sessions, write its betas through ingest, and export them when asked.
+
+    ``prepared``: what :func:`prepare_nsd_subject` returned (else it is called here with ``checks``:
+    sessions, options, hrf_library, space, mask).
 
     Returns
     -------
@@ -102,17 +124,13 @@ def glm_nsd_subject(store: Store, source: Source, subject: int, *, sessions: str
         Per session the glm summary, the ingest summary, the exported files.
     """
     t0 = time.perf_counter()
-    opts = glm.resolve_options(preset, **dict(options or {}))
-    numbers = nsd_sessions(source, subject, sessions, space)
-    inputs = [NSDInputs.open(source.url, subject, s, storage_options=dict(source.storage_options),
-                             space=space or "func1pt8mm", mask_url=mask) for s in numbers]
-    library = read_hrf_library(hrf_library, inputs[0].tr, source.storage_options) if hrf_library else None
-    for inp in inputs:  # every design checked before the first write
-        plan_session(inp, opts, library)
+    prep = dict(prepared or prepare_nsd_subject(source, subject, preset=preset, **checks))
+    numbers = prep["sessions"]
     attrs = {"source": source.safe_url, "preset": preset}
-    fitted = {f"session{s:02d}": glm_session(store, inp, subject, s, options=opts, hrf_library=library,
-                                             block_size=block_size, client=client, progress=progress, attrs=attrs)
-              for s, inp in zip(numbers, inputs)}
+    fitted = {f"session{s:02d}": glm_session(store, inp, subject, s, options=prep["options"],
+                                             hrf_library=prep["library"], block_size=block_size, client=client,
+                                             progress=progress, attrs=attrs, keep_timeseries=keep_timeseries)
+              for s, inp in zip(numbers, prep["inputs"])}
     betas = ingest(store, source, subject, numbers, client=client, config=config, progress=progress,
                    glm_model=model)
     exported = {}

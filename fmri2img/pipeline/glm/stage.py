@@ -160,16 +160,30 @@ def glm_session(store: Store, inputs: Any, subject: int, session: int, *, option
     if store.is_complete(out_group) and store.group(out_group).attrs.get(INPUTS_ATTR) == fit_key:
         logger.info("%s: complete with the same inputs and options, skipped", out_group)
         return _summary(store, out_group, subject, session, plan, t0, skipped=True)
-    fresh = [g for g in (groups.work_group(subject, session, "timeseries"), groups.work_group(subject, session, "fit"),
-                         out_group) if not store.has_group(g)]
+    fresh = _fresh_groups(store, subject, session)
+    consolidated = store.has_group("") and store.is_consolidated()
     try:
         _fit(store, inputs, subject, session, plan, images, (inputs_key, fit_key), block_size, client, progress,
              attrs, keep_timeseries)
     except ValueError:  # bad input found while reading (a truncated run, a NaN voxel): leave no trace of this call
         for group in fresh:
             store.delete_group(group)
+        if consolidated:  # as it was: the readers' metadata describes the store again
+            store.consolidate()
         raise
     return _summary(store, out_group, subject, session, plan, t0, skipped=False)
+
+
+def _fresh_groups(store: Store, subject: int, session: int) -> list[str]:
+    """The topmost of the groups this session may create that do not exist yet (what a rollback deletes)."""
+    base = groups.glm_group(subject, session).rsplit("/", 1)[0]  # subjects/subjNN/glm
+    work = groups.work_group(subject, session, "x").rsplit("/", 1)[0]  # .../glm/_work/sessionSS
+    chain = [base.rsplit("/", 1)[0], base, f"{base}/_work", work, groups.glm_group(subject, session)]
+    fresh: list[str] = []
+    for group in chain:
+        if not store.has_group(group) and not any(group.startswith(f + "/") for f in fresh):
+            fresh.append(group)
+    return fresh
 
 
 def _fit(store: Store, inputs: Any, subject: int, session: int, plan: glm.GlmPlan, images: np.ndarray,
