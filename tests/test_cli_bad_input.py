@@ -92,7 +92,7 @@ def test_bad_input_is_one_error_line(mini_nsd, tmp_path, capfd, case, processes)
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], err
     assert "Traceback" not in err and "distributed" not in err and "Exception:" not in err
-    log = tmp_path / "outputs" / "cluster-logs" / "local-workers.log"
+    log = tmp_path / "outputs" / "cluster-logs" / "dask.log"
     assert on_worker == ("Compute Failed" in (log.read_text() if log.exists() else ""))  # where it was raised
 
 
@@ -102,7 +102,7 @@ def test_worker_records_go_to_the_log_and_v_shows_them(mini_nsd, tmp_path, capfd
     store = tmp_path / "run" / "store.zarr"
     assert _ingest(root, store, True) == 2
     assert "Compute Failed" not in capfd.readouterr().err
-    log = tmp_path / "run" / "outputs" / "cluster-logs" / "local-workers.log"
+    log = tmp_path / "run" / "outputs" / "cluster-logs" / "dask.log"
     assert "Compute Failed" in log.read_text() and "ERROR distributed.worker" in log.read_text()
     assert _ingest(root, tmp_path / "run2" / "store.zarr", True, "-v") == 2
     err = capfd.readouterr().err

@@ -33,7 +33,8 @@ def cluster_from(args, config_cluster=None, outputs: str | None = None) -> Itera
     if args.workers:
         section["n_workers"] = args.workers
     section["options"] = {**(section.get("options") or {}), **dict(args.cluster_option)}
-    client = connect_section(section, logs=logs_under(outputs) if outputs else None)
+    # command=True: at the default verbosity the cluster's records go to <outputs>/cluster-logs/dask.log
+    client = connect_section(section, logs=logs_under(outputs) if outputs else None, command=True)
     link = dashboard_link(client)
     if link:
         print(f"Dask dashboard: {link}{tunnel_hint(link)}", file=sys.stderr)
@@ -48,6 +49,9 @@ def cluster_from(args, config_cluster=None, outputs: str | None = None) -> Itera
         raise failure from None
     finally:
         close_cluster(client, orderly=ok)
+        from fmri2img.cluster.workerlog import undo
+
+        undo()  # the console as it was (commands run in-process: tests, notebooks)
 
 
 #: seconds a local cluster's workers get to end on their own after a successful command

@@ -241,7 +241,7 @@ def check_options(spec: str, options: Mapping[str, Any]) -> ClusterKind:
     return entry
 
 
-def connect(spec: str = "local", *, logs: str | None = None, **options: Any):
+def connect(spec: str = "local", *, logs: str | None = None, command: bool = False, **options: Any):
     """Start or reach a Dask cluster and return a Client.
 
     Parameters
@@ -254,6 +254,9 @@ def connect(spec: str = "local", *, logs: str | None = None, **options: Any):
         (slurm, pbs), unless the options name one, and for a local cluster's
         worker log (:mod:`fmri2img.cluster.workerlog`); the command line passes
         ``<outputs>/cluster-logs``.
+    command : bool
+        The caller is the command line: at its default verbosity the cluster's records (its
+        workers', and the scheduler's in this process) go to ``logs``, not the console.
     **options
         The options of that kind (see :data:`CLUSTER_KINDS` and the kind's module);
         unknown ones are refused by name.  ``security`` (a table of TLS files or a
@@ -274,16 +277,16 @@ def connect(spec: str = "local", *, logs: str | None = None, **options: Any):
     client = entry.factory(spec or "local", **options)
     from fmri2img.cluster.workerlog import register
 
-    register(client, kind_of(spec or "local"), logs)  # workers redact, and log as verbosely as the command
+    register(client, kind_of(spec or "local"), logs, command=command)  # workers redact, log as the command does
     logger.info("connected to %s cluster (%s), dashboard %s", kind_of(spec or "local"),
                 secrets.redact(options), dashboard_link(client))
     return client
 
 
-def connect_section(section: Mapping[str, Any], *, logs: str | None = None):
+def connect_section(section: Mapping[str, Any], *, logs: str | None = None, command: bool = False):
     """Connect from the ``[cluster]`` configuration table (see :func:`section_options`)."""
     spec, options = section_options(section)
-    return connect(spec, logs=logs, **options)
+    return connect(spec, logs=logs, command=command, **options)
 
 
 def logs_under(outputs_url: str) -> str | None:

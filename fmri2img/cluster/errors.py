@@ -11,8 +11,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GPU", "WATCH_ATTR", "ClusterError", "JobSubmitError", "SchedulerLost", "cluster_failure",
-           "close_quietly"]
+__all__ = ["GPU", "WATCH_ATTR", "ClusterError", "JobSubmitError", "SchedulerLost", "WorkerKilled",
+           "cluster_failure", "close_quietly"]
 
 #: the resource name GPU workers advertise and GPU stages ask for
 GPU = "GPU"
@@ -30,6 +30,10 @@ class JobSubmitError(RuntimeError):
 
 class SchedulerLost(RuntimeError):
     """The Dask scheduler went away while a stage ran; the store is resumable."""
+
+
+class WorkerKilled(RuntimeError):
+    """Workers died again and again running one task: which task, where, the likely cause and the fix."""
 
 
 def cluster_failure(client: Any) -> ClusterError | None:

@@ -6,6 +6,10 @@ whole and then recorded, the result equals an uninterrupted run's.  A scheduler
 that goes away takes every pending task with it; the client then sees a closed
 connection, cancelled futures or a timeout.  :func:`scheduler_lost` recognises
 that situation and :class:`SchedulerLost` says what happened and how to resume.
+A task whose worker dies every time it runs it (distributed's ``KilledWorker``, after
+``distributed.scheduler.allowed-failures`` retries) is most often a task that does not fit
+in a worker's memory: :func:`killed_worker` says which task, on which worker, the worker's
+memory limit against the task's expected size, and the options that fix it.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import concurrent.futures
 import logging
 from typing import Any
 
-from fmri2img.cluster.errors import SchedulerLost, cluster_failure
+from fmri2img.cluster.errors import SchedulerLost, WorkerKilled, cluster_failure
 from fmri2img.storage import secrets
 
 logger = logging.getLogger(__name__)
@@ -93,3 +97,60 @@ def _silence_reconnect_noise() -> None:
             log.addFilter(_NOISE)
 
 
+
+
+def _size(nbytes: float | None) -> str:
+    if not nbytes:
+        return "?"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{int(nbytes)} B"
+
+
+def killed_worker(exc: BaseException, *, stage: str, label: str | None = None, nbytes: float | None = None,
+                  option: str | None = None) -> WorkerKilled | None:
+    """A :class:`WorkerKilled` explaining ``exc`` when it is distributed's ``KilledWorker``, else ``None``.
+
+    Parameters
+    ----------
+    exc : BaseException
+        What the task's future raised.
+    stage : str
+        The stage's name (the dashboard's).
+    label : str, optional
+        The task's region label (default: its key).
+    nbytes : float, optional
+        The task's expected peak memory, when the stage knows it.
+    option : str, optional
+        The configuration option that makes each task smaller (e.g. ``"[reconstruct] images_per_task (now 8)"``).
+    """
+    try:
+        from distributed.scheduler import KilledWorker
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    if not isinstance(exc, KilledWorker):
+        return None
+    worker = exc.args[1] if len(exc.args) > 1 else None
+    tries = int(exc.args[2]) + 1 if len(exc.args) > 2 and isinstance(exc.args[2], int) else None
+    address = secrets.redact(str(getattr(worker, "address", worker) or "?"))
+    name = getattr(worker, "name", None)
+    where = f"worker {address}" + (f" (name {name})" if name not in (None, "", address) else "")
+    limit = getattr(worker, "memory_limit", None)
+    if limit:
+        cause = f"memory: the worker's limit is {_size(limit)}"
+        cause += (f" and this task is expected to need about {_size(nbytes)}" if nbytes else
+                  " (this task's size is not estimated)")
+        if nbytes and nbytes < 0.5 * limit:
+            cause += "; if memory is not it, the task crashed its process: see the worker's log"
+    else:
+        cause = "the worker has no memory limit, so the machine ran out of memory or the task crashed its process"
+    smaller = f", or make each task smaller: lower {option}" if option else ""
+    times = f"{tries} times" if tries else "every time"
+    return WorkerKilled(
+        f"stage {stage}: task {label or exc.args[0]} killed its worker {times} (last on {where}; Dask gives up after "
+        f"distributed.scheduler.allowed-failures + 1). Likely cause: {cause}. Fix: give each worker more memory "
+        f"(local: [cluster] memory_limit or --cluster-option memory_limit=8GB, or fewer --workers; SLURM/PBS: "
+        f"--cluster-option memory=32GB per job, or fewer processes per job){smaller}. Finished regions are "
+        f"recorded: rerun the same command to resume."
+    )

@@ -12,8 +12,14 @@ that :func:`fmri2img.cluster.connect` registers on every cluster it starts; on e
 - sets the worker's log levels from the command's verbosity (``-v``: fmri2img's INFO, ``-vv``:
   every library's DEBUG), on the kinds this command started (not on a scheduler it only reached);
 - keeps a local cluster's worker records off the console at the default verbosity: they go to
-  ``<outputs>/cluster-logs/local-workers.log`` (when the outputs are a local directory), and
-  ``-v`` shows them as well. The console then shows a failed task as one ``error:`` line.
+  ``<outputs>/cluster-logs/dask.log`` (when the outputs are a local directory), and ``-v`` shows
+  them as well. The console then shows a failed task as one ``error:`` line.
+
+For the command line (``connect(..., command=True)``) the same holds in the command's own
+process, where the scheduler of a local or batch cluster and a local cluster's nannies run:
+at the default verbosity distributed's records there ("Task ... marked as failed because 2
+workers died", "Restarting worker") go to ``dask.log`` too; :func:`undo` restores the console
+when the command's cluster closes.
 """
 from __future__ import annotations
 
@@ -26,12 +32,12 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from fmri2img.storage import secrets
 
-__all__ = ["WorkerLogging", "verbosity", "register", "configure", "undo", "LOCAL_LOG"]
+__all__ = ["WorkerLogging", "verbosity", "register", "configure", "quiet_command", "undo", "LOG_FILE"]
 
 logger = logging.getLogger(__name__)
 
-#: the file a local cluster's workers log to, in the command's ``cluster-logs`` directory
-LOCAL_LOG = "local-workers.log"
+#: the file a local cluster's workers (and the command's scheduler) log to, in the command's ``cluster-logs``
+LOG_FILE = "dask.log"
 #: loggers of a worker's own machinery (in a local in-process cluster they share the command's process)
 _WORKER_SIDE = ("distributed.worker", "distributed.nanny", "distributed.core", "distributed.utils_perf",
                 "distributed.shuffle", "distributed.spill")
@@ -181,10 +187,10 @@ class _LogFile(logging.FileHandler):
         pass
 
 
-def _log_to_file(path: str, level: int) -> None:
-    """Append this worker's records (distributed's and fmri2img's) to ``path``."""
+def _log_to_file(path: str, level: int, names: Sequence[str] = ("distributed", "fmri2img")) -> None:
+    """Append this process's records (distributed's and fmri2img's) to ``path``."""
     target = os.path.abspath(path)
-    for name in ("distributed", "fmri2img"):
+    for name in names:
         log = logging.getLogger(name)
         if any(isinstance(h, logging.FileHandler) and h.baseFilename == target for h in log.handlers):
             continue
@@ -196,16 +202,34 @@ def _log_to_file(path: str, level: int) -> None:
         _added.append((log, handler))
 
 
-def register(client: Any, kind: str, logs: str | None = None) -> WorkerLogging:
+def quiet_command(log_file: str | None) -> None:
+    """In the command's process: distributed's records below CRITICAL leave the console for ``log_file``."""
+    quiet = _Quiet(every_distributed=True)
+    for handler in _handlers():
+        if not isinstance(handler, logging.FileHandler) and not any(isinstance(f, _Quiet) for f in handler.filters):
+            handler.addFilter(quiet)
+            _added.append((handler, quiet))
+    if log_file:
+        _log_to_file(log_file, 0, names=("distributed",))
+
+
+def register(client: Any, kind: str, logs: str | None = None, *, command: bool = False) -> WorkerLogging:
     """Register :class:`WorkerLogging` on ``client``'s workers (those running and those to come).
 
     ``kind`` is the cluster kind: a local cluster's workers print on the console, batch jobs and
     pods into their own logs; a scheduler this command only reached (``tcp``/``tls``) keeps its
     levels. ``logs`` is the command's ``cluster-logs`` directory (local clusters log there).
+    ``command``: this is the command line's process; at the default verbosity it is quieted too
+    (:func:`quiet_command`).
     """
     started = kind not in ("tcp", "tls")
     local = kind == "local"
-    plugin = WorkerLogging(verbosity() if started else None, secrets.known_secrets(), console=local,
-                           log_file=os.path.join(logs, LOCAL_LOG) if local and logs else None)
+    level = verbosity() if started else None
+    log_file = os.path.join(logs, LOG_FILE) if logs else None
+    quiet = command and verbosity() == 0
+    if quiet:  # before the plugin: an in-process worker's setup then finds the console already quiet
+        quiet_command(log_file)
+    plugin = WorkerLogging(level, secrets.known_secrets(), console=local and quiet,
+                           log_file=log_file if local else None)
     client.register_plugin(plugin, name=WorkerLogging.name)
     return plugin

@@ -194,7 +194,8 @@ def evaluate(store: Store, subject: int, runs: Sequence[str], *, parts: Sequence
             tasks += [Task(f"{run}-{part}-{r.label}", eval_block, (store, subject, run, part, ids, r, nets, weights,
                                                                    device, tiny)) for r in todo]
             jobs.append((run, part))
-    run_tasks(tasks, stage=f"evaluate-{schema.subject_key(subject)}", client=client, progress=progress)
+    run_tasks(tasks, stage=f"evaluate-{schema.subject_key(subject)}", client=client, progress=progress,
+              block_option=f"[evaluate] images_per_task (now {images_per_task})")
 
     out = _write_metrics(store, subject, ids, jobs, nets, random_nets, attrs, keys)
     logger.info("evaluate subj%02d: %s in %.1f s", subject, out, time.perf_counter() - t0)

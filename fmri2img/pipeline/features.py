@@ -156,7 +156,8 @@ def extract_features(
         todo = regions
     resources = {"GPU": 1} if str(options.get("device", "auto")).startswith("cuda") else None
     tasks = [Task(r.label, extract_block, (store, name, dict(options), r, seed)) for r in todo]
-    run_tasks(tasks, stage=f"features-{name}", client=client, progress=progress, resources=resources)
+    run_tasks(tasks, stage=f"features-{name}", client=client, progress=progress, resources=resources,
+              block_option=f"[features] images_per_task (now {images_per_task})")
     summary = {"extractor": name, "images": int(len(ids)), "blocks_written": len(todo),
                "feature_shape": list(extractor.feature_shape), "random_weights": bool(extractor.random_weights),
                "seconds": round(time.perf_counter() - t0, 3)}

@@ -368,7 +368,8 @@ def reconstruct_run(store: Store, subject: int, run: RunSpec, *, client=None, im
     device = str(run.vd.get("device", "auto"))
     tasks = [Task(r.label, reconstruct_block, (store, subject, run, r, outputs)) for r in todo]
     results = run_tasks(tasks, stage=f"reconstruct-{schema.subject_key(subject)}-{run.name}", client=client,
-                        progress=progress, resources=gpu_resources(client, device) if run.preset else None)
+                        progress=progress, resources=gpu_resources(client, device) if run.preset else None,
+                        block_option=f"[reconstruct] images_per_task (now {images_per_task})")
     summary = {"subject": int(subject), "run": run.name, "images": int(len(ids)), "blocks_written": len(todo),
                "stage2": bool(run.preset), "redone_fp32": int(sum(r["redone_fp32"] for r in results)),
                "random_weights": any(p["random_weights"] for p in prov.values()),

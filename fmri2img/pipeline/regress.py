@@ -150,8 +150,11 @@ def _write_block(store: Store, group: str, region: Region, values: np.ndarray) -
 
 
 def write_blocks(store: Store, group: str, lazy: da.Array, todo: list[Region], stage: str,
-                 client, progress: bool) -> None:
-    """Compute ``lazy[:, region]`` for every region and write it (one task per region)."""
+                 client, progress: bool, block_option: str | None = None) -> None:
+    """Compute ``lazy[:, region]`` for every region and write it (one task per region).
+
+    ``block_option`` names the option that makes the blocks smaller (said when a worker dies of one).
+    """
     writes = [
         dask.delayed(_write_block, pure=False)(store, group, r, lazy[(slice(None), r.slice)],
                                                dask_key_name=f"{stage}-{r.label}")
@@ -159,7 +162,7 @@ def write_blocks(store: Store, group: str, lazy: da.Array, todo: list[Region], s
     ]
     if not writes:
         return
-    compute_writes(writes, stage=stage, client=client, progress=progress)
+    compute_writes(writes, stage=stage, client=client, progress=progress, block_option=block_option)
 
 
 def regions_along(chunks: tuple[int, ...], dim: str, prefix: str) -> list[Region]:
@@ -232,8 +235,9 @@ def regress(
     template["features"].attrs["long_name"] = f"predicted {name} features of the test images"
     template = template.chunk({"image": -1})
     todo = store.ensure_template(pgroup, template, regions, attrs=attrs, overwrite=refit)
+    option = f"[regress.targets.{name}] target_batch (target columns per block)"
     write_blocks(store, pgroup, pred.astype(np.float32), todo, f"regress-{schema.subject_key(subject)}-{name}",
-                  client, progress)
+                 client, progress, option)
 
     if save_weights:
         W = est.get_weights()
@@ -242,7 +246,7 @@ def regress(
         wtemplate = xr.Dataset({"features": (("voxel", *dims), W.astype(np.float32))}).chunk({"voxel": -1})
         wregions = regions_along(W.chunks[1], axis_dim, "block")
         wtodo = store.ensure_template(wgroup, wtemplate, wregions, attrs=attrs, overwrite=refit)
-        write_blocks(store, wgroup, W.astype(np.float32), wtodo, f"weights-{name}", client, progress)
+        write_blocks(store, wgroup, W.astype(np.float32), wtodo, f"weights-{name}", client, progress, option)
 
     alpha = est.alpha_
     summary = {

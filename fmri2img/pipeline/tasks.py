@@ -25,6 +25,8 @@ class Task:
     fn: Callable[..., Any]
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
+    #: the task's expected peak memory in bytes, when the stage knows it (named when its worker dies)
+    nbytes: int | None = None
 
 
 class TaskFailed(RuntimeError):
@@ -33,7 +35,7 @@ class TaskFailed(RuntimeError):
 
 def run_tasks(
     tasks: Sequence[Task], *, stage: str, client=None, progress: bool = True,
-    resources: dict | None = None, retries: int = 0,
+    resources: dict | None = None, retries: int = 0, block_option: str | None = None,
 ) -> list[Any]:
     """Run ``tasks`` and return their results in order.
 
@@ -41,7 +43,10 @@ def run_tasks(
     ``f"{stage}-{label}"`` (so the dashboard groups them by stage); without one
     they run one after another in this process.  The first failure cancels the
     remaining tasks and is re-raised with the region named; regions already
-    written keep their completion records, so a rerun resumes.
+    written keep their completion records, so a rerun resumes.  A task that kills
+    its worker every time (``KilledWorker``) is reported with its worker, the
+    worker's memory limit, the task's ``nbytes`` and ``block_option``, the option
+    that makes tasks smaller (:func:`fmri2img.cluster.faults.killed_worker`).
     """
     if not tasks:
         return []
@@ -54,7 +59,7 @@ def run_tasks(
                 results.append(_call(task, stage))
                 bar.update(1)
         else:
-            results = _run_distributed(tasks, stage, client, bar, resources, retries)
+            results = _run_distributed(tasks, stage, client, bar, resources, retries, block_option)
     finally:
         bar.close()
     logger.info("%s: %d tasks in %.1f s", stage, len(tasks), time.perf_counter() - t0)
@@ -95,6 +100,7 @@ def _tree_sum_distributed(tasks, combine, stage, client, progress):
         try:
             for fut in as_completed(leaves):
                 if fut.status == "error":
+                    _raise_killed(fut.exception(), stage, None, None, None)
                     raise fut.exception()
                 bar.update(1)
             return level[0].result()
@@ -114,12 +120,14 @@ def progress_bar(total: int, stage: str, enabled: bool = True, unit: str = "regi
                 dynamic_ncols=True, delay=0.5)  # a step done within 0.5 s shows no bar
 
 
-def compute_writes(writes: Sequence[Any], *, stage: str, client=None, progress: bool = True) -> None:
+def compute_writes(writes: Sequence[Any], *, stage: str, client=None, progress: bool = True,
+                   block_option: str | None = None, nbytes: int | None = None) -> None:
     """Compute Dask collections whose tasks write regions, with the stages' progress line.
 
     With a client the collections run on the cluster and the bar counts finished
     collections; without one they run on the threaded scheduler and the bar counts
-    finished graph tasks.  The first failure is re-raised.
+    finished graph tasks.  The first failure is re-raised (a ``KilledWorker`` explained as in
+    :func:`run_tasks`, with ``nbytes`` the expected memory of one write task).
     """
     import dask
 
@@ -134,8 +142,9 @@ def compute_writes(writes: Sequence[Any], *, stage: str, client=None, progress: 
                 for fut in as_completed(futures):
                     fut.result()  # re-raise the first failure
                     bar.update(1)
-            except BaseException:
+            except BaseException as exc:
                 client.cancel(futures)
+                _raise_killed(exc, stage, None, nbytes, block_option)
                 raise
         return
     from dask.callbacks import Callback
@@ -164,7 +173,17 @@ def _call(task: Task, stage: str) -> Any:
         raise TaskFailed(f"{stage} {task.label} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _run_distributed(tasks, stage, client, bar, resources, retries):
+def _raise_killed(exc: BaseException, stage: str, task: Task | None, nbytes: int | None, option: str | None) -> None:
+    """Raise the explained error when ``exc`` is a worker that died again and again (else return)."""
+    from fmri2img.cluster.faults import killed_worker
+
+    killed = killed_worker(exc, stage=stage, label=task.label if task else None,
+                           nbytes=task.nbytes if task else nbytes, option=option)
+    if killed is not None:
+        raise killed from None
+
+
+def _run_distributed(tasks, stage, client, bar, resources, retries, block_option=None):
     from distributed import as_completed, span
 
     from fmri2img.cluster.faults import scheduler_lost
@@ -185,6 +204,7 @@ def _run_distributed(tasks, stage, client, bar, resources, retries):
         for fut in as_completed(futures):
             if fut.status == "error":
                 exc = fut.exception()
+                _raise_killed(exc, stage, tasks[index[fut.key]], None, block_option)
                 raise exc
             results[index[fut.key]] = fut.result()
             fut.release()  # the result is here: a worker job that ends later must not take it (and its rerun) along

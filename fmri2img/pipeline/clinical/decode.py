@@ -203,7 +203,8 @@ def reconstruct(store: Store, data: DecodeInput, run: RunSpec, salts: Mapping[st
                                                                                               key=lambda r: r.index)]
     device = str(run.vd.get("device", "auto"))
     run_tasks(tasks, stage=f"decode-{data.name}-{run.name}", client=client, progress=progress,
-              resources=gpu_resources(client, device) if run.preset else None)
+              resources=gpu_resources(client, device) if run.preset else None,
+              block_option=f"[decode] images_per_task (now {images_per_task})")
     return {"regions_written": len(tasks), "parts": list(parts)}
 
 

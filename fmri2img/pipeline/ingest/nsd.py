@@ -126,6 +126,12 @@ def read_roi_masks(source: Source, plan: SubjectPlan) -> tuple[list[str], list[s
     return names, sources, array
 
 
+def session_bytes(plan: SubjectPlan) -> int:
+    """A session task's expected peak memory: its masked betas (float32, and their finite check) plus the raw
+    block of trials a reader holds (:data:`fmri2img.storage.nsd._common._BLOCK_BYTES`, 64 MiB)."""
+    return 2 * 4 * plan.trials_per_session * len(plan.voxels) + 64 * 2**20
+
+
 def schema_shape(shape: Sequence[int]) -> str:
     return "×".join(str(int(s)) for s in shape)
 
@@ -280,8 +286,8 @@ def ingest(
         if prefer == "hdf5" and not glm_model else None
     tasks = [Task(r.label, ingest_session, (store, source, subject, split.sessions[r.index], r, plan.voxels,
                                             plan.volume_shape, plan.trials_per_session, prefer, nan_policy,
-                                            betas_scale, chunk_map, glm_model, split.trial_image[r.slice]))
-             for r in btodo]
+                                            betas_scale, chunk_map, glm_model, split.trial_image[r.slice]),
+                  nbytes=session_bytes(plan)) for r in btodo]
     stim_todo, stim_ids, stim_layout = (_stimuli_plan(store, source, split, attrs, captions) if stimuli
                                         else ([], None, None))
     tasks += [Task(b[0].label, ingest_stimuli_blocks,
@@ -292,7 +298,8 @@ def ingest(
     # averages over repeats, after every session is in
     rows = _rows_of(split)
     vtodo = sorted({r.index for part in todo_avg for r in todo_avg[part]})
-    avg_tasks = [Task(vregions[i].label, average_block, (store, subject, vregions[i], rows)) for i in vtodo]
+    avg_tasks = [Task(vregions[i].label, average_block, (store, subject, vregions[i], rows),
+                      nbytes=3 * 8 * len(split.trial_image) * (vregions[i].stop - vregions[i].start)) for i in vtodo]
     run_tasks(avg_tasks, stage=f"average-subj{subject:02d}", client=client, progress=progress)
     summary = {
         "subject": int(subject), "sessions": list(split.sessions), "n_train": int(len(split.train_ids)),
