@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from fmri2img.cli.runtime import betas_scale, cluster_from, kv
+from fmri2img.cli.runtime import add_lock_option, betas_scale, cluster_from, kv
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -50,6 +50,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                                   "as for ingest); default: in this process")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(cluster_option=[], workers=None)
+    add_lock_option(p)
 
     p = sub.add_parser("align", help="a new subject from a few sessions: ridge alignment of its voxels to a fitted "
                                      "reference subject's (models/subjNN/align-to-subjMM); decode with --via")
@@ -64,6 +65,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="feature sets of the reference's encoding model, comma-separated (default: all it has "
                         "models for)")
     p.add_argument("--store-option", type=kv, action="append", default=[], metavar="KEY=VALUE")
+    add_lock_option(p)
 
 
 def cmd_decode(args) -> int:
@@ -88,7 +90,7 @@ def cmd_decode(args) -> int:
     out = args.out or (config.outputs.url if config else None)
     outputs = Outputs(out) if out else Outputs.beside(store.url, dict(store.storage_options))
     identity.claim(store)
-    with lock.held(store):
+    with lock.held(store, take_over_stale=args.take_over_stale_lock):
         if args.cluster:
             with cluster_from(args, config.cluster if config else None, outputs.url) as client:
                 summary = run_decode(store, outputs=outputs, client=client, progress=not args.no_progress, **kwargs)
@@ -115,7 +117,7 @@ def cmd_align(args) -> int:
     store = Store(args.store, dict(args.store_option))
     identity.claim(store)
     features = [f for f in (args.encoding_features or "").split(",") if f]
-    with lock.held(store):
+    with lock.held(store, take_over_stale=args.take_over_stale_lock):
         s = align(store, args.subject, args.reference, args.sessions, targets=args.targets or DEFAULT_TARGETS,
                   encoding_features=features or None)
     print(f"aligned subject {s['subject']} (sessions {s['sessions']}, {s['n_images']} images, {s['n_voxels']} voxels) "

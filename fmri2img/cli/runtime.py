@@ -39,8 +39,11 @@ def cluster_from(args, config_cluster=None, outputs: str | None = None) -> Itera
     if link:
         print(f"Dask dashboard: {link}{tunnel_hint(link)}", file=sys.stderr)
     ok = False
+    from fmri2img.storage.lock import taking_over_stale
+
     try:
-        yield client
+        with taking_over_stale(bool(getattr(args, "take_over_stale_lock", False))):  # the runner's lock
+            yield client
         ok = True
     except BaseException:
         failure = cluster_failure(client)
@@ -227,7 +230,8 @@ def sessions_per_subject(text: str) -> dict[int, int]:
 
 
 def add_cluster_options(p: argparse.ArgumentParser) -> None:
-    """--cluster, --cluster-option, --workers and --no-progress, as every command that runs stages takes them."""
+    """--cluster, --cluster-option, --workers, --no-progress and --take-over-stale-lock, as every command that
+    runs stages takes them."""
     p.add_argument("--cluster", default=None,
                    help="'local' (default: one worker per core), 'slurm', 'pbs', 'kubernetes', or a scheduler "
                         "address tcp://HOST:PORT / tls://HOST:PORT")
@@ -238,6 +242,14 @@ def add_cluster_options(p: argparse.ArgumentParser) -> None:
                         "README 'From laptop to cluster' says what each means). " + options_help())
     p.add_argument("--workers", type=int, default=None, help="local cluster: number of worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_lock_option(p)
+
+
+def add_lock_option(p: argparse.ArgumentParser) -> None:
+    """--take-over-stale-lock, for every command that writes to a store under its lock."""
+    p.add_argument("--take-over-stale-lock", action="store_true",
+                   help="take over the store's lock when its holder's lease is stale (not renewed for 4 periods of "
+                        "30 s: that run is dead); without it such a lock is reported and the command stops")
 
 
 def betas_scale(text: str) -> str | float:

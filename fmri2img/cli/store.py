@@ -63,6 +63,7 @@ def cmd_status(args) -> int:
         return 0
     width = max(len(g) for g, _, _ in rows)
     print(f"{store.describe()}")
+    _print_lock(store)
     for group, done, total in rows:
         state = "done" if total and done == total else f"{total - done} regions to do"
         print(f"  {group:<{width}}  {done:>5}/{total:<5} {state}")
@@ -71,6 +72,16 @@ def cmd_status(args) -> int:
         last = log[-1]
         print(f"last run: stage {last.get('stage')} at {last.get('time')} ({last.get('seconds')} s)")
     return 0
+
+
+def _print_lock(store) -> None:
+    """Who holds the store's lock, and whether that run is alive (its lease renewed) or stale."""
+    from fmri2img.storage import lock
+
+    holder = lock.read_holder(store)
+    if holder is not None:
+        state = "stale: that run is most likely dead" if lock.is_stale(holder) else "held"
+        print(f"locked ({state}) by {lock.describe_holder(holder)}")
 
 
 def _verify(store, rows, args) -> int:
