@@ -81,7 +81,8 @@ NOT_RUN = {
     "runs it on a scheduler, and here the module's store goes through its stages but roi (`fmri2img run config.toml`)",
 }
 #: inline spans that name a program or subcommand in prose (they are not commands)
-MENTIONS = {"make", "python", "dask worker", "fmri2img run", "fmri2img decode", "fmri2img align",
+MENTIONS = {"make", "python", "dask worker", "fmri2img run", "fmri2img decode", "fmri2img align", "fmri2img glm",
+            "fmri2img ingest",
             "fmri2img decode --config"}
 
 

@@ -10,6 +10,9 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -18,6 +21,8 @@ import numpy as np
 from .crossval import pcnum_rule
 from .errors import VoxelDataError
 from .options import GlmOptions
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "Thresholds",
@@ -114,6 +119,7 @@ def tail_threshold(values: np.ndarray, seed: int = 0) -> float:
     VoxelDataError
         Fewer than 2 distinct finite values, or the mixture cannot be fitted.
     """
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
 
     v = np.asarray(values, dtype=float).ravel()
@@ -127,7 +133,12 @@ def tail_threshold(values: np.ndarray, seed: int = 0) -> float:
         v = v[np.random.RandomState(0).permutation(v.size)[:_TAIL_MAX_VALUES]]
     gmm = GaussianMixture(n_components=2, tol=1e-10, reg_covar=0, n_init=_TAIL_RESTARTS, random_state=seed)
     try:
-        gmm.fit(v[:, None])
+        with warnings.catch_warnings(record=True) as caught:  # tol 1e-10 is GLMsingle's: often not reached
+            warnings.simplefilter("always", ConvergenceWarning)
+            gmm.fit(v[:, None])
+        if caught:
+            logger.info("tail threshold: the mixture stopped before tol 1e-10 (%s); its fit is used as GLMsingle "
+                        "uses it", caught[0].message)
     except ValueError as err:
         raise VoxelDataError(
             f"the ON-OFF R² histogram could not be split into two Gaussians ({err}): set brain_r2 and "
