@@ -265,3 +265,30 @@ def test_adaptive_cluster_scales_from_zero_and_its_failures_end_the_stage(slurm,
     print(f"adaptive, no worker: {seconds:.1f} s")
     assert 10 <= seconds < 60
     assert _no_jobs_left(slurm) == []
+
+
+@pytest.mark.slow
+def test_worker_logs_are_redacted_at_vv(slurm, mini_nsd, s3_endpoint, tmp_path, capfd):  # noqa: F811
+    """Issue 23, point 5: with -vv the batch-job workers log every library's DEBUG lines (botocore's request
+    headers among them) into their job logs; a credential given in the storage options appears in none of
+    them, nor on the console: the workers' records go through the same redaction as the command's."""
+    from fmri2img.cli.main import main
+    from tests.cloud_helpers import make_bucket
+
+    key_id, secret = "fmri2img-slurm-key-id-4hq8", "fmri2img-slurm-secret-7vd3"  # no AWS pattern: literals only
+    options = {"key": key_id, "secret": secret, "endpoint_url": s3_endpoint}
+    make_bucket("s3://slurm-redact", options)
+    logs = tmp_path / "logs"
+    code = main(["-vv", "ingest", "--source", str(mini_nsd), "--store", "s3://slurm-redact/store.zarr",
+                 "--subject", "1", "--sessions", "1-2", "--no-stimuli", "--cluster", "slurm", "--no-progress",
+                 *[a for k, v in options.items() for a in ("--store-option", f"{k}={v}")]]
+                + _cli_options(walltime="00:20:00", worker_timeout=180, log_directory=str(logs)))
+    out, err = capfd.readouterr()
+    assert code == 0, err[-3000:]
+    files = sorted(logs.iterdir())
+    text = "".join(p.read_text(errors="replace") for p in files)
+    assert any(p.name.endswith(".err") for p in files) and "DEBUG" in text
+    assert "botocore" in text and "'Authorization': ***" in text, text[-3000:]  # emitted at -vv, and redacted
+    assert key_id not in text and secret not in text
+    assert key_id not in out + err and secret not in out + err
+    assert _no_jobs_left(slurm) == []
