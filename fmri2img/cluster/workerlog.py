@@ -156,14 +156,15 @@ def _handlers() -> list[logging.Handler]:
 
 
 def _set_levels(level: int) -> None:
+    """-v: fmri2img's INFO records (a handler on the root logger shows them); -vv: every library's DEBUG."""
     logging.getLogger("fmri2img").setLevel({0: logging.WARNING, 1: logging.INFO}.get(level, logging.DEBUG))
+    root = logging.getLogger()
+    if level >= 1 and not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(_FORMAT))
+        root.addHandler(handler)
     if level >= 2:  # every library's debug output, as the command's -vv shows it
-        root = logging.getLogger()
         root.setLevel(logging.DEBUG)
-        if not root.handlers:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter(_FORMAT))
-            root.addHandler(handler)
         logging.getLogger("distributed").setLevel(logging.DEBUG)
 
 
