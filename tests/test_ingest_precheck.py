@@ -196,3 +196,22 @@ def test_header_check_reports_what_the_header_says(mini_nsd, tmp_path):
         headers.check_betas_file(fs, nsd.NSDLayout(str(root)), 2, 2, shape[:3], shape[3])
     hdf5 = headers.check_betas_file(fs, nsd.NSDLayout(str(root)), 2, 1, shape[:3], shape[3])
     assert hdf5.fmt == "hdf5" and hdf5.dtype == np.int16 and hdf5.shape == shape
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["betas-float64-nifti", "captions-numbers"])
+def test_refused_cli_ingest_leaves_the_store_byte_for_byte(mini_nsd, subject1_store, tmp_path, capsys, case):
+    """The whole command (identity check, the lock taken and released, the runner) changes nothing either."""
+    from fmri2img.cli.main import main
+
+    store_dir = tmp_path / "store.zarr"
+    shutil.copytree(subject1_store, store_dir)
+    from fmri2img.storage import identity
+
+    identity.claim(Store(str(store_dir)))  # as a run would have marked it
+    before = snapshot(store_dir)
+    root = damaged_source(mini_nsd, tmp_path, case)
+    assert main(["ingest", "--source", str(root), "--store", str(store_dir), "--subject", "2", "--sessions", "1-4",
+                 "--cluster", "local", "--workers", "1", "--cluster-option", "processes=false", "--no-progress"]) == 2
+    assert capsys.readouterr().err.rstrip().splitlines()[-1].startswith("error: ")
+    assert snapshot(store_dir) == before
