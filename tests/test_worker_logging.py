@@ -66,3 +66,23 @@ def test_at_v_worker_records_show_on_the_console_redacted(tmp_path, capfd):
     err = capfd.readouterr().err
     assert "a worker warning with key=***" in err and SECRET not in err
     assert "storage options key=***" in err  # fmri2img's INFO on the worker, as -v shows the command's
+
+
+@pytest.mark.slow
+def test_a_reached_scheduler_keeps_no_plugin_after_the_command(tmp_path):
+    import types
+
+    from distributed import Client, LocalCluster
+
+    from fmri2img.cli.runtime import cluster_from
+
+    def plugins(dask_scheduler=None):
+        return sorted(dask_scheduler.worker_plugins)
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as owner:
+        args = types.SimpleNamespace(cluster=cluster.scheduler_address, workers=None, cluster_option=[])
+        with cluster_from(args) as client:
+            assert workerlog.WorkerLogging.name in client.run_on_scheduler(plugins)
+            assert client.submit(abs, -3).result() == 3
+        assert workerlog.WorkerLogging.name not in owner.run_on_scheduler(plugins)

@@ -51,9 +51,11 @@ def cluster_from(args, config_cluster=None, outputs: str | None = None) -> Itera
             raise
         raise failure from None
     finally:
-        close_cluster(client, orderly=ok)
-        from fmri2img.cluster.workerlog import undo
+        from fmri2img.cluster.workerlog import undo, unregister
 
+        if ok:
+            unregister(client)  # a scheduler this command only reached keeps no plugin of ours
+        close_cluster(client, orderly=ok)
         undo()  # the console as it was (commands run in-process: tests, notebooks)
 
 

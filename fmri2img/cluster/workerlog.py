@@ -32,7 +32,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from fmri2img.storage import secrets
 
-__all__ = ["WorkerLogging", "verbosity", "register", "configure", "quiet_command", "undo", "LOG_FILE"]
+__all__ = ["WorkerLogging", "verbosity", "register", "unregister", "configure", "quiet_command", "undo", "LOG_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -234,3 +234,17 @@ def register(client: Any, kind: str, logs: str | None = None, *, command: bool =
                            log_file=log_file if local else None)
     client.register_plugin(plugin, name=WorkerLogging.name)
     return plugin
+
+
+def unregister(client: Any) -> None:
+    """Take the plugin (and the credentials it carries) off a scheduler this command only reached.
+
+    A cluster the command started ends with it; a running scheduler (``tcp://``, ``tls://``) would
+    otherwise keep the plugin for the workers that join it later.
+    """
+    if getattr(client, "cluster", None) is not None:
+        return
+    try:
+        client.unregister_worker_plugin(WorkerLogging.name)
+    except Exception as exc:  # noqa: BLE001 - the scheduler may be gone already
+        logger.debug("could not unregister %s: %s", WorkerLogging.name, exc)
