@@ -135,7 +135,8 @@ CASES: dict[str, tuple[Callable[[Path], None], type, str]] = {
     "betas-fewer-trials": (_fewer_trials, nsd.NSDFormatError, r"betas_session04.nii.gz holds 37 trials.*design has 40"),
     "betas-missing": (_missing_session, nsd.NSDFileMissing, r"betas_session03.nii.gz \(subject 2, session 3\) not "
                                                             r"found"),
-    "roi-other-grid": (_roi_other_grid, IngestError, r"prf-visualrois.nii.gz has \d+×\d+×\d+ voxels but the nsdgeneral mask.*same space"),
+    "roi-other-grid": (_roi_other_grid, IngestError,
+                       r"prf-visualrois.nii.gz has \d+×\d+×\d+ voxels but the nsdgeneral mask.*same space"),
     "stimuli-float": (_stimuli_float, nsd.NSDFormatError, r"imgBrick.*float32.*expected uint8"),
     "stimuli-too-few": (_stimuli_too_few, nsd.NSDFormatError, r"nsd_stimuli.hdf5 holds 10 images"),
     "stimuli-truncated": (lambda r: _truncate(r / STIMULI), nsd.NSDFormatError, r"nsd_stimuli.hdf5 at .* truncated"),

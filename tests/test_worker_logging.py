@@ -79,8 +79,8 @@ def test_a_reached_scheduler_keeps_no_plugin_after_the_command(tmp_path):
     def plugins(dask_scheduler=None):
         return sorted(dask_scheduler.worker_plugins)
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
-            Client(cluster) as owner:
+    existing = LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    with existing as cluster, Client(cluster) as owner:
         args = types.SimpleNamespace(cluster=cluster.scheduler_address, workers=None, cluster_option=[])
         with cluster_from(args) as client:
             assert workerlog.WorkerLogging.name in client.run_on_scheduler(plugins)

@@ -63,7 +63,7 @@ class StoreLockedError(urls.StorageError):
 
 @contextmanager
 def taking_over_stale(enabled: bool = True) -> Iterator[None]:
-    """Within the block, a stale lock (:func:`is_stale`) is taken over instead of refused (``--take-over-stale-lock``)."""
+    """Within the block a stale lock (:func:`is_stale`) is taken over, not refused (``--take-over-stale-lock``)."""
     token = _TAKE_OVER.set(bool(enabled))
     try:
         yield
