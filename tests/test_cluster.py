@@ -472,12 +472,13 @@ def test_the_command_line_reports_the_watch_failure_instead_of_a_cancellation(mo
     client = SimpleNamespace(cluster=SimpleNamespace(_fmri2img_watch=SimpleNamespace(failure=failure)),
                              dashboard_link="", close=lambda **kw: None)
     seen = {}
-    monkeypatch.setattr(cluster_pkg, "connect_section", lambda section, logs=None: seen.update(logs=logs) or client)
+    monkeypatch.setattr(cluster_pkg, "connect_section",
+                        lambda section, logs=None, command=False: seen.update(logs=logs, command=command) or client)
     args = argparse.Namespace(cluster="slurm", workers=None, cluster_option=[])
     with pytest.raises(ClusterError, match="no Dask worker connected"):
         with cli.cluster_from(args, outputs="/tmp/run/outputs"):
             raise concurrent.futures.CancelledError()
-    assert seen["logs"] == "/tmp/run/outputs/cluster-logs"
+    assert seen["logs"] == "/tmp/run/outputs/cluster-logs" and seen["command"] is True
     client.cluster._fmri2img_watch.failure = None
     with pytest.raises(KeyError):  # anything else passes through unchanged
         with cli.cluster_from(args):

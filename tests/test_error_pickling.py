@@ -90,3 +90,29 @@ def test_errors_raised_in_tasks_on_worker_processes_arrive_as_themselves():
             assert str(exc) == str(ERRORS[name](MESSAGE))
     finally:
         close_quietly(client)
+
+
+class _Unshippable(ValueError):
+    """A library error with a custom signature and no __reduce__: it does not pickle back into itself."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.guard = __import__("threading").Lock()  # pickles nowhere, cloudpickle included
+
+
+def _raise_unshippable():
+    raise _Unshippable("/data/x.h5", "bad chunk")
+
+
+@pytest.mark.slow
+def test_an_error_that_cannot_ship_arrives_as_one_clear_task_error():
+    from fmri2img.cluster import connect
+    from fmri2img.cluster.errors import close_quietly
+    from fmri2img.pipeline.tasks import Task, TaskFailed, run_tasks
+
+    client = connect("local", n_workers=1, processes=True, dashboard_address="127.0.0.1:0")
+    try:
+        with pytest.raises(TaskFailed, match=r"^stage-x block-0 failed: _Unshippable: /data/x.h5: bad chunk$"):
+            run_tasks([Task("block-0", _raise_unshippable)], stage="stage-x", client=client, progress=False)
+    finally:
+        close_quietly(client)

@@ -32,13 +32,18 @@ def test_local_worker_records_are_redacted_and_quiet_by_default(tmp_path, capfd)
     from fmri2img.cluster.errors import close_quietly
 
     secrets.add_secrets([SECRET])
-    client = connect("local", n_workers=1, processes=True, dashboard_address="127.0.0.1:0", logs=str(tmp_path),
-                     command=True)
+    previous = logging.getLogger("fmri2img").level
+    logging.getLogger("fmri2img").setLevel(logging.WARNING)  # the default verbosity (an earlier main() may differ)
     try:
-        client.submit(_log_on_worker, logging.WARNING, f"{{'secret': '{SECRET}'}}", pure=False).result()
+        client = connect("local", n_workers=1, processes=True, dashboard_address="127.0.0.1:0", logs=str(tmp_path),
+                         command=True)
+        try:
+            client.submit(_log_on_worker, logging.WARNING, f"{{'secret': '{SECRET}'}}", pure=False).result()
+        finally:
+            close_quietly(client)
+            workerlog.undo()
     finally:
-        close_quietly(client)
-        workerlog.undo()
+        logging.getLogger("fmri2img").setLevel(previous)
     err = capfd.readouterr().err
     assert SECRET not in err and "a worker warning" not in err  # off the console at the default verbosity
     log = (tmp_path / workerlog.LOG_FILE).read_text()

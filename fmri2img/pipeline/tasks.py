@@ -167,10 +167,27 @@ def compute_writes(writes: Sequence[Any], *, stage: str, client=None, progress: 
 def _call(task: Task, stage: str) -> Any:
     try:
         return task.fn(*task.args, **task.kwargs)
-    except ValueError:
-        raise  # our clear input errors already name the file/region
-    except Exception as exc:  # noqa: BLE001 - add the region to anything else
-        raise TaskFailed(f"{stage} {task.label} failed: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - add the region to anything but our clear input errors
+        message = f"{stage} {task.label} failed: {type(exc).__name__}: {exc}"
+        if _ships(exc):
+            if isinstance(exc, ValueError):
+                raise  # our clear input errors already name the file/region
+            raise TaskFailed(message) from exc
+    # an error that would not survive the trip back from a worker as itself: its message alone, raised
+    # here, outside the handler, so that it carries no context that fails to pickle
+    raise TaskFailed(message)
+
+
+def _ships(exc: BaseException) -> bool:
+    """Whether ``exc`` (with its causes) arrives from a worker as itself (distributed's own round trip)."""
+    try:
+        from distributed.core import clean_exception, error_message
+
+        msg = error_message(exc)
+        _, back, _ = clean_exception(msg["exception"].data)
+        return type(back) is type(exc)
+    except Exception:  # noqa: BLE001 - anything that fails here would fail on the way back too
+        return False
 
 
 def _raise_killed(exc: BaseException, stage: str, task: Task | None, nbytes: int | None, option: str | None) -> None:
