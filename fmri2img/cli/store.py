@@ -60,6 +60,7 @@ def cmd_status(args) -> int:
         return 0
     if not rows:
         print(f"{store.describe()}: empty (nothing ingested yet)")
+        _print_lock(store)
         return 0
     width = max(len(g) for g, _, _ in rows)
     print(f"{store.describe()}")
