@@ -166,3 +166,23 @@ def test_an_unknown_preset_is_refused(broken, tmp_path, capsys):
     store = tmp_path / "s.zarr"
     cfg.write_text(f'[store]\nurl = "{store}"\n[source]\nurl = "{broken}"\n[glm]\nsubjects = [1]\npreset = "fast"\n')
     _refused(["glm", "--config", str(cfg), "--workers", "1"], store, capsys, "preset")
+
+
+def test_ridge_betas_are_more_reliable_across_sessions_than_fithrfs(fitted, mini_ts):
+    """The same image's response patterns in two sessions agree better with type D than with type B (GLMsingle's
+    claim, on the nsdgeneral voxels that respond)."""
+    store, _, _ = fitted
+    s1, s2 = (store.open_dataset(f"subjects/subj01/glm/session{s:02d}") for s in (1, 2))
+    with h5py.File(mini_ts / "mini_nsd_timeseries_truth.hdf5") as f:
+        voxels, responding = f["subj01/voxels"][:], f["subj01/responding"][:]
+    flat = np.ravel_multi_index((s1.voxel_i.values, s1.voxel_j.values, s1.voxel_k.values), (20, 22, 18))
+    at = np.searchsorted(flat, voxels[responding])
+    shared = np.intersect1d(s1.image.values, s2.image.values)
+    assert len(shared) >= 5
+
+    def reliability(model):
+        a, b = s1.betas.sel(model=model).values[:, at], s2.betas.sel(model=model).values[:, at]
+        first = lambda ds, img: int(np.flatnonzero(ds.image.values == img)[0])  # noqa: E731
+        return float(np.mean([np.corrcoef(a[first(s1, i)], b[first(s2, i)])[0, 1] for i in shared]))
+
+    assert reliability("fithrf_glmdenoise_rr") > reliability("fithrf")
