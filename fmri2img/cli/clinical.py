@@ -18,7 +18,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subject", type=int, default=None, help="the fitted subject whose models decode the betas")
     p.add_argument("--betas", default=None,
                    help="a session file in the subject's func1pt8mm space (.nii.gz/.nii/.hdf5/.h5, NSD's layout) "
-                        "or its masked voxels, trials × voxels (.npy/.zarr)")
+                        "or its masked voxels, trials × voxels (.npy/.zarr); without it, --via decodes a BIDS "
+                        "participant's own trials from the store (those no fit used)")
     p.add_argument("--trials", default=None, help="1-based trials to decode, e.g. 1-750 or 1,3,5-7 (default: all)")
     p.add_argument("--trials-file", default=None,
                    help="CSV with columns trial (1-based) and optionally image (0-based NSD-73k id: metrics)")
@@ -57,7 +58,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("store", help="project store URL (both subjects ingested, the reference fitted)")
     p.add_argument("--subject", type=int, required=True, help="the new subject")
     p.add_argument("--reference", type=int, required=True, help="the fitted reference subject")
-    p.add_argument("--sessions", default="1", help="the new subject's sessions to align on, e.g. 1 or 1-3")
+    p.add_argument("--sessions", default=None, help="the new subject's sessions to align on, e.g. 1 or 1-3 (default: "
+                                                   "1; a BIDS participant from fmri2img glm --bids: all)")
     p.add_argument("--targets", choices=("encoding", "shared", "hybrid"), default=None,
                    help="alignment targets: the reference's encoding-model pseudo-responses to every image "
                         "(default), its own responses to the images both saw, or both")
@@ -127,8 +129,11 @@ def cmd_align(args) -> int:
     if "voxel_r" in held:
         print(f"  held out: {held['n_test_images']} test images, aligned vs subject {s['reference']}'s responses: "
               f"voxel r {held['voxel_r']:.3f}, two-way identification {held['two_way_identification']:.3f}")
+    from fmri2img.pipeline.clinical.participant import is_bids
+
+    own = "" if is_bids(store, s["subject"]) else " --betas ..."  # a BIDS participant's other trials are in the store
     print(f"  decode its scans: fmri2img decode {store.url} --subject {s['subject']} --via align-to-subj"
-          f"{s['reference']:02d} --betas ...")
+          f"{s['reference']:02d}{own}")
     return 0
 
 

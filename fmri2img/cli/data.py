@@ -15,8 +15,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fresh", action="store_true", help="delete the workdir's store first")
     add_cluster_options(p)
 
-    p = sub.add_parser("mini-nsd", help="write a small dataset in the exact NSD layout and formats")
-    p.add_argument("dir")
+    p = sub.add_parser("mini-nsd", help="write a small dataset in the exact NSD layout and formats (and, with --bids, "
+                                        "a new person's BIDS dataset with fMRIPrep-style derivatives)")
+    p.add_argument("dir", nargs="?", default=None, help="where mini-NSD goes (not needed with --bids and --from)")
+    _add_bids_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--subjects", type=int_list, default=None, help="subjects whose fMRI is written, e.g. 1,2")
     p.add_argument("--side", type=int, default=None, help="stimulus side in pixels (NSD: 425)")
@@ -68,6 +70,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_cluster_options(p)
 
 
+def _add_bids_options(p: argparse.ArgumentParser) -> None:
+    """``mini-nsd --bids``: a new person's BIDS dataset (fmri2img.mininsd.bids)."""
+    p.add_argument("--bids", default=None, metavar="BIDS_DIR",
+                   help="also write a BIDS dataset: a simulated new person in their own voxel space who saw images "
+                        "of a mini-NSD subject (and new ones), for fmri2img glm --bids")
+    p.add_argument("--from", dest="bids_from", default=None, metavar="MINI_NSD_DIR",
+                   help="with --bids: an existing mini-NSD (e.g. the demo's runs/demo/mini-nsd) instead of DIR")
+    p.add_argument("--reference", type=int, default=None, help="with --bids: the mini-NSD subject whose images the "
+                                                              "person also saw (default 1)")
+    p.add_argument("--shared-images", type=int, default=None, help="with --bids: images shared with the reference "
+                                                                  "(default 12)")
+    p.add_argument("--new-images", type=int, default=None, help="with --bids: images no mini-NSD subject saw (default 4)")
+    p.add_argument("--bids-sessions", default=None, help="with --bids: session labels, e.g. 01,02 (default 01; "
+                                                        "'none': a dataset without sessions)")
+    p.add_argument("--bids-runs", type=int, default=None, help="with --bids: runs per session (default 2)")
+    p.add_argument("--repeats", type=int, default=None, help="with --bids: showings of each image per session (default 3)")
+
+
 def mini_nsd_spec(args):
     """The MiniNSDSpec that ``fmri2img mini-nsd`` builds from its arguments."""
     from fmri2img.mininsd.generate import MiniNSDSpec
@@ -86,17 +106,53 @@ def mini_nsd_spec(args):
                              **({"timeseries": True} if getattr(args, "timeseries", False) else {}))
 
 
+def bids_spec(args):
+    """The BIDSSpec that ``fmri2img mini-nsd --bids`` builds from its arguments."""
+    from fmri2img.mininsd.bids import BIDSSpec
+
+    sessions = None
+    if args.bids_sessions is not None:
+        sessions = () if args.bids_sessions == "none" else tuple(s for s in args.bids_sessions.split(",") if s)
+    fields = {"seed": args.seed, "reference_subject": args.reference, "n_shared": args.shared_images,
+              "n_new": args.new_images, "sessions": sessions, "runs": args.bids_runs, "repeats": args.repeats}
+    return BIDSSpec(**{k: v for k, v in fields.items() if v is not None})
+
+
 def cmd_mini_nsd(args) -> int:
     from fmri2img.mininsd.generate import generate_mini_nsd
 
-    spec = mini_nsd_spec(args)
-    manifest = generate_mini_nsd(args.dir, spec, progress=lambda line: print(f"mini-NSD: {line}", file=sys.stderr,
-                                                                              flush=True))
-    print(f"mini-NSD written to {args.dir}")
-    for subject, info in sorted(manifest.get("subjects", {}).items()):
-        print(f"  subj{int(subject):02d}: {info.get('n_voxels')} nsdgeneral voxels, {info.get('n_train_images')} train"
-              f" / {info.get('n_test_images')} test images")
+    def progress(line: str) -> None:
+        print(f"mini-NSD: {line}", file=sys.stderr, flush=True)
+
+    if args.dir is None and not (args.bids and args.bids_from):
+        raise ValueError("give the directory to write mini-NSD to (fmri2img mini-nsd DIR), or --bids BIDS_DIR --from "
+                         "MINI_NSD_DIR to write only the BIDS dataset from an existing mini-NSD")
+    if args.bids_from and args.dir:
+        raise ValueError("give DIR (a new mini-NSD) or --from MINI_NSD_DIR (an existing one), not both")
+    if args.dir is not None:
+        spec = mini_nsd_spec(args)
+        manifest = generate_mini_nsd(args.dir, spec, progress=progress)
+        print(f"mini-NSD written to {args.dir}")
+        for subject, info in sorted(manifest.get("subjects", {}).items()):
+            print(f"  subj{int(subject):02d}: {info.get('n_voxels')} nsdgeneral voxels, {info.get('n_train_images')} "
+                  f"train / {info.get('n_test_images')} test images")
+    if args.bids:
+        _write_bids(args, progress)
     return 0
+
+
+def _write_bids(args, progress) -> None:
+    from fmri2img.mininsd.bids import generate_bids
+
+    source = args.bids_from or args.dir
+    if not (Path(source) / "mini_nsd.json").exists():
+        raise ValueError(f"--from {source}: no mini-NSD there (no mini_nsd.json); write one with fmri2img mini-nsd DIR")
+    truth = generate_bids(args.bids, source, bids_spec(args), progress=progress)
+    shared = sum(1 for i in truth["images"] if not i["new"])
+    print(f"BIDS dataset written to {args.bids}: sub-{truth['spec']['participant']}, {len(truth['runs'])} runs, "
+          f"{truth['n_voxels']} visual voxels in a {'x'.join(map(str, truth['volume_shape']))} volume; "
+          f"{shared} images shared with mini-NSD subject {truth['reference_subject']}, "
+          f"{len(truth['images']) - shared} new (truth under sourcedata/)")
 
 
 def cmd_ingest(args) -> int:

@@ -282,8 +282,8 @@ class AlignConfig:
     #: the new subject (0: none); its scans are then decoded with [decode] via = "align-to-subjMM"
     subject: int = 0
     reference: int = 1
-    #: the new subject's sessions to align on, e.g. "1" or "1-3"
-    sessions: str = "1"
+    #: the new subject's sessions to align on, e.g. "1" or "1-3"; "": 1, or every session of a BIDS participant
+    sessions: str = ""
     #: "encoding" (the reference's encoding-model pseudo-responses; measured best), "shared" or "hybrid"
     targets: str = "encoding"
     encoding_features: list = field(default_factory=list)

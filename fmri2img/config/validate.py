@@ -120,9 +120,10 @@ def _check_decode(config: Config) -> None:
     elif d.tasks:
         raise ConfigError(f"decode.tasks = {d.tasks} applies to NSD-Imagery only; set decode.imagery = true, or "
                           f"remove decode.tasks")
-    elif "decode" in config.stages and not d.betas:
+    elif "decode" in config.stages and not d.betas and not d.via:
         raise ConfigError("decode.betas: empty, but stages include \"decode\"; give the session file or masked "
-                          "voxels to decode (or decode.imagery = true for the subject's NSD-Imagery betas)")
+                          "voxels to decode (or decode.imagery = true for the subject's NSD-Imagery betas, or "
+                          "decode.via for a BIDS participant's own trials in the store)")
 
 
 def _check_glm(config: Config) -> None:
@@ -142,6 +143,28 @@ def _check_glm(config: Config) -> None:
         glm.resolve_options(g.preset, **dict(g.options))
     except glm.GlmInputError as exc:
         raise ConfigError(f"glm.preset / glm.options: {exc}") from None
+    if g.bids:
+        _check_glm_bids(g)
+
+
+def _check_glm_bids(g) -> None:
+    """[glm] with ``bids``: one participant into one store subject; NSD-only keys refused by name."""
+    from fmri2img.storage.bids import BIDSError, parse_strategy
+
+    if not g.participant:
+        raise ConfigError("glm.participant: empty, but glm.bids is set; give the BIDS participant label (e.g. 01)")
+    if len(g.subjects) != 1:
+        raise ConfigError(f"glm.subjects = {g.subjects}: a BIDS participant goes to one store subject; give one "
+                          f"number no NSD subject of the store uses (e.g. [9])")
+    nsd_only = [k for k, v in (("export", g.export), ("mask", g.mask)) if v] + \
+        (["sessions"] if g.sessions not in ("all", "") else [])
+    if nsd_only:
+        raise ConfigError(f"glm.{nsd_only[0]} applies to NSD's time series, not to glm.bids (a BIDS session is "
+                          f"glm.session, the mask the runs' own); remove {', '.join('glm.' + k for k in nsd_only)}")
+    try:
+        parse_strategy(g.confounds)
+    except BIDSError as exc:
+        raise ConfigError(f"glm.confounds: {exc}") from None
 
 
 def validate(config: Config) -> Config:

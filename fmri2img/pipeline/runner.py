@@ -58,9 +58,27 @@ def precheck_glm(ctx: RunContext) -> None:
     from fmri2img.pipeline.glm.run import prepare_nsd_subject
 
     g = ctx.config.glm
+    if g.bids:  # a BIDS participant → store subject subjects[0] (fmri2img.pipeline.glm.bids_run)
+        from fmri2img.pipeline.glm.bids_run import prepare_bids_subject, require_shared
+
+        subject = g.subjects[0]
+        prep = prepare_bids_subject(ctx.store, subject, **_bids_fields(g))
+        a = ctx.config.align
+        if "align" in ctx.config.stages and a.subject == subject:
+            require_shared(ctx.store, prep["stimuli"], a.reference)
+        ctx.prepared["glm"] = {subject: prep}
+        return
     ctx.prepared["glm"] = {subject: prepare_nsd_subject(
         ctx.source, subject, sessions=g.sessions, preset=g.preset, options=g.options, hrf_library=g.hrf_library,
         space=g.space, mask=g.mask) for subject in g.subjects}
+
+
+def _bids_fields(g) -> dict:
+    """The keyword arguments of prepare_bids_subject from ``[glm]``."""
+    return {"bids": g.bids, "derivatives": g.derivatives, "participant": g.participant, "session": g.session,
+            "task": g.task, "space": g.space, "stim_column": g.stim_column, "confounds": g.confounds,
+            "onsets": g.onsets, "preset": g.preset, "options": g.options, "hrf_library": g.hrf_library,
+            "storage_options": g.storage_options}
 
 
 def stage_glm(ctx: RunContext) -> dict:
@@ -68,6 +86,14 @@ def stage_glm(ctx: RunContext) -> dict:
     from fmri2img.pipeline.glm.run import glm_nsd_subject
 
     g = ctx.config.glm
+    if g.bids:
+        from fmri2img.pipeline.glm.bids_run import glm_bids_subject
+
+        subject = g.subjects[0]
+        return {f"subj{subject:02d}": glm_bids_subject(
+            ctx.store, subject, prepared=ctx.prepared["glm"][subject], preset=g.preset, model=g.model,
+            block_size=g.block_size, keep_timeseries=g.keep_timeseries, client=ctx.client, progress=ctx.progress,
+            config=ctx.config.redacted())}
     return {f"subj{subject:02d}": glm_nsd_subject(
         ctx.store, ctx.source, subject, prepared=ctx.prepared["glm"][subject], preset=g.preset, model=g.model,
         block_size=g.block_size, export=g.export, keep_timeseries=g.keep_timeseries, client=ctx.client,

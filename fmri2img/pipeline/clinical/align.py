@@ -31,6 +31,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from fmri2img.pipeline.clinical import participant
 from fmri2img.pipeline.clinical.common import UNKNOWN_IMAGE, load_models
 from fmri2img.pipeline.features import feature_group
 from fmri2img.pipeline.regress import model_group
@@ -97,25 +98,42 @@ def _subject(store: Store, subject: int, part: str) -> xr.Dataset:
 
 
 def evaluation_images(store: Store, subject: int, reference: int) -> np.ndarray:
-    """Images any evaluation of either subject uses: their test images."""
-    ids = [_subject(store, s, "test").image.values for s in (subject, reference)]
-    return np.union1d(*ids).astype(np.int64)
+    """Images any evaluation of either subject uses: their test images (a BIDS participant has none of its own)."""
+    ids = [_subject(store, s, "test").image.values for s in (subject, reference) if s == reference or
+           not participant.is_bids(store, s)]
+    return np.unique(np.concatenate(ids)).astype(np.int64)
 
 
-def alignment_inputs(store: Store, subject: int, sessions: Sequence[int], excluded: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, X): the new subject's responses in ``sessions`` averaged per image, ``excluded`` images left out."""
+def alignment_inputs(store: Store, subject: int, sessions: Sequence[int], excluded: np.ndarray,
+                     only: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, X): the new subject's responses in ``sessions`` averaged per image, ``excluded`` images left out.
+
+    ``only``: the images that may serve (a BIDS participant: the reference's training images).
+    """
     betas = _subject(store, subject, "betas")
     have = sorted({int(s) for s in np.unique(betas.session.values)})
     missing = sorted(set(sessions) - set(have))
     if missing:
         raise AlignError(f"subject {subject} has no session(s) {missing} in {store.describe()} (ingested: {have}): "
                          f"ingest them, or choose --sessions among those")
-    rows = np.flatnonzero(np.isin(betas.session.values, sessions) & ~np.isin(betas.image.values, excluded))
+    images = betas.image.values
+    keep = np.isin(betas.session.values, sessions) & ~np.isin(images, excluded) & (images >= 0)
+    if only is not None:
+        keep &= np.isin(images, only)
+    rows = np.flatnonzero(keep)
+    if not len(rows) and only is not None:
+        chosen = np.isin(betas.session.values, sessions)
+        n_stimuli, matched = len(np.unique(betas.stimulus.values[chosen])), np.unique(images[chosen & (images >= 0)])
+        raise AlignError(f"{participant.describe(store, subject)} saw none of the reference's {len(only)} training "
+                         f"images in sessions {list(sessions)}: of its {n_stimuli} distinct stimuli, "
+                         f"{len(matched)} matched an NSD image of the store by their pixels, none a "
+                         f"training image. The alignment needs images both saw. Fix: check the events' stimulus "
+                         f"column (files are matched by pixels, ids taken as 0-based NSD ids), or align to a "
+                         f"reference who saw them")
     if not len(rows):
         raise AlignError(f"subject {subject}'s sessions {list(sessions)} hold no training image (only test images)")
     values = np.asarray(betas.betas.isel(trial=rows).values, np.float32)
-    return average_by_image(values, betas.image.values[rows])
+    return average_by_image(values, images[rows])
 
 
 def _features(store: Store, name: str, ids: np.ndarray) -> da.Array:
@@ -248,15 +266,28 @@ def aligned_models(store: Store, subject: int, via: str, features: Sequence[str]
         model_group(reference, f)).attrs.get("fmri2img_salt", ""))) for f, m in models.items()}
 
 
+def _test_scans(store: Store, subject: int, reference_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, scans): ``subject``'s test images averaged over repeats (a BIDS participant: its trials of them)."""
+    if not participant.is_bids(store, subject):
+        new = _subject(store, subject, "test")
+        return new.image.values.astype(np.int64), new.fmri.values
+    betas = _subject(store, subject, "betas")
+    rows = np.flatnonzero(np.isin(betas.image.values, reference_test))
+    if not len(rows):
+        return np.zeros(0, np.int64), np.zeros((0, betas.sizes["voxel"]), np.float32)
+    return average_by_image(np.asarray(betas.betas.isel(trial=rows).values, np.float32), betas.image.values[rows])
+
+
 def held_out_check(store: Store, alignment: BlockRidge, subject: int, reference: int) -> dict:
     """Aligned test scans of ``subject`` against ``reference``'s responses to the same test images."""
     from fmri2img.metrics.scores import two_way_identification
 
-    new, ref = _subject(store, subject, "test"), _subject(store, reference, "test")
-    common, a, b = np.intersect1d(new.image.values, ref.image.values, return_indices=True)
+    ref = _subject(store, reference, "test")
+    ids, scans = _test_scans(store, subject, ref.image.values)
+    common, a, b = np.intersect1d(ids, ref.image.values, return_indices=True)
     if len(common) < 2:
         return {"n_test_images": int(len(common))}
-    P = np.asarray(alignment.predict(new.fmri.values[a]), np.float64)
+    P = np.asarray(alignment.predict(scans[a]), np.float64)
     T = np.asarray(ref.fmri.values[b], np.float64)
     Pc, Tc = P - P.mean(0), T - T.mean(0)
     r = (Pc * Tc).sum(0) / np.sqrt((Pc ** 2).sum(0) * (Tc ** 2).sum(0) + 1e-12)
@@ -264,18 +295,39 @@ def held_out_check(store: Store, alignment: BlockRidge, subject: int, reference:
             "two_way_identification": round(float(np.mean(two_way_identification(T, P))), 4)}
 
 
-def align(store: Store, subject: int, reference: int, sessions: str | Sequence[int], *,
+def _inputs(store: Store, subject: int, reference: int, sessions: str | Sequence[int] | None,
+            max_images: int | None) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """(sessions, excluded images, alignment image ids, the new subject's averaged scans of them)."""
+    bids = participant.is_bids(store, subject)
+    if sessions in (None, ""):  # an NSD subject: its first session; a BIDS participant: every session fitted
+        sessions = sorted({int(v) for v in _subject(store, subject, "betas").session.values}) if bids else [1]
+    sessions = parse_sessions(sessions)
+    excluded = evaluation_images(store, subject, reference)
+    only = _subject(store, reference, "train").image.values.astype(np.int64) if bids else None
+    ids, X = alignment_inputs(store, subject, sessions, excluded, only)
+    if max_images is not None and max_images < len(ids):  # a seeded sample (the benchmark's k shared images)
+        if max_images < 1:
+            raise AlignError(f"max_images {max_images}: align on at least one image")
+        keep = np.sort(np.random.default_rng(0).choice(len(ids), max_images, replace=False))
+        ids, X = ids[keep], X[keep]
+    return sessions, excluded, ids, X
+
+
+def align(store: Store, subject: int, reference: int, sessions: str | Sequence[int] | None = None, *,
           targets: str = DEFAULT_TARGETS, encoding_features: Sequence[str] | None = None,
           encoding_images: int | None = ENCODING_IMAGES, alphas: Sequence[float] = ALIGN_ALPHAS,
-          alpha_groups: str = "target", config: Mapping[str, Any] | None = None) -> dict:
+          alpha_groups: str = "target", max_images: int | None = None,
+          config: Mapping[str, Any] | None = None) -> dict:
     """Fit and store ``models/subjNN/align-to-subjMM``: ``subject``'s voxels → ``reference``'s.
 
     Parameters
     ----------
     subject, reference : int
         The new subject (ingested, any number of sessions) and a fitted reference subject.
-    sessions : str or sequence of int
-        The new subject's sessions to align on (``"1"``, ``"1-3"``).
+    sessions : str or sequence of int, optional
+        The new subject's sessions to align on (``"1"``, ``"1-3"``); default: session 1 of an NSD
+        subject, every fitted session of a BIDS participant (``fmri2img glm --bids``), whose
+        alignment images are the trials showing the reference's training images (matched by pixels).
     targets : {"encoding", "shared", "hybrid"}
         See :data:`TARGETS` (default :data:`DEFAULT_TARGETS`, the better one measured).
     encoding_features : sequence of str, optional
@@ -284,6 +336,8 @@ def align(store: Store, subject: int, reference: int, sessions: str | Sequence[i
         Reference training images the encoding model is fitted on at most (seeded sample).
     alphas, alpha_groups
         Alignment ridge grid (GCV) and whether each reference voxel gets its own alpha.
+    max_images : int, optional
+        Align on at most this many of the images (a seeded sample; default all).
 
     Returns
     -------
@@ -295,18 +349,16 @@ def align(store: Store, subject: int, reference: int, sessions: str | Sequence[i
         raise AlignError(f"--targets {targets!r}: expected one of {list(TARGETS)}")
     if int(subject) == int(reference):
         raise AlignError(f"--subject and --reference are both {subject}: align a new subject to another, fitted one")
-    sessions = parse_sessions(sessions)
-    excluded = evaluation_images(store, subject, reference)
-    ids, X = alignment_inputs(store, subject, sessions, excluded)
+    sessions, excluded, ids, X = _inputs(store, subject, reference, sessions, max_images)
     features = list(encoding_features) if encoding_features else reference_features(store, reference)
     rows, Y, facts = build_targets(store, reference, ids, targets, features, alphas, encoding_images)
     ids, X = ids[rows], X[rows]
     ref_train = _subject(store, reference, "train").image.values
     check_disjoint({"alignment": ids, f"subject {reference}'s models and encoding": ref_train}, excluded,
-                   "evaluated on (both subjects' test images)")
+                   "evaluated on (the subjects' test images)")
     est = fit_alignment(X, Y, alphas, alpha_groups)
     group = model_group(subject, align_name(reference))
-    salt = _salt(ids, X, Y, [targets, list(alphas), alpha_groups, sessions, facts])
+    salt = _salt(ids, X, Y, [targets, list(alphas), alpha_groups, sessions, facts, max_images])
     attrs = {**schema.provenance(config=config), "subject": int(subject), "reference": int(reference),
              "sessions": json.dumps(sessions), "targets": targets, "targets_note": TARGETS[targets],
              "encoding_features": json.dumps(facts["encoding_features"]), "fmri2img_salt": salt,

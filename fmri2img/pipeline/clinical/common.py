@@ -42,6 +42,15 @@ class DecodeInput:
     trials: np.ndarray  # (n,) 1-based row of the input
     images: np.ndarray  # (n,) 0-based NSD-73k id or UNKNOWN_IMAGE
     images_from: str
+    #: (n,) row of ``shown_group`` (a store group with ``images``) each trial showed, when the pictures are not
+    #: all NSD's: a BIDS participant's own stimuli (pipeline.clinical.participant); None: ``images`` say it
+    shown: np.ndarray | None = None
+    shown_group: str = ""
+
+    @property
+    def known(self) -> np.ndarray:
+        """(n,) bool: the picture the trial showed is known (and can be shown and scored)."""
+        return self.shown >= 0 if self.shown is not None else self.images >= 0
 
     @property
     def seed_ids(self) -> np.ndarray:
@@ -51,7 +60,7 @@ class DecodeInput:
     @property
     def key(self) -> str:
         h = hashlib.sha256(np.ascontiguousarray(self.fmri).tobytes())
-        for a in (self.trials, self.images):
+        for a in (self.trials, self.images, *(() if self.shown is None else (self.shown,))):
             h.update(np.asarray(a, np.int64).tobytes())
         return h.hexdigest()[:16]
 

@@ -57,9 +57,10 @@ def decode_config(config, store_url: str | None = None, **overrides: Any) -> dic
                               f"--tasks selects vision, imagery, attention)")
     elif tasks:
         raise DecodeError(f"tasks {tasks} apply to NSD-Imagery only: add --imagery (or [decode] imagery = true)")
-    elif not section["betas"]:
+    elif not section["betas"] and not via:
         raise DecodeError("no betas to decode: give --betas URL (or [decode] betas in the configuration), or "
-                          "--imagery for the subject's NSD-Imagery betas")
+                          "--imagery for the subject's NSD-Imagery betas (or --via align-to-subjMM for a BIDS "
+                          "participant's own trials in the store)")
     options = dict(section["storage_options"])
     if imagery:  # the keyword arguments of decode_imagery.decode_imagery, marked for decode_imagery.decoder
         return {"store": store, "subject": subject, "runs": runs, "name": section["name"] or None,
@@ -67,7 +68,7 @@ def decode_config(config, store_url: str | None = None, **overrides: Any) -> dic
                 "weights": dataclasses.asdict(config.weights), "device": section["device"],
                 "images_per_task": int(section["images_per_task"]),
                 "config": config.redacted() if given else None, "tasks": tasks or None, "imagery": True}
-    return {"store": store, "subject": subject, "betas": section["betas"], "runs": runs,
+    return {"store": store, "subject": subject, "betas": section["betas"] or None, "runs": runs,
             "name": section["name"] or None, "trials": section["trials"] or None,
             "trials_file": section["trials_file"] or None, "betas_scale": section["betas_scale"],
             "storage_options": options, "mask": section["mask"] or None, "mask_options": options,

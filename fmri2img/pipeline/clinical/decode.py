@@ -212,7 +212,7 @@ def reconstruct(store: Store, data: DecodeInput, run: RunSpec, salts: Mapping[st
 
 # -- the stage ----------------------------------------------------------------------------------
 
-def decode(store: Store, subject: int, betas: str, runs: Sequence[RunSpec], *, features: Sequence[str] = (),
+def decode(store: Store, subject: int, betas: str | None, runs: Sequence[RunSpec], *, features: Sequence[str] = (),
            name: str | None = None,
            trials: str | None = None, trials_file: str | None = None, betas_scale: str | float = "nsd",
            storage_options: Mapping[str, Any] | None = None, mask: str | None = None,
@@ -224,9 +224,11 @@ def decode(store: Store, subject: int, betas: str, runs: Sequence[RunSpec], *, f
 
     Parameters
     ----------
-    betas : str
+    betas : str or None
         URL of a session file (``.nii.gz``, ``.nii``, ``.hdf5``, ``.h5``) in the subject's func1pt8mm space,
-        or of the subject's masked voxels (``.npy``, ``.zarr``), trials × voxels.
+        or of the subject's masked voxels (``.npy``, ``.zarr``), trials × voxels. None with ``via``, for a
+        BIDS participant (``fmri2img glm --bids``): its own trials from the store whose images no fit
+        used (:func:`fmri2img.pipeline.clinical.participant.own_trials`), scored against what it saw.
     runs : sequence of RunSpec
         Reconstruction runs (see :func:`stored_run` for the ones the reconstruct stage used).
     features : sequence of str
@@ -261,9 +263,20 @@ def decode(store: Store, subject: int, betas: str, runs: Sequence[RunSpec], *, f
         models = align.aligned_models(store, subject, via, features, calibration)
     else:
         models = load_models(store, subject, features, calibration)
-    data = read_input(store, space, betas, name=name, trials=trials, trials_file=trials_file,
-                      betas_scale=betas_scale, storage_options=storage_options, mask_options=mask_options)
-    if via:
+    if via and not betas:  # a BIDS participant's own trials from the store, those no fit used
+        from fmri2img.pipeline.clinical.participant import own_trials
+
+        if trials or trials_file:
+            raise DecodeError("--trials / --trials-file select rows of --betas; without --betas decode takes the "
+                              "subject's trials from the store (those no fit used)")
+        data = own_trials(store, subject, align.fitted_images(store, subject, align.reference_of(via), features), name)
+    elif not betas:
+        raise DecodeError("no betas to decode: give --betas URL (or, for a BIDS participant aligned with fmri2img "
+                          "align, --via align-to-subjMM to decode its own trials from the store)")
+    else:
+        data = read_input(store, space, betas, name=name, trials=trials, trials_file=trials_file,
+                          betas_scale=betas_scale, storage_options=storage_options, mask_options=mask_options)
+    if via and betas:
         data = align.hide_fitted(data, align.fitted_images(store, subject, align.reference_of(via), features))
     attrs = {**schema.provenance(config=config), "subject": int(subject), "input": data.url,
              "calibration": calibration, "calibration_note": CALIBRATIONS[calibration],
@@ -280,7 +293,7 @@ def decode(store: Store, subject: int, betas: str, runs: Sequence[RunSpec], *, f
     for run in runs:
         reconstruct(store, data, run, salts, client=client, images_per_task=images_per_task, outputs=outputs,
                     progress=progress, attrs={**attrs, "random_weights": random_weights(run)})
-    if (data.images >= 0).sum() >= 2:
+    if data.known.sum() >= 2:
         from fmri2img.pipeline.clinical.scores import score
 
         metrics = score(store, data, runs, nets=nets, weights=weights or {}, device=device, client=client,
@@ -289,7 +302,7 @@ def decode(store: Store, subject: int, betas: str, runs: Sequence[RunSpec], *, f
     if outputs is not None:
         page = decode_page.write_page(store, outputs, data, runs, metrics, attrs, random_weights)
     summary = {"subject": int(subject), "name": data.name, "input": data.url, "trials": int(len(data.trials)),
-               "images_known": int((data.images >= 0).sum()), "images_from": data.images_from,
+               "images_known": int(data.known.sum()), "images_from": data.images_from,
                "calibration": calibration, "group": group(data.name), "runs": [r.name for r in runs], "via": via,
                "random_weights": any(random_weights(r) for r in runs), "metrics": metrics, "page": page,
                "seconds": round(time.perf_counter() - t0, 3)}

@@ -37,6 +37,19 @@ def _truth_pngs(store: Store, outputs: Outputs, name: str, ids: np.ndarray) -> s
     return set(wanted)
 
 
+def _truth_cells(store: Store, outputs: Outputs, data) -> list[str]:
+    """Per trial, the page-relative PNG of the picture it showed ('' when unknown); the PNGs are written here."""
+    if not data.shown_group:
+        known = _truth_pngs(store, outputs, data.name, data.images[data.images >= 0])
+        return [f"truth/{int(i)}.png" if int(i) in known else "" for i in data.images]
+    from fmri2img.pipeline.clinical.participant import truth_images
+
+    rows = np.unique(data.shown[data.shown >= 0])
+    for row, picture in zip(rows, truth_images(store, data.shown_group, rows)):
+        outputs.write_png(f"decoded/{data.name}/truth/stimulus{int(row):04d}.png", picture)
+    return [f"truth/stimulus{int(k):04d}.png" if k >= 0 else "" for k in data.shown]
+
+
 def _img(src: str) -> str:
     return f'<a href="{html.escape(src)}"><img src="{html.escape(src)}" width="128" height="128"></a>'
 
@@ -56,13 +69,13 @@ def _metrics_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
 def write_page(store: Store, outputs: Outputs, data, runs: Sequence, metrics: Mapping[str, Mapping[str, Any]],
                attrs: Mapping[str, Any], random_weights: Callable[[Any], bool]) -> str:
     """Write the page (and the images shown as PNGs); return its URL."""
-    known = _truth_pngs(store, outputs, data.name, data.images[data.images >= 0])
+    truth = _truth_cells(store, outputs, data)
     parts = [(run.name, p) for run in runs for p in (("stage1", "final") if run.preset else ("stage1",))]
     head = "<th>trial</th><th>image</th><th>shown</th>" + "".join(
         f"<th>{html.escape(r)}<br>{p}</th>" for r, p in parts)
     body = []
-    for trial, image in zip(data.trials, data.images):
-        shown = _img(f"truth/{int(image)}.png") if int(image) in known else ""
+    for trial, image, src in zip(data.trials, data.images, truth):
+        shown = _img(src) if src else ""
         cells = "".join(f"<td>{_img(f'recon/{r}/{p}/{trial_label(trial)}.png')}</td>" for r, p in parts)
         image_text = "" if image < 0 else str(int(image))
         body.append(f"<tr><td>{int(trial)}</td><td>{image_text}</td><td>{shown}</td>{cells}</tr>")

@@ -39,10 +39,15 @@ def _key(store: Store, name: str, run: str, part: str, nets: Sequence[str], weig
 
 
 def score_block(store: Store, name: str, parts: Sequence[tuple[str, str]], rows: np.ndarray, ids: np.ndarray,
-                nets: Sequence[str], weights: Mapping[str, Any], device: str) -> dict:
-    """Per-trial values of every metric for each (run, part) (task: the networks load once)."""
+                nets: Sequence[str], weights: Mapping[str, Any], device: str, truth_group: str = "") -> dict:
+    """Per-trial values of every metric for each (run, part) (task: the networks load once).
+
+    ``ids``: NSD ids of the pictures shown (in ``stimuli``), or, with ``truth_group``, rows of that group.
+    """
     from fmri2img.metrics.scores import METRICS, per_image_scores
-    truth = stimuli_for(store, ids)
+    from fmri2img.pipeline.clinical.participant import truth_images
+
+    truth = truth_images(store, truth_group, ids) if truth_group else stimuli_for(store, ids)
     gt_feats = net_features(truth, nets, weights, device)
     out = {}
     for run, part in parts:
@@ -63,10 +68,11 @@ def score(store: Store, data, runs, *, nets: Sequence[str] | None, weights: Mapp
     unknown = sorted(set(nets) - set(EVAL_NETS))
     if unknown:
         raise ValueError(f"decode nets: unknown network(s) {unknown}; available: {list(EVAL_NETS)}")
-    rows = np.flatnonzero(data.images >= 0)
+    rows = np.flatnonzero(data.known)
+    truth_ids = data.shown if data.shown_group else data.images
     present = set(np.asarray(store.group(schema.STIMULI)["image"][:]).tolist()) if store.has_group(
         schema.STIMULI) else set()
-    missing = sorted({int(i) for i in data.images[rows]} - present)
+    missing = [] if data.shown_group else sorted({int(i) for i in data.images[rows]} - present)
     if missing:
         logger.warning("decode %s: %d of the images shown are not in the store's stimuli (first NSD id %d): "
                        "metrics cover the other trials; ingest a subject who saw them to score all",
@@ -80,7 +86,8 @@ def score(store: Store, data, runs, *, nets: Sequence[str] | None, weights: Mapp
                                      store.group(group(data.name, "metrics", *p)).attrs.get(INPUTS_ATTR) == keys[p])]
     random_nets = [n for n in nets if not weights.get(EVAL_NETS[n].weights_key)]
     if todo:
-        task = Task("metrics", score_block, (store, data.name, todo, rows, data.images[rows], nets, weights, device))
+        task = Task("metrics", score_block, (store, data.name, todo, rows, truth_ids[rows], nets, weights, device,
+                                              data.shown_group))
         values = run_tasks([task], stage=f"decode-{data.name}-metrics", client=client, progress=progress)[0]
         for run, part in todo:
             per_trial = values[f"{run}/{part}"]
