@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -77,6 +78,10 @@ NOT_RUN = {
     "loaded cores); tests/test_presets.py::test_example_config_runs_on_mini_nsd runs this file on a small mini-NSD",
     ".venv/bin/fmri2img report runs/seed/store.zarr --subject 1": "needs the seed-preset run above; `fmri2img report` "
     "runs here on the module's store",
+    "fmri2img decode runs/demo/store.zarr --subject 9 --via align-to-subj01": "decodes with every run of the "
+    "reference (Brain-Diffuser and pixels) and scores with all six evaluation networks (3 minutes on two loaded "
+    "cores); tests/test_glm_bids.py runs `fmri2img decode STORE --subject 3 --via align-to-subj01` with --nets "
+    "alexnet2 on the same generated dataset, and the three commands before it run here",
     "fmri2img demo": "the full demo takes minutes on two cores (7 min on a loaded 2-core VM); tests/test_deploy.py "
     "runs it on a scheduler, and here the module's store goes through its stages but roi (`fmri2img run config.toml`)",
 }
@@ -122,7 +127,7 @@ def as_run(cmd: str) -> str:
 
 
 #: run order: commands that make what others read come first
-_ORDER = ("mini-nsd", "ingest", "run", "align", "decode", "report", "weights", "status", "unlock")
+_ORDER = ("mini-nsd", "ingest", "run", "glm", "align", "decode", "report", "weights", "status", "unlock")
 
 
 def _order(cmd: str) -> tuple[int, str]:
@@ -222,6 +227,11 @@ def work(tmp_path_factory):
     for subject, name in ((1, "scan.npy"), (2, "new-scan.npy")):
         betas = store.open_dataset(f"subjects/subj{subject:02d}/betas")["betas"][:4].values
         np.save(work / name, betas.astype(np.float32))
+    # the BIDS path's worked example runs "after fmri2img demo": the demo's folders, here the module's mini-NSD and
+    # a copy of its store (so that its new subject 9 stays out of the other commands' store)
+    (work / "runs/demo").mkdir(parents=True)
+    (work / "runs/demo/mini-nsd").symlink_to(work / "mini-nsd")
+    shutil.copytree(work / "nsd.zarr", work / "runs/demo/store.zarr")
     return work
 
 

@@ -66,7 +66,7 @@ def _secrets_of_args(args) -> list[str]:
     from fmri2img.storage.secrets import secrets_of
 
     out: list[str] = []
-    for name in ("store_option", "source_option", "cluster_option"):
+    for name in ("store_option", "source_option", "cluster_option", "bids_option"):
         out += secrets_of(dict(getattr(args, name, None) or []))
     return out
 
