@@ -236,3 +236,38 @@ def test_stimuli_matching_no_nsd_image_are_refused_when_alignment_needs_them(bro
     assert err.count("error:") == 1 and "saw none of the reference's 48 training images" in err, err
     assert "0 matched an NSD image" in err
     assert files(store) == before
+
+
+def test_one_configuration_runs_the_three_stages(world, tmp_path):
+    """``fmri2img run`` with stages glm, align, decode: the same path from [glm] bids, [align] and [decode] via."""
+    from fmri2img import config as cfgmod
+    from fmri2img.pipeline.runner import run
+
+    store = tmp_path / "store.zarr"
+    shutil.copytree(world / "reference.zarr", store)
+    out = run(cfgmod.loads(f'''stages = ["glm", "align", "decode"]
+[store]
+url = "{store}"
+[outputs]
+url = "{tmp_path / 'out'}"
+[features.extractors.pixels]
+side = 8
+[reconstruct.runs.px]
+stage1 = "pixels"
+preset = ""
+[glm]
+subjects = [5]
+bids = "{world / 'ds'}"
+participant = "01"
+[align]
+subject = 5
+reference = 1
+[decode]
+subject = 5
+via = "align-to-subj01"
+runs = ["px"]
+nets = ["alexnet2"]
+'''), progress=False)
+    assert out["glm"]["subj05"]["betas"]["matched"] == 40 and out["align"]["n_images"] >= 20
+    assert out["decode"]["name"] == "subj05-own" and out["decode"]["metrics"]["px/stage1"]["AlexNet(2)"] > 0.5
+    assert (tmp_path / "out/decoded/subj05-own/index.html").exists()

@@ -4,11 +4,13 @@
     fmri2img mini-nsd DIR [--seed N] [--subjects 1,2] [--side 425] ...
     fmri2img ingest --source URL --store URL --subject N [--sessions 1-37]
     fmri2img glm --source URL --store URL --subject N [--sessions 1-3] [--preset glmsingle|nsd] [--export DIR]
+    fmri2img glm --bids URL --participant LABEL --subject N --store URL [--session LABEL] [--confounds STRATEGY]
     fmri2img run CONFIG.toml [--stages ingest,...] [--cluster SPEC]
     fmri2img status STORE [--verify [--repair]]
     fmri2img unlock STORE
     fmri2img decode STORE --subject N --betas URL [--trials 1-750 | --trials-file CSV] [--runs ...] [--out URL]
-    fmri2img align STORE --subject NEW --reference REF --sessions 1[-k] [--targets encoding|shared|hybrid]
+    fmri2img align STORE --subject NEW --reference REF [--sessions 1[-k]] [--targets encoding|shared|hybrid]
+    fmri2img decode STORE --subject NEW --via align-to-subjREF      (a BIDS participant's own trials)
 """
 from __future__ import annotations
 

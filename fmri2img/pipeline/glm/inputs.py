@@ -11,7 +11,7 @@ resume key). Each is picklable: it holds URLs and small arrays, never the time s
 - :class:`ArrayInputs`: runs held in memory (tests, notebooks);
 - :class:`NSDInputs`: a session of NSD's ``nsddata_timeseries`` layout
   (:mod:`fmri2img.storage.nsd.timeseries`);
-- BIDS datasets with fMRIPrep derivatives: :class:`BIDSInputs` around
+- BIDS datasets with fMRIPrep derivatives: :class:`~fmri2img.pipeline.glm.bids_inputs.BIDSInputs` around
   :func:`fmri2img.storage.bids.prepare_glm_inputs`.
 """
 from __future__ import annotations
