@@ -271,3 +271,31 @@ nets = ["alexnet2"]
     assert out["glm"]["subj05"]["betas"]["matched"] == 40 and out["align"]["n_images"] >= 20
     assert out["decode"]["name"] == "subj05-own" and out["decode"]["metrics"]["px/stage1"]["AlexNet(2)"] > 0.5
     assert (tmp_path / "out/decoded/subj05-own/index.html").exists()
+
+
+def test_stimulus_files_are_matched_by_their_pixels(world):
+    """Exact, JPEG and resized copies of stored images match them; a changed picture or a column of labels does not."""
+    import io
+
+    from fmri2img.pipeline.glm.stimuli import match_stimuli, stimulus_kind
+    from fmri2img.storage import schema
+
+    store = Store(str(world / "reference.zarr"))
+    g = store.group(schema.STIMULI)
+    ids, images = np.asarray(g["image"][:6]), np.asarray(g["images"][:6])
+
+    def jpeg(p, quality):
+        buf = io.BytesIO()
+        Image.fromarray(p).save(buf, format="JPEG", quality=quality)
+        return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+    def resized(p):
+        big = Image.fromarray(p).resize((4 * p.shape[0],) * 2, Image.Resampling.BICUBIC)
+        return np.asarray(big.resize(p.shape[:2], Image.Resampling.BICUBIC))
+
+    pictures = np.stack([images[0], jpeg(images[1], 75), jpeg(images[2], 50), resized(images[3]), 255 - images[4],
+                         images[5][::-1]])
+    found, difference = match_stimuli(store, pictures)
+    assert found.tolist() == [*ids[:4].tolist(), -1, -1], (found, difference)
+    assert difference[0] == 0 and difference[4] > 20
+    assert [stimulus_kind(v) for v in (["a.png", "n/a"], ["12", "-1"], ["face", "house"])] == ["files", "ids", "labels"]

@@ -5,10 +5,11 @@ The events' stimulus column (``--stim-column``) names each trial's stimulus in o
 - **files** (BIDS ``stim_file``: a path relative to the dataset's ``/stimuli``, specification "Task
   events"): each file is read, resized to the store's stimulus side as the store's other pictures
   (PIL bicubic, after a centred square crop when it is not square; NSD's stimuli are square), and
-  matched to the store's ``stimuli`` **by its pixels**, never by its name: the nearest stored image
-  by a 16 × 16 thumbnail, accepted when the mean absolute difference over the whole picture is at
-  most :data:`MATCH_TOLERANCE` grey levels (a re-encoded or resized copy of an NSD image stays
-  well within it; two different photographs differ by tens);
+  matched to the store's ``stimuli`` **by its pixels**, never by its name: the three nearest stored
+  images by 16 × 16 thumbnails are compared over the whole picture, and the closest is accepted when
+  its mean absolute difference is at most :data:`MATCH_TOLERANCE` grey levels and at most half the
+  next one's (an exact copy always is; a JPEG or resized copy of an NSD image differs by 1-11 grey
+  levels, two different photographs by tens);
 - **ids**: every value is an integer, taken as the 0-based NSD-73k id as it is (a negative one:
   unknown);
 - **labels** (``trial_type`` and the like): the image is unknown.
@@ -30,13 +31,17 @@ from fmri2img.storage.store import Store
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_SUFFIXES", "MATCH_TOLERANCE", "ParticipantStimuli", "stimulus_kind", "read_stimuli",
+__all__ = ["IMAGE_SUFFIXES", "MATCH_TOLERANCE", "MATCH_MARGIN", "ParticipantStimuli", "stimulus_kind", "read_stimuli",
            "match_stimuli", "participant_stimuli"]
 
 #: file endings that make a stimulus column a column of files
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 #: largest mean absolute difference (grey levels, 0-255) of a stimulus file and the stored image it matches
-MATCH_TOLERANCE = 3.0
+#: (measured on mini-NSD's photographs at 64 px: JPEG quality 95 / 75 / 50 copies differ by at most 5.4 / 8.7 /
+#: 11.0, a bicubic resize there and back by 3.3; two different images by 28 or more)
+MATCH_TOLERANCE = 12.0
+#: the closest stored image must be at least this many times closer than the next (else: ambiguous, no match)
+MATCH_MARGIN = 2.0
 #: side of the thumbnails compared first
 THUMB = 16
 
@@ -149,11 +154,16 @@ def match_stimuli(store: Store, pixels: np.ndarray, *, candidates: int = 3) -> t
     wanted = np.unique(nearest)
     full = dict(zip(wanted.tolist(), store.group(schema.STIMULI)["images"].get_orthogonal_selection((wanted,))))
     for k in range(n):
-        for j in nearest[k]:
-            mad = float(np.abs(full[int(j)].astype(np.int16) - pixels[k].astype(np.int16)).mean())
-            if mad < diff[k]:
-                diff[k] = mad
-                ids[k] = stored_ids[j] if mad <= MATCH_TOLERANCE else -1
+        mads = np.array([np.abs(full[int(j)].astype(np.int16) - pixels[k].astype(np.int16)).mean()
+                         for j in nearest[k]])
+        order = np.argsort(mads)
+        best, second = float(mads[order[0]]), float(mads[order[1]]) if len(order) > 1 else np.inf
+        diff[k] = best
+        if best == 0 or (best <= MATCH_TOLERANCE and second >= MATCH_MARGIN * best):
+            ids[k] = stored_ids[nearest[k][order[0]]]
+        elif best <= MATCH_TOLERANCE:
+            logger.warning("stimulus %d is about as close to NSD image %d (%.1f grey levels) as to another (%.1f): "
+                           "ambiguous, taken as a new image", k, int(stored_ids[nearest[k][order[0]]]), best, second)
     return ids, diff
 
 
