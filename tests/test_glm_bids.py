@@ -218,7 +218,6 @@ def _unmatched(ds) -> None:
 
 
 def test_stimuli_matching_no_nsd_image_are_refused_when_alignment_needs_them(broken, capsys):
-    from fmri2img.pipeline.clinical.align import AlignError
     from fmri2img.pipeline.glm.run import GlmRunError
     from fmri2img.pipeline.runner import run
 

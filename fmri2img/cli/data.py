@@ -81,11 +81,13 @@ def _add_bids_options(p: argparse.ArgumentParser) -> None:
                                                               "person also saw (default 1)")
     p.add_argument("--shared-images", type=int, default=None, help="with --bids: images shared with the reference "
                                                                   "(default 12)")
-    p.add_argument("--new-images", type=int, default=None, help="with --bids: images no mini-NSD subject saw (default 4)")
+    p.add_argument("--new-images", type=int, default=None,
+                   help="with --bids: images no mini-NSD subject saw (default 4)")
     p.add_argument("--bids-sessions", default=None, help="with --bids: session labels, e.g. 01,02 (default 01; "
                                                         "'none': a dataset without sessions)")
     p.add_argument("--bids-runs", type=int, default=None, help="with --bids: runs per session (default 2)")
-    p.add_argument("--repeats", type=int, default=None, help="with --bids: showings of each image per session (default 3)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="with --bids: showings of each image per session (default 3)")
 
 
 def mini_nsd_spec(args):

@@ -227,7 +227,8 @@ def _session_facts(store: Store, subject: int, session: int) -> dict:
     flat = np.ravel_multi_index(tuple(np.asarray(g[f"voxel_{c}"][:], np.int64) for c in "ijk"),
                                 tuple(json.loads(g.attrs["volume_shape"])))
     return {"flat": flat, "shape": tuple(json.loads(g.attrs["volume_shape"])), "affine": g.attrs["affine"],
-            "conditions": json.loads(g.attrs["conditions"]), "trial_conditions": json.loads(g.attrs["trial_conditions"]),
+            "conditions": json.loads(g.attrs["conditions"]),
+            "trial_conditions": json.loads(g.attrs["trial_conditions"]),
             "run": np.asarray(g["run"][:], np.int16), "key": g.attrs.get(INPUTS_ATTR, "")}
 
 
