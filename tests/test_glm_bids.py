@@ -298,3 +298,29 @@ def test_stimulus_files_are_matched_by_their_pixels(world):
     assert found.tolist() == [*ids[:4].tolist(), -1, -1], (found, difference)
     assert difference[0] == 0 and difference[4] > 20
     assert [stimulus_kind(v) for v in (["a.png", "n/a"], ["12", "-1"], ["face", "house"])] == ["files", "ids", "labels"]
+
+
+def test_sessions_are_numbered_by_their_label_and_fitted_one_call_at_a_time(world, tmp_path):
+    """ses-02 is store session 2 whatever is fitted first; the betas grow with each session fitted; align takes all."""
+    from fmri2img.mininsd.bids import BIDSSpec, generate_bids
+    from fmri2img.pipeline.clinical import align as al
+    from fmri2img.pipeline.runner import run
+
+    ds = tmp_path / "two"
+    generate_bids(ds, world / "mini", BIDSSpec(sessions=("01", "02"), runs=2, repeats=2, n_shared=12, n_new=4,
+                                               seed=5), progress=lambda line: None)
+    store = tmp_path / "store.zarr"
+    shutil.copytree(world / "reference.zarr", store)
+    s = Store(str(store))
+    run(_config(store, ds, {"session": "02"}, subject=4), progress=False)
+    origin = json.loads(s.group("subjects/subj04").attrs["fmri2img_origin"])
+    assert origin["sessions"] == {"2": "02"} and not s.has_group("subjects/subj04/glm/session01")
+    assert set(s.open_dataset("subjects/subj04/betas").session.values.tolist()) == {2}
+    run(_config(store, ds, {"session": "ses-01"}, subject=4), progress=False)
+    origin = json.loads(s.group("subjects/subj04").attrs["fmri2img_origin"])
+    betas = s.open_dataset("subjects/subj04/betas")
+    assert origin["sessions"] == {"1": "01", "2": "02"} and betas.sizes["trial"] == 2 * 16 * 2
+    assert betas.session.values.tolist() == [1] * 32 + [2] * 32
+    assert np.array_equal(betas.image.values, s.open_dataset("subjects/subj04/stimuli").image.values[
+        betas.stimulus.values])
+    assert al.align(s, 4, 1, targets="shared")["sessions"] == [1, 2]
