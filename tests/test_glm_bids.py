@@ -123,6 +123,7 @@ def test_decode_takes_the_persons_other_trials_and_scores_them(done):
     page = (store.url.rsplit("/", 1)[0] + "/out/decoded/subj03-own/index.html")
     text = open(page).read()
     assert text.count("truth/stimulus") >= 2 * kept.sum() and "recon/px/stage1/trial" in text
+    assert text.count("<td>new: im") == 4 * 3  # a picture the store does not hold is named by its file
 
 
 def test_rerunning_the_glm_redoes_nothing(done, capsys):

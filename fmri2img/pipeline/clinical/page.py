@@ -37,17 +37,23 @@ def _truth_pngs(store: Store, outputs: Outputs, name: str, ids: np.ndarray) -> s
     return set(wanted)
 
 
-def _truth_cells(store: Store, outputs: Outputs, data) -> list[str]:
-    """Per trial, the page-relative PNG of the picture it showed ('' when unknown); the PNGs are written here."""
+def _truth_cells(store: Store, outputs: Outputs, data) -> list[tuple[str, str]]:
+    """Per trial, (what it showed as text, the page-relative PNG of the picture or ''); the PNGs are written here.
+
+    The text is the NSD id, or for a BIDS participant's picture that is not one of the store's, its file name.
+    """
+    ids = [("" if i < 0 else str(int(i))) for i in data.images]
     if not data.shown_group:
         known = _truth_pngs(store, outputs, data.name, data.images[data.images >= 0])
-        return [f"truth/{int(i)}.png" if int(i) in known else "" for i in data.images]
+        return [(t, f"truth/{int(i)}.png" if int(i) in known else "") for t, i in zip(ids, data.images)]
     from fmri2img.pipeline.clinical.participant import truth_images
 
     rows = np.unique(data.shown[data.shown >= 0])
     for row, picture in zip(rows, truth_images(store, data.shown_group, rows)):
         outputs.write_png(f"decoded/{data.name}/truth/stimulus{int(row):04d}.png", picture)
-    return [f"truth/stimulus{int(k):04d}.png" if k >= 0 else "" for k in data.shown]
+    files = np.asarray(store.group(data.shown_group)["stim_file"][:])
+    return [(t or (f"new: {files[k]}" if k >= 0 else ""), f"truth/stimulus{int(k):04d}.png" if k >= 0 else "")
+            for t, k in zip(ids, data.shown)]
 
 
 def _img(src: str) -> str:
@@ -74,11 +80,10 @@ def write_page(store: Store, outputs: Outputs, data, runs: Sequence, metrics: Ma
     head = "<th>trial</th><th>image</th><th>shown</th>" + "".join(
         f"<th>{html.escape(r)}<br>{p}</th>" for r, p in parts)
     body = []
-    for trial, image, src in zip(data.trials, data.images, truth):
+    for trial, (image_text, src) in zip(data.trials, truth):
         shown = _img(src) if src else ""
         cells = "".join(f"<td>{_img(f'recon/{r}/{p}/{trial_label(trial)}.png')}</td>" for r, p in parts)
-        image_text = "" if image < 0 else str(int(image))
-        body.append(f"<tr><td>{int(trial)}</td><td>{image_text}</td><td>{shown}</td>{cells}</tr>")
+        body.append(f"<tr><td>{int(trial)}</td><td>{html.escape(image_text)}</td><td>{shown}</td>{cells}</tr>")
     warn = f'<p class="warn">{html.escape(RANDOM_NOTE)}</p>' if any(random_weights(r) for r in runs) else ""
     text = f"""<!doctype html><html><head><meta charset="utf-8"><title>fmri2img decode: {html.escape(data.name)}</title>
 <style>body{{font-family:sans-serif}} td,th{{padding:2px 6px;text-align:center}}
