@@ -325,3 +325,19 @@ def test_sessions_are_numbered_by_their_label_and_fitted_one_call_at_a_time(worl
     assert np.array_equal(betas.image.values, s.open_dataset("subjects/subj04/stimuli").image.values[
         betas.stimulus.values])
     assert al.align(s, 4, 1, targets="shared")["sessions"] == [1, 2]
+
+
+def test_a_bids_glm_section_is_checked_when_it_loads(tmp_path):
+    from fmri2img import config as cfgmod
+
+    head = f'stages = ["glm"]\n[store]\nurl = "{tmp_path / "s.zarr"}"\n[glm]\nbids = "{tmp_path}"\n'
+    refused = {'subjects = [3]\n': "glm.participant: empty",
+               'subjects = [3, 4]\nparticipant = "01"\n': "a BIDS participant goes to one store subject",
+               'subjects = [3]\nparticipant = "01"\nexport = "x"\n': "glm.export applies to NSD's time series",
+               'subjects = [3]\nparticipant = "01"\nsessions = "1-2"\n': "a BIDS session is glm.session",
+               'subjects = [3]\nparticipant = "01"\nconfounds = "motion+aroma"\n': "glm.confounds:",
+               'subjects = [3]\nparticipant = "01"\nonsets = "nearest"\n': "glm.onsets"}
+    for text, message in refused.items():
+        with pytest.raises(cfgmod.ConfigError, match=message):
+            cfgmod.loads(head + text)
+    assert cfgmod.loads(head + 'subjects = [3]\nparticipant = "sub-01"\nconfounds = "simple"\n').glm.participant
