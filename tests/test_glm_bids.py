@@ -20,6 +20,7 @@ from fmri2img.cli.main import main
 from fmri2img.storage.store import Store
 from tests.storecompare import files
 
+DFUNC = "derivatives/fmriprep/sub-01/ses-01/func"
 #: the reference's tiny pixel decoder and its run (the decode's pictures)
 PIXELS = {"pixels": {"side": 8}}
 
@@ -341,3 +342,20 @@ def test_a_bids_glm_section_is_checked_when_it_loads(tmp_path):
         with pytest.raises(cfgmod.ConfigError, match=message):
             cfgmod.loads(head + text)
     assert cfgmod.loads(head + 'subjects = [3]\nparticipant = "sub-01"\nconfounds = "simple"\n').glm.participant
+
+
+def test_a_run_cut_short_found_while_reading_leaves_the_store_as_it_was(broken):
+    """A preprocessed BOLD whose header is whole but whose data end early: the fit stops, and the new subject's
+    entry (origin, glm groups) is removed again."""
+    import gzip
+
+    from fmri2img.pipeline.runner import run
+
+    store, ds = broken
+    path = ds / f"{DFUNC}/sub-01_ses-01_task-images_run-2_space-T1w_desc-preproc_bold.nii.gz"
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    before = files(store)
+    with pytest.raises(ValueError, match="run-2_space-T1w_desc-preproc_bold"):
+        run(_config(store, ds), progress=False)
+    assert files(store) == before
