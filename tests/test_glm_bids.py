@@ -359,3 +359,26 @@ def test_a_run_cut_short_found_while_reading_leaves_the_store_as_it_was(broken):
     with pytest.raises(ValueError, match="run-2_space-T1w_desc-preproc_bold"):
         run(_config(store, ds), progress=False)
     assert files(store) == before
+
+
+def test_the_glm_reads_the_dataset_from_s3_as_from_the_folder(done, tmp_path, s3_storage_options):
+    """The same dataset on a moto S3 server (loopback) gives the same betas and stimuli as the local folder."""
+    from fmri2img.pipeline.runner import run
+    from tests.cloud_helpers import upload_dir
+
+    local, world = done
+    upload_dir(world / "ds", "s3://bids-e2e/ds", s3_storage_options)
+    store = tmp_path / "store.zarr"
+    shutil.copytree(world / "reference.zarr", store)
+    config = _config(store, "s3://bids-e2e/ds")
+    config.glm.storage_options = dict(s3_storage_options)
+    run(config, progress=False)
+    remote = Store(str(store))
+    for group in ("subjects/subj03/betas", "subjects/subj03/stimuli"):
+        a, b = local.open_dataset(group), remote.open_dataset(group)
+        for name in (*a.data_vars, "image"):
+            np.testing.assert_array_equal(a[name].values, b[name].values)
+    origin = json.loads(remote.group("subjects/subj03").attrs["fmri2img_origin"])
+    assert origin["dataset"] == "s3://bids-e2e/ds"
+    attrs = json.dumps({g: dict(remote.group(g).attrs) for g in remote.list_groups("subjects/subj03")})
+    assert s3_storage_options["secret"] not in attrs and s3_storage_options["key"] not in attrs  # never credentials
