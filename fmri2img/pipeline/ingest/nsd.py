@@ -397,15 +397,7 @@ def _rows_of(split: nsd.TrialSplit) -> dict[str, list[np.ndarray]]:
 def _stimuli_plan(store: Store, source: Source, split: nsd.TrialSplit, attrs: dict, captions: bool):
     """Template or extend ``stimuli`` with this subject's images; return (regions to do, ids in store order)."""
     wanted = np.unique(np.concatenate([split.train_ids, split.test_ids]))
-    fs, root = source.filesystem()
-    if captions:
-        cfs, cpath = source.captions()
-        if not cfs.exists(cpath):
-            raise IngestError(
-                f"captions file not found at {cpath}: set [source] captions_url to COCO_73k_annots_curated.npy "
-                f"(published with the NSD annotations, e.g. the pscotti/naturalscenesdataset mirror), "
-                f"or ingest without captions (--no-captions)"
-            )
+    fs, root = source.filesystem()  # the files were checked before the first write (precheck.check_inputs)
     path = nsd.NSDLayout(root).stimuli()
     if not store.has_group(schema.STIMULI):
         layout = nsd.stimuli_layout(fs, path)
